@@ -1,0 +1,3 @@
+// OpenBLAS's CBLAS header (Debian: libopenblas-dev). It also declares
+// openblas_set_num_threads / openblas_get_num_threads.
+#include <cblas.h>

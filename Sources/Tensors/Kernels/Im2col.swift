@@ -1,0 +1,116 @@
+/// The geometry of a 2-D convolution over one image: input size, kernel, stride and zero padding.
+public struct ConvGeometry: Sendable, Equatable {
+    public let channels, height, width: Int
+    public let kernelHeight, kernelWidth: Int
+    public let strideHeight, strideWidth: Int
+    public let paddingHeight, paddingWidth: Int
+
+    public init(channels: Int, height: Int, width: Int, kernelHeight: Int, kernelWidth: Int,
+                strideHeight: Int, strideWidth: Int, paddingHeight: Int, paddingWidth: Int) {
+        self.channels = channels; self.height = height; self.width = width
+        self.kernelHeight = kernelHeight; self.kernelWidth = kernelWidth
+        self.strideHeight = strideHeight; self.strideWidth = strideWidth
+        self.paddingHeight = paddingHeight; self.paddingWidth = paddingWidth
+    }
+
+    public var outputHeight: Int { (height + 2 * paddingHeight - kernelHeight) / strideHeight + 1 }
+    public var outputWidth: Int { (width + 2 * paddingWidth - kernelWidth) / strideWidth + 1 }
+    /// Rows of the lowered matrix: one per (channel, kernel row, kernel column).
+    public var columnRows: Int { channels * kernelHeight * kernelWidth }
+    /// Columns of the lowered matrix for one image: one per output pixel.
+    public var columnCols: Int { outputHeight * outputWidth }
+    /// A 1x1, stride-1, unpadded convolution needs no lowering: the image is already the matrix.
+    public var isPointwise: Bool {
+        kernelHeight == 1 && kernelWidth == 1 && strideHeight == 1 && strideWidth == 1
+            && paddingHeight == 0 && paddingWidth == 0
+    }
+
+    /// For kernel offset `j` (columns) the output columns whose input column is inside the image.
+    @inline(__always) func validOutputColumns(kernelOffset j: Int) -> Range<Int> {
+        let ow = outputWidth
+        // ix = ox * s - p + j must satisfy 0 <= ix < width.
+        let shift = paddingWidth - j
+        var lo = shift > 0 ? (shift + strideWidth - 1) / strideWidth : 0
+        var hi = (width - 1 + shift) >= 0 ? (width - 1 + shift) / strideWidth + 1 : 0
+        lo = Swift.min(Swift.max(lo, 0), ow)
+        hi = Swift.min(Swift.max(hi, lo), ow)
+        return lo..<hi
+    }
+}
+
+/// Lowering of images to matrices for convolution (`im2col`) and its adjoint (`col2im`).
+///
+/// `im2col` writes, for one image, the `columnRows x columnCols` matrix whose column `p` holds the input
+/// patch under output pixel `p` (zeros where the patch overhangs the padding). `col2im` adds such a
+/// matrix back into an image; it is the exact adjoint: `<im2col(x), y> == <x, col2im(y)>`.
+public enum Im2col {
+    /// Lowers `image` (`C x H x W`) into `columns`, a matrix with row stride `leadingDimension`.
+    public static func lower(_ image: UnsafePointer<Float>, _ g: ConvGeometry,
+                             into columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int) {
+        let oh = g.outputHeight, ow = g.outputWidth
+        let kh = g.kernelHeight, kw = g.kernelWidth
+        for c in 0..<g.channels {
+            let plane = image + c * g.height * g.width
+            for i in 0..<kh {
+                for j in 0..<kw {
+                    let row = columns + ((c * kh + i) * kw + j) * ld
+                    let valid = g.validOutputColumns(kernelOffset: j)
+                    for oy in 0..<oh {
+                        let dst = row + oy * ow
+                        let iy = oy * g.strideHeight - g.paddingHeight + i
+                        if iy < 0 || iy >= g.height {
+                            dst.update(repeating: 0, count: ow)
+                            continue
+                        }
+                        if valid.lowerBound > 0 { dst.update(repeating: 0, count: valid.lowerBound) }
+                        if valid.upperBound < ow {
+                            (dst + valid.upperBound).update(repeating: 0, count: ow - valid.upperBound)
+                        }
+                        guard !valid.isEmpty else { continue }
+                        let src = plane + iy * g.width
+                        let x0 = valid.lowerBound * g.strideWidth - g.paddingWidth + j
+                        if g.strideWidth == 1 {
+                            (dst + valid.lowerBound).update(from: src + x0, count: valid.count)
+                        } else {
+                            let s = g.strideWidth
+                            var ix = x0
+                            for ox in valid { dst[ox] = src[ix]; ix += s }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the lowered matrix `columns` (row stride `leadingDimension`) back into `image` (`C x H x W`).
+    /// The image is accumulated into, not overwritten.
+    public static func accumulate(_ columns: UnsafePointer<Float>, leadingDimension ld: Int, _ g: ConvGeometry,
+                                  into image: UnsafeMutablePointer<Float>) {
+        let oh = g.outputHeight, ow = g.outputWidth
+        let kh = g.kernelHeight, kw = g.kernelWidth
+        for c in 0..<g.channels {
+            let plane = image + c * g.height * g.width
+            for i in 0..<kh {
+                for j in 0..<kw {
+                    let row = columns + ((c * kh + i) * kw + j) * ld
+                    let valid = g.validOutputColumns(kernelOffset: j)
+                    guard !valid.isEmpty else { continue }
+                    for oy in 0..<oh {
+                        let iy = oy * g.strideHeight - g.paddingHeight + i
+                        if iy < 0 || iy >= g.height { continue }
+                        let src = row + oy * ow
+                        let dst = plane + iy * g.width
+                        let x0 = valid.lowerBound * g.strideWidth - g.paddingWidth + j
+                        if g.strideWidth == 1 {
+                            Vector.add(src + valid.lowerBound, into: dst + x0, count: valid.count)
+                        } else {
+                            let s = g.strideWidth
+                            var ix = x0
+                            for ox in valid { dst[ix] += src[ox]; ix += s }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+/// Batch normalisation over the channel axis (axis 1) of `N x C x ...` tensors, as
+/// `torch.nn.functional.batch_norm`.
+extension Tensor {
+    /// Normalises each channel and applies the affine `weight * x_hat + bias`.
+    ///
+    /// - Parameters:
+    ///   - weight, bias: per-channel scale and shift (`C`).
+    ///   - runningMean, runningVariance: per-channel running statistics (`C`). In training they are
+    ///     updated in place — `r = (1 - momentum) r + momentum * batch statistic`, with the unbiased
+    ///     variance — and in evaluation they normalise.
+    ///   - training: use the batch's statistics (biased variance) rather than the running ones.
+    ///   - momentum: weight of the new batch statistic in the running average.
+    ///   - epsilon: added to the variance.
+    public func batchNorm(weight: Tensor, bias: Tensor, runningMean: Tensor, runningVariance: Tensor,
+                          training: Bool, momentum: Float = 0.1, epsilon: Float = 1e-5) -> Tensor {
+        precondition(rank >= 2, "batchNorm needs N x C x ..., got \(shape)")
+        let n = shape[0], c = shape[1], plane = count / Swift.max(n * c, 1)
+        for t in [weight, bias, runningMean, runningVariance] {
+            precondition(t.shape == [c], "batchNorm: per-channel tensor \(t.shape) for \(c) channels")
+        }
+        let m = n * plane
+        precondition(!training || m > 1, "batchNorm in training needs more than one value per channel, got \(shape)")
+        let out = Tensor(uninitializedShape: shape)
+        let mean = Tensor(uninitializedShape: [c]), invStd = Tensor(uninitializedShape: [c])
+        let x = data, y = out.data, w = weight.data, b = bias.data
+        let rm = runningMean.data, rv = runningVariance.data
+        let pm = mean.data, ps = invStd.data
+        Parallelism.forEachChunk(c, costPerItem: m * 3) { channels in
+            for ch in channels {
+                let mu: Float, variance: Float
+                if training {
+                    var s: Float = 0
+                    for i in 0..<n { s += Vector.sum(x + (i * c + ch) * plane, count: plane) }
+                    mu = s / Float(m)
+                    var q: Float = 0
+                    let vm = Vector.Lanes(repeating: mu)
+                    for i in 0..<n {
+                        let row = x + (i * c + ch) * plane
+                        var acc = Vector.Lanes(repeating: 0)
+                        var j = 0
+                        while j + 8 <= plane { let d = Vector.load(row + j) - vm; acc += d * d; j += 8 }
+                        q += acc.sum()
+                        while j < plane { let d = row[j] - mu; q += d * d; j += 1 }
+                    }
+                    variance = q / Float(m)
+                    rm[ch] = (1 - momentum) * rm[ch] + momentum * mu
+                    rv[ch] = (1 - momentum) * rv[ch] + momentum * variance * Float(m) / Float(m - 1)
+                } else {
+                    mu = rm[ch]; variance = rv[ch]
+                }
+                let inv = 1 / (variance + epsilon).squareRoot()
+                pm[ch] = mu; ps[ch] = inv
+                let scale = w[ch] * inv, shift = b[ch] - mu * scale
+                let vs = Vector.Lanes(repeating: scale), vb = Vector.Lanes(repeating: shift)
+                for i in 0..<n {
+                    let off = (i * c + ch) * plane
+                    Vector.map(x + off, y + off, plane, { $0 * vs + vb }, { $0 * scale + shift })
+                }
+            }
+        }
+        let input = self
+        return out.recorded("batchNorm", [input, weight, bias]) { g in
+            let gx = input.requiresGrad ? Tensor(uninitializedShape: input.shape) : nil
+            let gw = Tensor(uninitializedShape: [c]), gb = Tensor(uninitializedShape: [c])
+            let gp = g.data, x = input.data, dx = gx?.data
+            let pw = weight.data, pm = mean.data, ps = invStd.data
+            let pgw = gw.data, pgb = gb.data
+            Parallelism.forEachChunk(c, costPerItem: m * 3) { channels in
+                for ch in channels {
+                    let mu = pm[ch], inv = ps[ch]
+                    var sumG: Float = 0, sumGX: Float = 0
+                    let vm = Vector.Lanes(repeating: mu)
+                    for i in 0..<n {
+                        let off = (i * c + ch) * plane
+                        var accG = Vector.Lanes(repeating: 0), accGX = Vector.Lanes(repeating: 0)
+                        var j = 0
+                        while j + 8 <= plane {
+                            let gv = Vector.load(gp + off + j)
+                            accG += gv; accGX += gv * (Vector.load(x + off + j) - vm); j += 8
+                        }
+                        sumG += accG.sum(); sumGX += accGX.sum()
+                        while j < plane { sumG += gp[off + j]; sumGX += gp[off + j] * (x[off + j] - mu); j += 1 }
+                    }
+                    pgb[ch] = sumG
+                    pgw[ch] = sumGX * inv
+                    guard let dx else { continue }
+                    let k = pw[ch] * inv
+                    if training {
+                        // dx = w inv (g - mean(g) - (x - mu) inv^2 mean(g (x - mu)))
+                        let meanG = sumG / Float(m), c2 = inv * inv * sumGX / Float(m)
+                        let vk = Vector.Lanes(repeating: k), vmg = Vector.Lanes(repeating: meanG)
+                        let vc2 = Vector.Lanes(repeating: c2)
+                        for i in 0..<n {
+                            let off = (i * c + ch) * plane
+                            Vector.zip(gp + off, x + off, dx + off, plane,
+                                       { vk * ($0 - vmg - ($1 - vm) * vc2) }, { k * ($0 - meanG - ($1 - mu) * c2) })
+                        }
+                    } else {
+                        let vk = Vector.Lanes(repeating: k)
+                        for i in 0..<n {
+                            let off = (i * c + ch) * plane
+                            Vector.map(gp + off, dx + off, plane, { $0 * vk }, { $0 * k })
+                        }
+                    }
+                }
+            }
+            return [gx, weight.requiresGrad ? gw : nil, bias.requiresGrad ? gb : nil]
+        }
+    }
+}
