@@ -22,9 +22,10 @@ extension Tensor {
                 let m = Vector.max(xr, count: cols)
                 var s: Float = 0
                 for j in 0..<cols { s += expf(xr[j] - m) }
-                let shift = m + logf(s)
-                let vs = Vector.Lanes(repeating: shift)
-                Vector.map(xr, orow, cols, { $0 - vs }, { $0 - shift })
+                // (x - m) - log s, in that order: exact for the largest entry even at large magnitudes.
+                let l = logf(s)
+                let vm = Vector.Lanes(repeating: m), vl = Vector.Lanes(repeating: l)
+                Vector.map(xr, orow, cols, { ($0 - vm) - vl }, { ($0 - m) - l })
             }
         }
     }

@@ -1,0 +1,33 @@
+import Tensors
+
+/// Batch normalisation over channels, as `torch.nn.BatchNorm2d` (affine, tracking running statistics).
+public final class BatchNorm2d: Module, Layer {
+    public let weight: Tensor
+    public let bias: Tensor
+    public let runningMean: Tensor
+    public let runningVar: Tensor
+    /// Training steps seen (PyTorch's `num_batches_tracked`; not a float tensor, so not in ``ownBuffers``).
+    public var batchesTracked = 0
+    public let epsilon: Float
+    public let momentum: Float
+
+    /// Weight 1, bias 0, running mean 0, running variance 1.
+    public init(featureCount: Int, epsilon: Float = 1e-5, momentum: Float = 0.1) {
+        weight = Tensor(repeating: 1, shape: [featureCount], requiresGrad: true)
+        bias = Tensor.zeros([featureCount], requiresGrad: true)
+        runningMean = Tensor.zeros([featureCount])
+        runningVar = Tensor(repeating: 1, shape: [featureCount])
+        self.epsilon = epsilon
+        self.momentum = momentum
+        super.init()
+    }
+
+    public override var ownParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }
+    public override var ownBuffers: [(String, Tensor)] { [("running_mean", runningMean), ("running_var", runningVar)] }
+
+    public func callAsFunction(_ input: Tensor) -> Tensor {
+        if isTraining { batchesTracked += 1 }
+        return input.batchNorm(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVar,
+                               training: isTraining, momentum: momentum, epsilon: epsilon)
+    }
+}

@@ -1,0 +1,108 @@
+import Tensors
+
+/// A network component with named parameters, buffers and child modules.
+///
+/// Names are exactly PyTorch `state_dict` keys: a module lists its own parameters and buffers (in
+/// PyTorch's registration order) and its children under their attribute names, and the full key is the
+/// dotted path (`layer1.0.conv1.weight`). Lists are explicit — no reflection — so they are honest and
+/// cheap. Modules are not `Sendable`; a network lives on one thread.
+open class Module {
+    /// Whether the module is in training mode (batch statistics in batch norm).
+    public private(set) var isTraining = true
+
+    public init() {}
+
+    /// This module's own parameters with their local names, in registration order.
+    open var ownParameters: [(String, Tensor)] { [] }
+    /// This module's own buffers (running statistics) with their local names.
+    open var ownBuffers: [(String, Tensor)] { [] }
+    /// Direct children with their attribute names.
+    open var children: [(String, Module)] { [] }
+
+    /// Every parameter of the tree, keyed by its full dotted name.
+    public func namedParameters() -> [(String, Tensor)] {
+        collect(prefix: "") { $0.ownParameters }
+    }
+
+    /// Every buffer of the tree, keyed by its full dotted name.
+    public func namedBuffers() -> [(String, Tensor)] {
+        collect(prefix: "") { $0.ownBuffers }
+    }
+
+    /// Parameters and buffers in PyTorch's `state_dict` order: each module's parameters, then its
+    /// buffers, then its children's entries.
+    public func stateDict() -> [(String, Tensor)] {
+        collect(prefix: "") { $0.ownParameters + $0.ownBuffers }
+    }
+
+    private func collect(prefix: String, _ own: (Module) -> [(String, Tensor)]) -> [(String, Tensor)] {
+        var result = own(self).map { (prefix + $0.0, $0.1) }
+        for (name, child) in children {
+            result += child.collect(prefix: prefix + name + ".", own)
+        }
+        return result
+    }
+
+    /// Copies values from `entries` into the parameters and buffers of the same names.
+    ///
+    /// - Parameter strict: when `true`, every key of the module must be present and every entry must
+    ///   name a key of the module.
+    /// - Throws: ``StateDictError`` for a missing or unexpected key, or a shape mismatch; nothing is
+    ///   changed when it throws.
+    public func loadStateDict(_ entries: [String: Tensor], strict: Bool = true) throws {
+        let own = stateDict()
+        let ownNames = Set(own.map(\.0))
+        if strict {
+            let missing = own.map(\.0).filter { entries[$0] == nil }
+            if !missing.isEmpty { throw StateDictError.missingKeys(missing) }
+            let unexpected = entries.keys.filter { !ownNames.contains($0) }.sorted()
+            if !unexpected.isEmpty { throw StateDictError.unexpectedKeys(unexpected) }
+        }
+        for (name, tensor) in own {
+            if let source = entries[name], source.shape != tensor.shape {
+                throw StateDictError.shapeMismatch(key: name, expected: tensor.shape, found: source.shape)
+            }
+        }
+        for (name, tensor) in own {
+            if let source = entries[name] { tensor.assign(source) }
+        }
+    }
+
+    /// Sets training (`true`) or evaluation mode on this module and all its descendants.
+    public func train(_ training: Bool = true) {
+        isTraining = training
+        for (_, child) in children { child.train(training) }
+    }
+
+    /// Evaluation mode: running statistics in batch norm.
+    public func eval() { train(false) }
+
+    /// Clears the gradients of every parameter.
+    public func zeroGrad() {
+        for (_, p) in namedParameters() { p.grad = nil }
+    }
+
+    /// The total number of parameter elements.
+    public var parameterCount: Int { namedParameters().reduce(0) { $0 + $1.1.count } }
+}
+
+/// A module that maps one tensor to one tensor.
+public protocol Layer: Module {
+    /// Applies the layer.
+    func callAsFunction(_ input: Tensor) -> Tensor
+}
+
+/// Why a state dictionary could not be loaded.
+public enum StateDictError: Error, Equatable, CustomStringConvertible {
+    case missingKeys([String])
+    case unexpectedKeys([String])
+    case shapeMismatch(key: String, expected: [Int], found: [Int])
+
+    public var description: String {
+        switch self {
+        case .missingKeys(let keys): "state dict is missing keys: \(keys.joined(separator: ", "))"
+        case .unexpectedKeys(let keys): "state dict has unexpected keys: \(keys.joined(separator: ", "))"
+        case .shapeMismatch(let key, let expected, let found): "state dict key \(key) has shape \(found), expected \(expected)"
+        }
+    }
+}

@@ -1,0 +1,81 @@
+import Testing
+@testable import Tensors
+
+/// Direct (quadruple-loop) convolution, the reference the lowered one is checked against.
+func naiveConv2d(_ x: Tensor, _ w: Tensor, _ b: Tensor?, stride: (Int, Int), padding: (Int, Int)) -> [Float] {
+    let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    let (co, kh, kw) = (w.shape[0], w.shape[2], w.shape[3])
+    let oh = (h + 2 * padding.0 - kh) / stride.0 + 1, ow = (wd + 2 * padding.1 - kw) / stride.1 + 1
+    var out = [Float](repeating: 0, count: n * co * oh * ow)
+    for i in 0..<n { for o in 0..<co { for y in 0..<oh { for xx in 0..<ow {
+        var s: Float = b?.data[o] ?? 0
+        for ci in 0..<c { for dy in 0..<kh { for dx in 0..<kw {
+            let iy = y * stride.0 - padding.0 + dy, ix = xx * stride.1 - padding.1 + dx
+            if iy >= 0 && iy < h && ix >= 0 && ix < wd {
+                s += x.data[((i * c + ci) * h + iy) * wd + ix] * w.data[((o * c + ci) * kh + dy) * kw + dx]
+            }
+        } } }
+        out[((i * co + o) * oh + y) * ow + xx] = s
+    } } } }
+    return out
+}
+
+struct ConvCase: Sendable, CustomTestStringConvertible {
+    let input: [Int], output: Int, kernel: (Int, Int), stride: (Int, Int), padding: (Int, Int), bias: Bool
+    var testDescription: String { "\(input) k\(kernel) s\(stride) p\(padding) bias:\(bias)" }
+}
+
+@Suite struct ConvolutionTests {
+    static let cases: [ConvCase] = [
+        ConvCase(input: [2, 3, 6, 6], output: 4, kernel: (3, 3), stride: (1, 1), padding: (1, 1), bias: false),
+        ConvCase(input: [2, 3, 7, 7], output: 4, kernel: (3, 3), stride: (2, 2), padding: (1, 1), bias: true),
+        ConvCase(input: [2, 3, 6, 6], output: 5, kernel: (1, 1), stride: (2, 2), padding: (0, 0), bias: false),
+        ConvCase(input: [3, 4, 5, 5], output: 2, kernel: (1, 1), stride: (1, 1), padding: (0, 0), bias: true),
+        ConvCase(input: [2, 2, 7, 6], output: 3, kernel: (5, 3), stride: (2, 1), padding: (2, 0), bias: true),
+        ConvCase(input: [1, 2, 4, 4], output: 3, kernel: (3, 3), stride: (3, 3), padding: (2, 2), bias: false),
+    ]
+
+    @Test(arguments: cases) func convolutionMatchesDirectLoops(_ c: ConvCase) {
+        let x = randn(c.input, seed: 1), w = randn([c.output, c.input[1], c.kernel.0, c.kernel.1], seed: 2)
+        let b = c.bias ? randn([c.output], seed: 3) : nil
+        let y = x.conv2d(weight: w, bias: b, stride: c.stride, padding: c.padding)
+        #expect(maxDifference(y.scalars, naiveConv2d(x, w, b, stride: c.stride, padding: c.padding)) < 1e-4)
+    }
+
+    @Test(arguments: cases) func convolutionGradient(_ c: ConvCase) {
+        var inputs = [randn(c.input, seed: 4), randn([c.output, c.input[1], c.kernel.0, c.kernel.1], seed: 5)]
+        if c.bias { inputs.append(randn([c.output], seed: 6)) }
+        expectGradients(inputs) {
+            $0[0].conv2d(weight: $0[1], bias: $0.count > 2 ? $0[2] : nil, stride: c.stride, padding: c.padding)
+        }
+    }
+
+    @Test func groupedLoweringMatchesForManySamples() {
+        // Enough samples of a small image that several are lowered side by side, with a remainder group.
+        let x = randn([67, 3, 8, 8], seed: 7), w = randn([5, 3, 3, 3], seed: 8)
+        let y = x.conv2d(weight: w, stride: (1, 1), padding: (1, 1))
+        #expect(maxDifference(y.scalars, naiveConv2d(x, w, nil, stride: (1, 1), padding: (1, 1))) < 1e-4)
+        let plan = ConvPlan(batch: 67, outputChannels: 5, geometry: ConvGeometry(
+            channels: 3, height: 8, width: 8, kernelHeight: 3, kernelWidth: 3, strideHeight: 1, strideWidth: 1,
+            paddingHeight: 1, paddingWidth: 1))
+        #expect(plan.group > 1 && 67 % plan.group != 0)
+        expectGradients([x, w], check: GradientCheck(samplesPerInput: 15)) {
+            $0[0].conv2d(weight: $0[1], stride: (1, 1), padding: (1, 1))
+        }
+    }
+
+    @Test(arguments: cases) func col2imIsTheAdjointOfIm2col(_ c: ConvCase) {
+        let g = ConvGeometry(channels: c.input[1], height: c.input[2], width: c.input[3],
+                             kernelHeight: c.kernel.0, kernelWidth: c.kernel.1, strideHeight: c.stride.0,
+                             strideWidth: c.stride.1, paddingHeight: c.padding.0, paddingWidth: c.padding.1)
+        let x = randn([g.channels, g.height, g.width], seed: 9)
+        let y = randn([g.columnRows, g.columnCols], seed: 10)
+        let lowered = Tensor(uninitializedShape: [g.columnRows, g.columnCols])
+        Im2col.lower(x.data, g, into: lowered.data, leadingDimension: g.columnCols)
+        let folded = Tensor.zeros(x.shape)
+        Im2col.accumulate(y.data, leadingDimension: g.columnCols, g, into: folded.data)
+        let lhs = zip(lowered.scalars, y.scalars).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        let rhs = zip(x.scalars, folded.scalars).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        #expect(abs(lhs - rhs) < 1e-3 * max(1, abs(lhs)))
+    }
+}
