@@ -1,1 +1,11 @@
-print("cohort")
+import ArgumentParser
+
+/// The `cohort` command line.
+struct Cohort: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cohort",
+        abstract: "Distributed online distillation: mutual contrastive learning in a cohort of networks.",
+        subcommands: [ConformanceCommand.self, BenchCommand.self])
+}
+
+Cohort.main()
