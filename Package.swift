@@ -1,6 +1,16 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// The vector kernels are written for 8-lane SIMD; on x86-64 let them use AVX2 and FMA (Haswell, 2013; every x86-64
+/// server CPU since 2013 has them) instead of the SSE2 baseline. Set COHORT_PORTABLE=1 to build for the
+/// baseline instead.
+var kernelSettings: [SwiftSetting] = []
+#if arch(x86_64)
+if Context.environment["COHORT_PORTABLE"] == nil {
+    kernelSettings = [.unsafeFlags(["-target-cpu", "haswell"])]
+}
+#endif
+
 let package = Package(
     name: "Cohort",
     platforms: [.macOS(.v14)],
@@ -16,7 +26,7 @@ let package = Package(
         // OpenBLAS's CBLAS interface (libopenblas-dev); headers only.
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
         // Float32 tensors, reverse-mode autograd, and the kernels under them.
-        .target(name: "Tensors", dependencies: ["CBLAS"]),
+        .target(name: "Tensors", dependencies: ["CBLAS"], swiftSettings: kernelSettings),
         // Modules, layers, models, optimizers and learning-rate schedules.
         .target(name: "NN", dependencies: ["Tensors"]),
         // Reference-fixture runner (`cohort conformance`).

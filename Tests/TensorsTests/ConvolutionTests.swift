@@ -33,6 +33,8 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         ConvCase(input: [3, 4, 5, 5], output: 2, kernel: (1, 1), stride: (1, 1), padding: (0, 0), bias: true),
         ConvCase(input: [2, 2, 7, 6], output: 3, kernel: (5, 3), stride: (2, 1), padding: (2, 0), bias: true),
         ConvCase(input: [1, 2, 4, 4], output: 3, kernel: (3, 3), stride: (3, 3), padding: (2, 2), bias: false),
+        ConvCase(input: [2, 2, 6, 7], output: 3, kernel: (3, 5), stride: (1, 1), padding: (0, 2), bias: false),
+        ConvCase(input: [2, 2, 5, 5], output: 2, kernel: (5, 5), stride: (1, 1), padding: (2, 2), bias: true),
     ]
 
     @Test(arguments: cases) func convolutionMatchesDirectLoops(_ c: ConvCase) {
@@ -73,7 +75,10 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         let lowered = Tensor(uninitializedShape: [g.columnRows, g.columnCols])
         Im2col.lower(x.data, g, into: lowered.data, leadingDimension: g.columnCols)
         let folded = Tensor.zeros(x.shape)
-        Im2col.accumulate(y.data, leadingDimension: g.columnCols, g, into: folded.data)
+        let scratch = y.copy()   // accumulate may clobber its input
+        withExtendedLifetime(scratch) {
+            Im2col.accumulate(scratch.data, leadingDimension: g.columnCols, g, into: folded.data)
+        }
         let lhs = zip(lowered.scalars, y.scalars).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         let rhs = zip(x.scalars, folded.scalars).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         #expect(abs(lhs - rhs) < 1e-3 * max(1, abs(lhs)))

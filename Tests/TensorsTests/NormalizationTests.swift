@@ -76,3 +76,33 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+
+@Suite struct FusedOpTests {
+    @Test func batchNormReLUGradient() {
+        let rm = Tensor.zeros([3]), rv = Tensor(repeating: 1, shape: [3])
+        // Shift the inputs so that few normalised values sit near the ReLU's kink.
+        let x = randn([4, 3, 3, 3], seed: 21)
+        expectGradients([x, uniform([3], 0.5, 1.5, seed: 22), uniform([3], 0.3, 0.6, seed: 23)],
+                        check: GradientCheck(step: 1e-3, relativeTolerance: 2e-2, absoluteTolerance: 2e-3)) {
+            $0[0].batchNormReLU(weight: $0[1], bias: $0[2], runningMean: rm, runningVariance: rv, training: true)
+        }
+    }
+
+    @Test func batchNormReLUEqualsTheTwoOps() {
+        let x = randn([3, 4, 5, 5], seed: 24), w = uniform([4], 0.5, 1.5, seed: 25), b = randn([4], seed: 26)
+        for training in [true, false] {
+            let fused = x.batchNormReLU(weight: w, bias: b, runningMean: Tensor.zeros([4]),
+                                        runningVariance: Tensor(repeating: 1, shape: [4]), training: training)
+            let separate = x.batchNorm(weight: w, bias: b, runningMean: Tensor.zeros([4]),
+                                       runningVariance: Tensor(repeating: 1, shape: [4]), training: training).relu()
+            #expect(maxDifference(fused.scalars, separate.scalars) == 0)
+        }
+    }
+
+    @Test func addingReLUGradientAndValues() {
+        let a = randn([4, 5], seed: 27), b = randn([4, 5], seed: 28)
+        for i in 0..<a.count where abs(a.data[i] + b.data[i]) < 0.05 { a.data[i] += 0.2 }
+        expectGradients([a, b]) { $0[0].addingReLU($0[1]) }
+        #expect(a.addingReLU(b).scalars == (a + b).relu().scalars)
+    }
+}

@@ -30,4 +30,11 @@ public final class BatchNorm2d: Module, Layer {
         return input.batchNorm(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVar,
                                training: isTraining, momentum: momentum, epsilon: epsilon)
     }
+
+    /// `relu(self(input))`, fused into one pass.
+    public func withReLU(_ input: Tensor) -> Tensor {
+        if isTraining { batchesTracked += 1 }
+        return input.batchNormReLU(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVar,
+                                   training: isTraining, momentum: momentum, epsilon: epsilon)
+    }
 }

@@ -35,9 +35,9 @@ public final class ResNetBasicBlock: Module, Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let out = bn2(conv2(bn1(conv1(x)).relu()))
+        let out = bn2(conv2(bn1.withReLU(conv1(x))))
         let residual = downsample.map { $0(x) } ?? x
-        return (out + residual).relu()
+        return out.addingReLU(residual)
     }
 }
 
@@ -92,7 +92,7 @@ public final class ResNet: Module, Classifier {
     }
 
     public func forward(_ images: Tensor) -> (feature: Tensor, logits: Tensor) {
-        let x = layer3(layer2(layer1(bn1(conv1(images)).relu())))
+        let x = layer3(layer2(layer1(bn1.withReLU(conv1(images)))))
         let feature = x.globalAveragePool()
         return (feature, fc(feature))
     }

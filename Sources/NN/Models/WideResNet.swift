@@ -29,8 +29,8 @@ public final class WideBasicBlock: Module, Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let activated = bn1(x).relu()
-        let out = conv2(bn2(conv1(activated)).relu())
+        let activated = bn1.withReLU(x)
+        let out = conv2(bn2.withReLU(conv1(activated)))
         // As the reference: with equal widths the shortcut is the raw input, otherwise the 1x1
         // convolution of the pre-activated input.
         let shortcut = convShortcut.map { $0(activated) } ?? x
@@ -98,7 +98,7 @@ public final class WideResNet: Module, Classifier {
 
     public func forward(_ images: Tensor) -> (feature: Tensor, logits: Tensor) {
         let x = block3(block2(block1(conv1(images))))
-        let feature = bn1(x).relu().globalAveragePool()
+        let feature = bn1.withReLU(x).globalAveragePool()
         return (feature, fc(feature))
     }
 }

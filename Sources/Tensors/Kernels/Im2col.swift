@@ -47,6 +47,10 @@ public enum Im2col {
     /// Lowers `image` (`C x H x W`) into `columns`, a matrix with row stride `leadingDimension`.
     public static func lower(_ image: UnsafePointer<Float>, _ g: ConvGeometry,
                              into columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int) {
+        if g.strideHeight == 1 && g.strideWidth == 1 && g.outputWidth == g.width {
+            lowerSameWidth(image, g, into: columns, leadingDimension: ld)
+            return
+        }
         let oh = g.outputHeight, ow = g.outputWidth
         let kh = g.kernelHeight, kw = g.kernelWidth
         for c in 0..<g.channels {
@@ -59,18 +63,18 @@ public enum Im2col {
                         let dst = row + oy * ow
                         let iy = oy * g.strideHeight - g.paddingHeight + i
                         if iy < 0 || iy >= g.height {
-                            dst.update(repeating: 0, count: ow)
+                            Vector.fill(dst, with: 0, count: ow)
                             continue
                         }
-                        if valid.lowerBound > 0 { dst.update(repeating: 0, count: valid.lowerBound) }
+                        if valid.lowerBound > 0 { Vector.fill(dst, with: 0, count: valid.lowerBound) }
                         if valid.upperBound < ow {
-                            (dst + valid.upperBound).update(repeating: 0, count: ow - valid.upperBound)
+                            Vector.fill(dst + valid.upperBound, with: 0, count: ow - valid.upperBound)
                         }
                         guard !valid.isEmpty else { continue }
                         let src = plane + iy * g.width
                         let x0 = valid.lowerBound * g.strideWidth - g.paddingWidth + j
                         if g.strideWidth == 1 {
-                            (dst + valid.lowerBound).update(from: src + x0, count: valid.count)
+                            Vector.copy(src + x0, to: dst + valid.lowerBound, count: valid.count)
                         } else {
                             let s = g.strideWidth
                             var ix = x0
@@ -82,10 +86,54 @@ public enum Im2col {
         }
     }
 
+    /// Stride 1 with the output as wide as the input (the "same" padding of 3x3/pad-1 layers): each row
+    /// of the lowered matrix is the channel's plane shifted by the kernel offset, so it is one long copy,
+    /// then zeros where the shift wrapped across a row edge or left the image.
+    private static func lowerSameWidth(_ image: UnsafePointer<Float>, _ g: ConvGeometry,
+                                       into columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int) {
+        let oh = g.outputHeight, w = g.width, h = g.height
+        let kh = g.kernelHeight, kw = g.kernelWidth
+        for c in 0..<g.channels {
+            let plane = image + c * h * w
+            for i in 0..<kh {
+                let dy = i - g.paddingHeight
+                let rowLow = Swift.max(0, -dy), rowHigh = Swift.min(oh, h - dy)
+                for j in 0..<kw {
+                    let dx = j - g.paddingWidth
+                    let row = columns + ((c * kh + i) * kw + j) * ld
+                    guard rowLow < rowHigh else {
+                        Vector.fill(row, with: 0, count: oh * w)
+                        continue
+                    }
+                    Vector.fill(row, with: 0, count: rowLow * w)
+                    Vector.fill(row + rowHigh * w, with: 0, count: (oh - rowHigh) * w)
+                    // Output p maps to input p + dy*w + dx; skip the ends that would fall outside the plane.
+                    let first = rowLow * w + Swift.max(0, -dx)
+                    let last = rowHigh * w - Swift.max(0, dx)
+                    if first < last {
+                        Vector.copy(plane + first + dy * w + dx, to: row + first, count: last - first)
+                    }
+                    // Columns whose input column is outside the image.
+                    if dx != 0 {
+                        let zeroFrom = dx < 0 ? 0 : w - dx, zeroCount = Swift.min(abs(dx), w)
+                        for oy in rowLow..<rowHigh {
+                            Vector.fill(row + oy * w + zeroFrom, with: 0, count: zeroCount)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Adds the lowered matrix `columns` (row stride `leadingDimension`) back into `image` (`C x H x W`).
-    /// The image is accumulated into, not overwritten.
-    public static func accumulate(_ columns: UnsafePointer<Float>, leadingDimension ld: Int, _ g: ConvGeometry,
+    /// The image is accumulated into, not overwritten. `columns` is scratch: entries that fall outside
+    /// the image may be overwritten with zeros.
+    public static func accumulate(_ columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int, _ g: ConvGeometry,
                                   into image: UnsafeMutablePointer<Float>) {
+        if g.strideHeight == 1 && g.strideWidth == 1 && g.outputWidth == g.width {
+            accumulateSameWidth(columns, leadingDimension: ld, g, into: image)
+            return
+        }
         let oh = g.outputHeight, ow = g.outputWidth
         let kh = g.kernelHeight, kw = g.kernelWidth
         for c in 0..<g.channels {
@@ -108,6 +156,37 @@ public enum Im2col {
                             var ix = x0
                             for ox in valid { dst[ix] += src[ox]; ix += s }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of ``lowerSameWidth``: one long vector add per lowered row, after zeroing the entries
+    /// whose pixel lies outside the image (they would otherwise wrap into the neighbouring row).
+    private static func accumulateSameWidth(_ columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int,
+                                            _ g: ConvGeometry, into image: UnsafeMutablePointer<Float>) {
+        let oh = g.outputHeight, w = g.width, h = g.height
+        let kh = g.kernelHeight, kw = g.kernelWidth
+        for c in 0..<g.channels {
+            let plane = image + c * h * w
+            for i in 0..<kh {
+                let dy = i - g.paddingHeight
+                let rowLow = Swift.max(0, -dy), rowHigh = Swift.min(oh, h - dy)
+                guard rowLow < rowHigh else { continue }
+                for j in 0..<kw {
+                    let dx = j - g.paddingWidth
+                    let row = columns + ((c * kh + i) * kw + j) * ld
+                    if dx != 0 {
+                        let zeroFrom = dx < 0 ? 0 : w - dx, zeroCount = Swift.min(abs(dx), w)
+                        for oy in rowLow..<rowHigh {
+                            Vector.fill(row + oy * w + zeroFrom, with: 0, count: zeroCount)
+                        }
+                    }
+                    let first = rowLow * w + Swift.max(0, -dx)
+                    let last = rowHigh * w - Swift.max(0, dx)
+                    if first < last {
+                        Vector.add(row + first, into: plane + first + dy * w + dx, count: last - first)
                     }
                 }
             }

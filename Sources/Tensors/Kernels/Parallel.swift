@@ -9,11 +9,38 @@ public enum Parallelism {
     /// The configured thread count (at least 1).
     public static var threadCount: Int { threads.load(ordering: .relaxed) }
 
-    /// Sets the thread count for Cohort's loops and OpenBLAS. Call once at start-up, before any op runs.
+    /// Sets the thread count for Cohort's loops. Call once at start-up, before any op runs.
+    ///
+    /// OpenBLAS itself is kept single-threaded: Cohort splits work (the batch, for convolutions) across
+    /// its own threads, each calling BLAS on its share, which avoids BLAS's per-call thread hand-off on
+    /// the many mid-sized products of a CIFAR network.
     public static func setThreadCount(_ n: Int) {
         let n = Swift.max(1, n)
         threads.store(n, ordering: .relaxed)
-        openblas_set_num_threads(Int32(n))
+        openblas_set_num_threads(1)
+    }
+
+    /// Splits `0..<count` into at most ``threadCount`` contiguous, non-empty ranges (one when the work,
+    /// `count * costPerItem`, is below `minimumCost`).
+    public static func ranges(_ count: Int, costPerItem: Int = 1, minimumCost: Int = 32_768) -> [Range<Int>] {
+        guard count > 0 else { return [] }
+        let n = threadCount
+        let chunks = (n > 1 && count * costPerItem >= minimumCost) ? Swift.min(n, count) : 1
+        return (0..<chunks).map { c in (count * c / chunks)..<(count * (c + 1) / chunks) }
+    }
+
+    /// Runs `body(index, ranges[index])` for every range, concurrently when there are several.
+    ///
+    /// `body` must touch disjoint memory for different indices.
+    public static func run(_ ranges: [Range<Int>], _ body: (Int, Range<Int>) -> Void) {
+        if ranges.count <= 1 {
+            if let only = ranges.first { body(0, only) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            let work = UncheckedSendableBox(body)
+            DispatchQueue.concurrentPerform(iterations: ranges.count) { c in work.value(c, ranges[c]) }
+        }
     }
 
     /// Runs `body` over `0..<count` split into contiguous chunks, one per thread, when the work is large
@@ -22,24 +49,12 @@ public enum Parallelism {
     /// `body` must touch disjoint memory for disjoint ranges.
     public static func forEachChunk(_ count: Int, costPerItem: Int = 1, minimumCost: Int = 32_768,
                                     _ body: (Range<Int>) -> Void) {
-        let n = threadCount
-        guard n > 1, count > 1, count * costPerItem >= minimumCost else {
-            if count > 0 { body(0..<count) }
-            return
-        }
-        let chunks = Swift.min(n, count)
-        withoutActuallyEscaping(body) { body in
-            let work = UncheckedSendableBox(body)
-            DispatchQueue.concurrentPerform(iterations: chunks) { c in
-                let lo = count * c / chunks, hi = count * (c + 1) / chunks
-                if lo < hi { work.value(lo..<hi) }
-            }
-        }
+        run(ranges(count, costPerItem: costPerItem, minimumCost: minimumCost)) { _, range in body(range) }
     }
 }
 
-/// Carries a non-Sendable closure into `concurrentPerform`. Sound because `forEachChunk` blocks until
-/// every chunk has finished and its contract requires each chunk to write disjoint memory.
+/// Carries a non-Sendable closure into `concurrentPerform`. Sound because `run` blocks until
+/// every range has finished and its contract requires each range to write disjoint memory.
 private struct UncheckedSendableBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }

@@ -13,6 +13,20 @@ extension Tensor {
     ///   - epsilon: added to the variance.
     public func batchNorm(weight: Tensor, bias: Tensor, runningMean: Tensor, runningVariance: Tensor,
                           training: Bool, momentum: Float = 0.1, epsilon: Float = 1e-5) -> Tensor {
+        batchNorm(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVariance,
+                  training: training, momentum: momentum, epsilon: epsilon, relu: false)
+    }
+
+    /// `batchNorm(...).relu()` in one pass over memory forward and one backward (the pattern of every
+    /// ResNet stem and block). Same parameters and results as the two ops in sequence.
+    public func batchNormReLU(weight: Tensor, bias: Tensor, runningMean: Tensor, runningVariance: Tensor,
+                              training: Bool, momentum: Float = 0.1, epsilon: Float = 1e-5) -> Tensor {
+        batchNorm(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVariance,
+                  training: training, momentum: momentum, epsilon: epsilon, relu: true)
+    }
+
+    private func batchNorm(weight: Tensor, bias: Tensor, runningMean: Tensor, runningVariance: Tensor,
+                           training: Bool, momentum: Float, epsilon: Float, relu: Bool) -> Tensor {
         precondition(rank >= 2, "batchNorm needs N x C x ..., got \(shape)")
         let n = shape[0], c = shape[1], plane = count / Swift.max(n * c, 1)
         for t in [weight, bias, runningMean, runningVariance] {
@@ -54,12 +68,20 @@ extension Tensor {
                 let vs = Vector.Lanes(repeating: scale), vb = Vector.Lanes(repeating: shift)
                 for i in 0..<n {
                     let off = (i * c + ch) * plane
-                    Vector.map(x + off, y + off, plane, { $0 * vs + vb }, { $0 * scale + shift })
+                    if relu {
+                        Vector.map(x + off, y + off, plane, { Vector.relu($0 * vs + vb) },
+                                   { Swift.max($0 * scale + shift, 0) })
+                    } else {
+                        Vector.map(x + off, y + off, plane, { $0 * vs + vb }, { $0 * scale + shift })
+                    }
                 }
             }
         }
+        withExtendedLifetime((mean, invStd)) {}
         let input = self
-        return out.recorded("batchNorm", [input, weight, bias]) { g in
+        return out.recorded(relu ? "batchNormReLU" : "batchNorm", [input, weight, bias]) { outputGradient in
+            // With the fused ReLU, the gradient reaching the normalisation is zero where the output is.
+            let g = relu ? outputGradient.maskedByPositive(out) : outputGradient
             let gx = input.requiresGrad ? Tensor(uninitializedShape: input.shape) : nil
             let gw = Tensor(uninitializedShape: [c]), gb = Tensor(uninitializedShape: [c])
             let gp = g.data, x = input.data, dx = gx?.data

@@ -35,6 +35,17 @@ extension Tensor {
         return out.recorded("relu", [self]) { g in [g.maskedByPositive(out)] }
     }
 
+    /// `max(a + b, 0)` for two tensors of one shape, in one pass (a residual connection's join).
+    public func addingReLU(_ other: Tensor) -> Tensor {
+        precondition(shape == other.shape, "addingReLU: \(shape) vs \(other.shape)")
+        let out = Tensor(uninitializedShape: shape)
+        Vector.zip(data, other.data, out.data, count, { Vector.relu($0 + $1) }, { Swift.max($0 + $1, 0) })
+        return out.recorded("addingReLU", [self, other]) { g in
+            let masked = g.maskedByPositive(out)
+            return [masked, masked]
+        }
+    }
+
     /// The square root, element-wise.
     public func sqrt() -> Tensor {
         let out = mapped { Vector.map($0, $1, $2, { $0.squareRoot() }, { $0.squareRoot() }) }
