@@ -41,7 +41,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
-        .testTarget(name: "NNTests", dependencies: ["NN"]),
-        .testTarget(name: "ConformanceTests", dependencies: ["Conformance"]),
+        .testTarget(name: "NNTests", dependencies: ["NN"], exclude: ["Resources"]),
+        .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

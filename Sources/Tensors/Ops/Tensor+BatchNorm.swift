@@ -79,14 +79,21 @@ extension Tensor {
         }
         withExtendedLifetime((mean, invStd)) {}
         let input = self
-        return out.recorded(relu ? "batchNormReLU" : "batchNorm", [input, weight, bias]) { outputGradient in
-            // With the fused ReLU, the gradient reaching the normalisation is zero where the output is.
-            let g = relu ? outputGradient.maskedByPositive(out) : outputGradient
+        return out.recorded(relu ? "batchNormReLU" : "batchNorm", [input, weight, bias]) { g in
             let gx = input.requiresGrad ? Tensor(uninitializedShape: input.shape) : nil
             let gw = Tensor(uninitializedShape: [c]), gb = Tensor(uninitializedShape: [c])
-            let gp = g.data, x = input.data, dx = gx?.data
+            let gp = g.data, x = input.data, dx = gx?.data, yp = out.data
             let pw = weight.data, pm = mean.data, ps = invStd.data
             let pgw = gw.data, pgb = gb.data
+            // With the fused ReLU, the gradient reaching the normalisation is zero where the output is;
+            // the mask is applied as the gradient is read, without a masked copy.
+            @inline(__always) func gradient(_ i: Int) -> Vector.Lanes {
+                let v = Vector.load(gp + i)
+                return relu ? v.replacing(with: 0, where: Vector.load(yp + i) .<= 0) : v
+            }
+            @inline(__always) func gradient(scalar i: Int) -> Float {
+                relu && yp[i] <= 0 ? 0 : gp[i]
+            }
             Parallelism.forEachChunk(c, costPerItem: m * 3) { channels in
                 for ch in channels {
                     let mu = pm[ch], inv = ps[ch]
@@ -97,31 +104,34 @@ extension Tensor {
                         var accG = Vector.Lanes(repeating: 0), accGX = Vector.Lanes(repeating: 0)
                         var j = 0
                         while j + 8 <= plane {
-                            let gv = Vector.load(gp + off + j)
+                            let gv = gradient(off + j)
                             accG += gv; accGX += gv * (Vector.load(x + off + j) - vm); j += 8
                         }
                         sumG += accG.sum(); sumGX += accGX.sum()
-                        while j < plane { sumG += gp[off + j]; sumGX += gp[off + j] * (x[off + j] - mu); j += 1 }
+                        while j < plane {
+                            let gs = gradient(scalar: off + j)
+                            sumG += gs; sumGX += gs * (x[off + j] - mu); j += 1
+                        }
                     }
                     pgb[ch] = sumG
                     pgw[ch] = sumGX * inv
                     guard let dx else { continue }
                     let k = pw[ch] * inv
-                    if training {
-                        // dx = w inv (g - mean(g) - (x - mu) inv^2 mean(g (x - mu)))
-                        let meanG = sumG / Float(m), c2 = inv * inv * sumGX / Float(m)
-                        let vk = Vector.Lanes(repeating: k), vmg = Vector.Lanes(repeating: meanG)
-                        let vc2 = Vector.Lanes(repeating: c2)
-                        for i in 0..<n {
-                            let off = (i * c + ch) * plane
-                            Vector.zip(gp + off, x + off, dx + off, plane,
-                                       { vk * ($0 - vmg - ($1 - vm) * vc2) }, { k * ($0 - meanG - ($1 - mu) * c2) })
+                    // Training: dx = w inv (g - mean(g) - (x - mu) inv^2 mean(g (x - mu)));
+                    // evaluation (fixed statistics): dx = w inv g.
+                    let meanG = training ? sumG / Float(m) : 0
+                    let c2 = training ? inv * inv * sumGX / Float(m) : 0
+                    let vk = Vector.Lanes(repeating: k), vmg = Vector.Lanes(repeating: meanG)
+                    let vc2 = Vector.Lanes(repeating: c2)
+                    for i in 0..<n {
+                        let off = (i * c + ch) * plane
+                        var j = 0
+                        while j + 8 <= plane {
+                            let v = vk * (gradient(off + j) - vmg - (Vector.load(x + off + j) - vm) * vc2)
+                            Vector.store(v, dx + off + j); j += 8
                         }
-                    } else {
-                        let vk = Vector.Lanes(repeating: k)
-                        for i in 0..<n {
-                            let off = (i * c + ch) * plane
-                            Vector.map(gp + off, dx + off, plane, { $0 * vk }, { $0 * k })
+                        while j < plane {
+                            dx[off + j] = k * (gradient(scalar: off + j) - meanG - (x[off + j] - mu) * c2); j += 1
                         }
                     }
                 }

@@ -1,0 +1,139 @@
+import Foundation
+import Testing
+import Tensors
+@testable import NN
+
+/// The state-dict keys and shapes of the reference models, dumped from HobbitLong/RepDistiller's
+/// `models/resnet.py` and `models/wrn.py` with PyTorch (see the file's `source`).
+struct ReferenceKeys: Decodable {
+    let models: [String: [[KeyOrShape]]]
+
+    enum KeyOrShape: Decodable {
+        case key(String), shape([Int])
+        init(from decoder: Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let s = try? c.decode(String.self) { self = .key(s) } else { self = .shape(try c.decode([Int].self)) }
+        }
+    }
+
+    static let shared: ReferenceKeys = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Resources/state_dict_keys.json")
+        return try! JSONDecoder().decode(ReferenceKeys.self, from: Data(contentsOf: url))
+    }()
+
+    func entries(_ model: String) -> [(String, [Int])] {
+        models[model]!.map { pair in
+            guard case .key(let k) = pair[0], case .shape(let s) = pair[1] else { fatalError("bad reference entry") }
+            return (k, s)
+        }
+    }
+}
+
+@Suite struct ModelTests {
+    @Test(arguments: Architecture.allCases)
+    func stateDictMatchesPyTorch(_ architecture: Architecture) {
+        let net = architecture.make(inputChannels: 3, classCount: 10, seed: 1)
+        let ours = net.stateDict().map { ($0.0, $0.1.shape) }
+        let reference = ReferenceKeys.shared.entries(architecture.rawValue)
+        #expect(ours.map(\.0) == reference.map(\.0), "keys (and their order) differ from PyTorch's state_dict")
+        #expect(ours.map(\.1) == reference.map(\.1), "shapes differ from PyTorch's state_dict")
+    }
+
+    @Test(arguments: [(Architecture.resnet20, 3, 32), (.resnet20, 1, 28), (.resnet8x4, 3, 32), (.wrn_16_2, 1, 28)])
+    func forwardShapesForAnyInputSize(_ architecture: Architecture, _ channels: Int, _ size: Int) {
+        let net = architecture.make(inputChannels: channels, classCount: 7, seed: 2)
+        var g = SeededGenerator(seed: 3)
+        let (feature, logits) = net.forward(Tensor.randomNormal([2, channels, size, size], using: &g))
+        #expect(feature.shape == [2, net.featureCount])
+        #expect(logits.shape == [2, 7])
+        #expect(logits.scalars.allSatisfy { $0.isFinite })
+    }
+
+    @Test func initialisationFollowsRepDistiller() {
+        var g4 = SeededGenerator(seed: 4), g4again = SeededGenerator(seed: 4), g5 = SeededGenerator(seed: 5)
+        let net = ResNet(depth: 20, filters: [16, 16, 32, 64], generator: &g4)
+        // Kaiming normal, fan-out: std sqrt(2 / (out * 3 * 3)) for layer3's 64-channel convolutions.
+        let w = net.layer3.layers[1] as! ResNetBasicBlock
+        let values = w.conv1.weight.scalars
+        let std = (values.map { $0 * $0 }.reduce(0, +) / Float(values.count)).squareRoot()
+        #expect(abs(std - (2 / Float(64 * 9)).squareRoot()) < 0.004)
+        #expect(w.bn1.weight.scalars.allSatisfy { $0 == 1 } && w.bn1.bias.scalars.allSatisfy { $0 == 0 })
+        #expect(w.bn1.runningVar.scalars.allSatisfy { $0 == 1 } && w.bn1.runningMean.scalars.allSatisfy { $0 == 0 })
+        // PyTorch's Linear default: uniform in ±1/sqrt(in).
+        let bound = 1 / Float(64).squareRoot()
+        #expect(net.fc.weight.scalars.allSatisfy { abs($0) <= bound })
+        #expect(net.fc.bias!.scalars.allSatisfy { abs($0) <= bound })
+        // Same seed, same weights.
+        let again = ResNet(depth: 20, filters: [16, 16, 32, 64], generator: &g4again)
+        #expect(again.fc.weight.scalars == net.fc.weight.scalars)
+        // WRN zeroes the classifier bias.
+        let wrn = WideResNet(depth: 16, widenFactor: 2, generator: &g5)
+        #expect(wrn.fc.bias!.scalars.allSatisfy { $0 == 0 })
+    }
+
+    @Test func evaluationModeUsesRunningStatistics() {
+        let net = Architecture.resnet8.make(seed: 6) as! ResNet
+        var g = SeededGenerator(seed: 7)
+        let x = Tensor.randomNormal([4, 3, 16, 16], using: &g)
+        let before = net.stateDict().first { $0.0 == "bn1.running_mean" }!.1.scalars
+        let train = net(x)
+        let after = net.stateDict().first { $0.0 == "bn1.running_mean" }!.1.scalars
+        #expect(before != after, "training mode updates running statistics")
+        net.eval()
+        #expect(!net.isTraining && !net.layer1.isTraining && !(net.layer1.layers[0] as! ResNetBasicBlock).bn2.isTraining)
+        let eval1 = withNoGrad { net(x) }, eval2 = withNoGrad { net(x) }
+        #expect(eval1.scalars == eval2.scalars, "evaluation is deterministic and does not update statistics")
+        #expect(eval1.scalars != train.scalars)
+        #expect(net.stateDict().first { $0.0 == "bn1.running_mean" }!.1.scalars == after)
+    }
+
+    @Test func loadStateDictRejectsBadInputWithoutChangingAnything() throws {
+        let net = Architecture.resnet8.make(seed: 8) as! ResNet
+        let original = net.fc.weight.scalars
+        var entries = Dictionary(uniqueKeysWithValues: net.stateDict().map { ($0.0, $0.1.copy()) })
+        entries["fc.weight"] = Tensor.zeros([10, 64])
+        entries.removeValue(forKey: "bn1.bias")
+        #expect(throws: StateDictError.missingKeys(["bn1.bias"])) { try net.loadStateDict(entries) }
+        entries["bn1.bias"] = Tensor.zeros([16])
+        entries["extra"] = Tensor.zeros([1])
+        #expect(throws: StateDictError.unexpectedKeys(["extra"])) { try net.loadStateDict(entries) }
+        entries.removeValue(forKey: "extra")
+        entries["fc.bias"] = Tensor.zeros([11])
+        #expect(throws: StateDictError.shapeMismatch(key: "fc.bias", expected: [10], found: [11])) {
+            try net.loadStateDict(entries)
+        }
+        #expect(net.fc.weight.scalars == original)
+        entries["fc.bias"] = Tensor.zeros([10])
+        try net.loadStateDict(entries)
+        #expect(net.fc.weight.scalars.allSatisfy { $0 == 0 })
+    }
+
+    @Test func architectureNames() {
+        #expect(Architecture(name: "wrn-40-2") == .wrn_40_2)
+        #expect(Architecture(name: "ResNet32x4") == .resnet32x4)
+        #expect(Architecture(name: "resnet18") == nil)
+    }
+
+    @Test func trainingStepIsIndependentOfThreadCount() {
+        func step(threads: Int) -> [Float] {
+            Parallelism.setThreadCount(threads)
+            defer { Parallelism.setThreadCount(1) }
+            let net = Architecture.resnet8.make(inputChannels: 1, classCount: 10, seed: 9)
+            var g = SeededGenerator(seed: 10)
+            let x = Tensor.randomNormal([16, 1, 28, 28], using: &g)
+            let loss = net(x).crossEntropy(labels: (0..<16).map { $0 % 10 })
+            loss.backward()
+            return net.namedParameters().flatMap { $0.1.grad!.scalars }
+        }
+        let one = step(threads: 1), two = step(threads: 2)
+        let scale = one.map(abs).max()!
+        #expect(maxDifference(one, two) <= 1e-5 * scale)
+    }
+}
+
+/// Largest absolute difference between two equally long arrays.
+func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
+    precondition(a.count == b.count)
+    return zip(a, b).map { abs($0 - $1) }.max() ?? 0
+}
