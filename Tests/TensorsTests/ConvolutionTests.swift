@@ -83,4 +83,39 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         let rhs = zip(x.scalars, folded.scalars).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         #expect(abs(lhs - rhs) < 1e-3 * max(1, abs(lhs)))
     }
+
+    /// Every tiling — bands of rows, groups of samples, one whole sample — and both backward algorithms
+    /// (same-convolution via the lowered output gradient, general via col2im) give the same results.
+    @Test(arguments: [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (5, 1, 2)])
+    func everyTilingAgrees(_ kernel: Int, _ stride: Int, _ padding: Int) {
+        let x = randn([5, 3, 9, 9], seed: 11), w = randn([4, 3, kernel, kernel], seed: 12)
+        let geometry = ConvGeometry(channels: 3, height: 9, width: 9, kernelHeight: kernel, kernelWidth: kernel,
+                                    strideHeight: stride, strideWidth: stride, paddingHeight: padding, paddingWidth: padding)
+        let expected = naiveConv2d(x, w, nil, stride: (stride, stride), padding: (padding, padding))
+        let dy = randn([5, 4, geometry.outputHeight, geometry.outputWidth], seed: 13)
+        var reference: (dx: [Float], dw: [Float])?
+        // Budgets from one band row per tile up to several samples per tile.
+        for budget in [geometry.columnRows * geometry.outputWidth, geometry.columnRows * geometry.outputWidth * 3, 1 << 20] {
+            let plan = ConvPlan(batch: 5, outputChannels: 4, geometry: geometry, budget: budget)
+            let y = Tensor(uninitializedShape: dy.shape)
+            plan.forward(input: x.data, weight: w.data, bias: nil, output: y.data)
+            #expect(maxDifference(y.scalars, expected) < 1e-4, "budget \(budget): group \(plan.group), band \(plan.bandRows)")
+            let dx = Tensor(uninitializedShape: x.shape), dw = Tensor(uninitializedShape: w.shape)
+            plan.backward(input: x.data, weight: w.data, outputGradient: dy.data, inputGradient: dx.data, weightGradient: dw.data)
+            // Weight gradient alone takes the general path even for a same convolution.
+            let dwOnly = Tensor(uninitializedShape: w.shape)
+            plan.backward(input: x.data, weight: w.data, outputGradient: dy.data, inputGradient: nil, weightGradient: dwOnly.data)
+            #expect(maxDifference(dw.scalars, dwOnly.scalars) < 1e-4)
+            if let reference {
+                #expect(maxDifference(dx.scalars, reference.dx) < 1e-4)
+                #expect(maxDifference(dw.scalars, reference.dw) < 1e-4)
+            } else {
+                reference = (dx.scalars, dw.scalars)
+            }
+        }
+        // And the reference itself is the gradient of the convolution.
+        expectGradients([x, w], check: GradientCheck(samplesPerInput: 12)) {
+            $0[0].conv2d(weight: $0[1], stride: (stride, stride), padding: (padding, padding))
+        }
+    }
 }

@@ -19,6 +19,12 @@ public struct ConvGeometry: Sendable, Equatable {
     public var columnRows: Int { channels * kernelHeight * kernelWidth }
     /// Columns of the lowered matrix for one image: one per output pixel.
     public var columnCols: Int { outputHeight * outputWidth }
+    /// Stride 1 with an odd kernel padded to keep the size ("same"): its input gradient is itself a
+    /// convolution of the output gradient, with the kernel flipped and transposed.
+    public var isSame: Bool {
+        strideHeight == 1 && strideWidth == 1 && kernelHeight == 2 * paddingHeight + 1
+            && kernelWidth == 2 * paddingWidth + 1
+    }
     /// A 1x1, stride-1, unpadded convolution needs no lowering: the image is already the matrix.
     public var isPointwise: Bool {
         kernelHeight == 1 && kernelWidth == 1 && strideHeight == 1 && strideWidth == 1
@@ -40,18 +46,21 @@ public struct ConvGeometry: Sendable, Equatable {
 
 /// Lowering of images to matrices for convolution (`im2col`) and its adjoint (`col2im`).
 ///
-/// `im2col` writes, for one image, the `columnRows x columnCols` matrix whose column `p` holds the input
-/// patch under output pixel `p` (zeros where the patch overhangs the padding). `col2im` adds such a
-/// matrix back into an image; it is the exact adjoint: `<im2col(x), y> == <x, col2im(y)>`.
+/// `lower` writes, for one image and a band of output rows, the `columnRows x (rows * outputWidth)`
+/// matrix whose column `p` holds the input patch under output pixel `p` of the band (zeros where the patch
+/// overhangs the padding). `accumulate` adds such a matrix back into the image; it is the exact adjoint:
+/// `<lower(x), y> == <x, accumulate(y)>`.
 public enum Im2col {
-    /// Lowers `image` (`C x H x W`) into `columns`, a matrix with row stride `leadingDimension`.
-    public static func lower(_ image: UnsafePointer<Float>, _ g: ConvGeometry,
+    /// Lowers output rows `rows` of `image` (`C x H x W`) into `columns`, a matrix with row stride
+    /// `leadingDimension`.
+    public static func lower(_ image: UnsafePointer<Float>, _ g: ConvGeometry, rows: Range<Int>? = nil,
                              into columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int) {
+        let rows = rows ?? 0..<g.outputHeight
         if g.strideHeight == 1 && g.strideWidth == 1 && g.outputWidth == g.width {
-            lowerSameWidth(image, g, into: columns, leadingDimension: ld)
+            lowerSameWidth(image, g, rows: rows, into: columns, leadingDimension: ld)
             return
         }
-        let oh = g.outputHeight, ow = g.outputWidth
+        let ow = g.outputWidth
         let kh = g.kernelHeight, kw = g.kernelWidth
         for c in 0..<g.channels {
             let plane = image + c * g.height * g.width
@@ -59,8 +68,8 @@ public enum Im2col {
                 for j in 0..<kw {
                     let row = columns + ((c * kh + i) * kw + j) * ld
                     let valid = g.validOutputColumns(kernelOffset: j)
-                    for oy in 0..<oh {
-                        let dst = row + oy * ow
+                    for oy in rows {
+                        let dst = row + (oy - rows.lowerBound) * ow
                         let iy = oy * g.strideHeight - g.paddingHeight + i
                         if iy < 0 || iy >= g.height {
                             Vector.fill(dst, with: 0, count: ow)
@@ -89,35 +98,37 @@ public enum Im2col {
     /// Stride 1 with the output as wide as the input (the "same" padding of 3x3/pad-1 layers): each row
     /// of the lowered matrix is the channel's plane shifted by the kernel offset, so it is one long copy,
     /// then zeros where the shift wrapped across a row edge or left the image.
-    private static func lowerSameWidth(_ image: UnsafePointer<Float>, _ g: ConvGeometry,
+    private static func lowerSameWidth(_ image: UnsafePointer<Float>, _ g: ConvGeometry, rows: Range<Int>,
                                        into columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int) {
-        let oh = g.outputHeight, w = g.width, h = g.height
+        let w = g.width, h = g.height
         let kh = g.kernelHeight, kw = g.kernelWidth
+        let base = rows.lowerBound * w
         for c in 0..<g.channels {
             let plane = image + c * h * w
             for i in 0..<kh {
                 let dy = i - g.paddingHeight
-                let rowLow = Swift.max(0, -dy), rowHigh = Swift.min(oh, h - dy)
+                let rowLow = Swift.max(rows.lowerBound, -dy), rowHigh = Swift.min(rows.upperBound, h - dy)
                 for j in 0..<kw {
                     let dx = j - g.paddingWidth
+                    // Column p of this row is output pixel base + p of the image.
                     let row = columns + ((c * kh + i) * kw + j) * ld
                     guard rowLow < rowHigh else {
-                        Vector.fill(row, with: 0, count: oh * w)
+                        Vector.fill(row, with: 0, count: rows.count * w)
                         continue
                     }
-                    Vector.fill(row, with: 0, count: rowLow * w)
-                    Vector.fill(row + rowHigh * w, with: 0, count: (oh - rowHigh) * w)
+                    Vector.fill(row, with: 0, count: (rowLow - rows.lowerBound) * w)
+                    Vector.fill(row + (rowHigh * w - base), with: 0, count: (rows.upperBound - rowHigh) * w)
                     // Output p maps to input p + dy*w + dx; skip the ends that would fall outside the plane.
                     let first = rowLow * w + Swift.max(0, -dx)
                     let last = rowHigh * w - Swift.max(0, dx)
                     if first < last {
-                        Vector.copy(plane + first + dy * w + dx, to: row + first, count: last - first)
+                        Vector.copy(plane + (first + dy * w + dx), to: row + (first - base), count: last - first)
                     }
                     // Columns whose input column is outside the image.
                     if dx != 0 {
                         let zeroFrom = dx < 0 ? 0 : w - dx, zeroCount = Swift.min(abs(dx), w)
                         for oy in rowLow..<rowHigh {
-                            Vector.fill(row + oy * w + zeroFrom, with: 0, count: zeroCount)
+                            Vector.fill(row + (oy * w + zeroFrom - base), with: 0, count: zeroCount)
                         }
                     }
                 }
@@ -125,16 +136,17 @@ public enum Im2col {
         }
     }
 
-    /// Adds the lowered matrix `columns` (row stride `leadingDimension`) back into `image` (`C x H x W`).
-    /// The image is accumulated into, not overwritten. `columns` is scratch: entries that fall outside
-    /// the image may be overwritten with zeros.
+    /// Adds the lowered matrix `columns` of output rows `rows` (row stride `leadingDimension`) back into
+    /// `image` (`C x H x W`). The image is accumulated into, not overwritten. `columns` is scratch:
+    /// entries that fall outside the image may be overwritten with zeros.
     public static func accumulate(_ columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int, _ g: ConvGeometry,
-                                  into image: UnsafeMutablePointer<Float>) {
+                                  rows: Range<Int>? = nil, into image: UnsafeMutablePointer<Float>) {
+        let rows = rows ?? 0..<g.outputHeight
         if g.strideHeight == 1 && g.strideWidth == 1 && g.outputWidth == g.width {
-            accumulateSameWidth(columns, leadingDimension: ld, g, into: image)
+            accumulateSameWidth(columns, leadingDimension: ld, g, rows: rows, into: image)
             return
         }
-        let oh = g.outputHeight, ow = g.outputWidth
+        let ow = g.outputWidth
         let kh = g.kernelHeight, kw = g.kernelWidth
         for c in 0..<g.channels {
             let plane = image + c * g.height * g.width
@@ -143,10 +155,10 @@ public enum Im2col {
                     let row = columns + ((c * kh + i) * kw + j) * ld
                     let valid = g.validOutputColumns(kernelOffset: j)
                     guard !valid.isEmpty else { continue }
-                    for oy in 0..<oh {
+                    for oy in rows {
                         let iy = oy * g.strideHeight - g.paddingHeight + i
                         if iy < 0 || iy >= g.height { continue }
-                        let src = row + oy * ow
+                        let src = row + (oy - rows.lowerBound) * ow
                         let dst = plane + iy * g.width
                         let x0 = valid.lowerBound * g.strideWidth - g.paddingWidth + j
                         if g.strideWidth == 1 {
@@ -165,14 +177,15 @@ public enum Im2col {
     /// The adjoint of ``lowerSameWidth``: one long vector add per lowered row, after zeroing the entries
     /// whose pixel lies outside the image (they would otherwise wrap into the neighbouring row).
     private static func accumulateSameWidth(_ columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int,
-                                            _ g: ConvGeometry, into image: UnsafeMutablePointer<Float>) {
-        let oh = g.outputHeight, w = g.width, h = g.height
+                                            _ g: ConvGeometry, rows: Range<Int>, into image: UnsafeMutablePointer<Float>) {
+        let w = g.width, h = g.height
         let kh = g.kernelHeight, kw = g.kernelWidth
+        let base = rows.lowerBound * w
         for c in 0..<g.channels {
             let plane = image + c * h * w
             for i in 0..<kh {
                 let dy = i - g.paddingHeight
-                let rowLow = Swift.max(0, -dy), rowHigh = Swift.min(oh, h - dy)
+                let rowLow = Swift.max(rows.lowerBound, -dy), rowHigh = Swift.min(rows.upperBound, h - dy)
                 guard rowLow < rowHigh else { continue }
                 for j in 0..<kw {
                     let dx = j - g.paddingWidth
@@ -180,13 +193,13 @@ public enum Im2col {
                     if dx != 0 {
                         let zeroFrom = dx < 0 ? 0 : w - dx, zeroCount = Swift.min(abs(dx), w)
                         for oy in rowLow..<rowHigh {
-                            Vector.fill(row + oy * w + zeroFrom, with: 0, count: zeroCount)
+                            Vector.fill(row + (oy * w + zeroFrom - base), with: 0, count: zeroCount)
                         }
                     }
                     let first = rowLow * w + Swift.max(0, -dx)
                     let last = rowHigh * w - Swift.max(0, dx)
                     if first < last {
-                        Vector.add(row + first, into: plane + first + dy * w + dx, count: last - first)
+                        Vector.add(row + (first - base), into: plane + (first + dy * w + dx), count: last - first)
                     }
                 }
             }
