@@ -11,6 +11,10 @@ if Context.environment["COHORT_PORTABLE"] == nil {
 }
 #endif
 
+/// The numerical modules are optimised in debug builds too: their inner loops are 20-50x slower
+/// unoptimised, which would make training tests take minutes. (Debugging them: remove this.)
+let optimisedInDebug: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "Cohort",
     platforms: [.macOS(.v14)],
@@ -25,10 +29,16 @@ let package = Package(
     targets: [
         // OpenBLAS's CBLAS interface (libopenblas-dev); headers only.
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
+        // zlib, for gzip-compressed IDX files.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // Float32 tensors, reverse-mode autograd, and the kernels under them.
-        .target(name: "Tensors", dependencies: ["CBLAS"], swiftSettings: kernelSettings),
+        .target(name: "Tensors", dependencies: ["CBLAS"], swiftSettings: kernelSettings + optimisedInDebug),
         // Modules, layers, models, optimizers and learning-rate schedules.
-        .target(name: "NN", dependencies: ["Tensors"]),
+        .target(name: "NN", dependencies: ["Tensors"], swiftSettings: optimisedInDebug),
+        // Data sets, augmentation, deterministic samplers and the background batch loader.
+        .target(name: "Data", dependencies: ["Tensors", "CZlib"], swiftSettings: optimisedInDebug),
+        // Single-network training, evaluation, metrics and run directories (`cohort train`).
+        .target(name: "Training", dependencies: ["NN", "Data"]),
         // Reference-fixture runner (`cohort conformance`).
         .target(name: "Conformance", dependencies: ["NN"]),
         // Timed training steps (`cohort bench`).
@@ -37,11 +47,13 @@ let package = Package(
         .executableTarget(
             name: "cohort",
             dependencies: [
-                "NN", "Conformance", "Benchmarks",
+                "NN", "Data", "Training", "Conformance", "Benchmarks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN"], exclude: ["Resources"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "CZlib"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

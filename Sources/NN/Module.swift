@@ -18,6 +18,8 @@ open class Module {
     open var ownBuffers: [(String, Tensor)] { [] }
     /// Direct children with their attribute names.
     open var children: [(String, Module)] { [] }
+    /// This module's own integer buffers (PyTorch's `num_batches_tracked`), with their local names.
+    open var ownCounters: [(String, Counter)] { [] }
 
     /// Every parameter of the tree, keyed by its full dotted name.
     public func namedParameters() -> [(String, Tensor)] {
@@ -27,6 +29,15 @@ open class Module {
     /// Every buffer of the tree, keyed by its full dotted name.
     public func namedBuffers() -> [(String, Tensor)] {
         collect(prefix: "") { $0.ownBuffers }
+    }
+
+    /// Every integer buffer of the tree, keyed by its full dotted name.
+    public func namedCounters() -> [(String, Counter)] {
+        var result = ownCounters
+        for (name, child) in children {
+            result += child.namedCounters().map { (name + "." + $0.0, $0.1) }
+        }
+        return result
     }
 
     /// Parameters and buffers in PyTorch's `state_dict` order: each module's parameters, then its
@@ -43,19 +54,23 @@ open class Module {
         return result
     }
 
-    /// Copies values from `entries` into the parameters and buffers of the same names.
+    /// Copies values from `entries` into the parameters and buffers of the same names, and `counters`
+    /// into the integer buffers.
     ///
-    /// - Parameter strict: when `true`, every key of the module must be present and every entry must
-    ///   name a key of the module.
+    /// - Parameter strict: when `true`, every float key of the module must be present and every entry must
+    ///   name a key of the module. Counters may be absent (PyTorch fills in `num_batches_tracked` the same
+    ///   way for old state dicts).
     /// - Throws: ``StateDictError`` for a missing or unexpected key, or a shape mismatch; nothing is
     ///   changed when it throws.
-    public func loadStateDict(_ entries: [String: Tensor], strict: Bool = true) throws {
+    public func loadStateDict(_ entries: [String: Tensor], counters: [String: Int] = [:], strict: Bool = true) throws {
         let own = stateDict()
         let ownNames = Set(own.map(\.0))
+        let ownCounters = Dictionary(uniqueKeysWithValues: namedCounters())
         if strict {
             let missing = own.map(\.0).filter { entries[$0] == nil }
             if !missing.isEmpty { throw StateDictError.missingKeys(missing) }
-            let unexpected = entries.keys.filter { !ownNames.contains($0) }.sorted()
+            let unexpected = (entries.keys.filter { !ownNames.contains($0) }
+                              + counters.keys.filter { ownCounters[$0] == nil }).sorted()
             if !unexpected.isEmpty { throw StateDictError.unexpectedKeys(unexpected) }
         }
         for (name, tensor) in own {
@@ -66,6 +81,7 @@ open class Module {
         for (name, tensor) in own {
             if let source = entries[name] { tensor.assign(source) }
         }
+        for (name, value) in counters { ownCounters[name]?.value = value }
     }
 
     /// Sets training (`true`) or evaluation mode on this module and all its descendants.
@@ -84,6 +100,12 @@ open class Module {
 
     /// The total number of parameter elements.
     public var parameterCount: Int { namedParameters().reduce(0) { $0 + $1.1.count } }
+}
+
+/// A mutable integer owned by a module (PyTorch's integer buffers, such as `num_batches_tracked`).
+public final class Counter {
+    public var value: Int
+    public init(_ value: Int = 0) { self.value = value }
 }
 
 /// A module that maps one tensor to one tensor.

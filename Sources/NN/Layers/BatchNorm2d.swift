@@ -6,8 +6,8 @@ public final class BatchNorm2d: Module, Layer {
     public let bias: Tensor
     public let runningMean: Tensor
     public let runningVar: Tensor
-    /// Training steps seen (PyTorch's `num_batches_tracked`; not a float tensor, so not in ``ownBuffers``).
-    public var batchesTracked = 0
+    /// Training steps seen (PyTorch's `num_batches_tracked`, an integer buffer).
+    public let numBatchesTracked = Counter()
     public let epsilon: Float
     public let momentum: Float
 
@@ -24,16 +24,17 @@ public final class BatchNorm2d: Module, Layer {
 
     public override var ownParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }
     public override var ownBuffers: [(String, Tensor)] { [("running_mean", runningMean), ("running_var", runningVar)] }
+    public override var ownCounters: [(String, Counter)] { [("num_batches_tracked", numBatchesTracked)] }
 
     public func callAsFunction(_ input: Tensor) -> Tensor {
-        if isTraining { batchesTracked += 1 }
+        if isTraining { numBatchesTracked.value += 1 }
         return input.batchNorm(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVar,
                                training: isTraining, momentum: momentum, epsilon: epsilon)
     }
 
     /// `relu(self(input))`, fused into one pass.
     public func withReLU(_ input: Tensor) -> Tensor {
-        if isTraining { batchesTracked += 1 }
+        if isTraining { numBatchesTracked.value += 1 }
         return input.batchNormReLU(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVar,
                                    training: isTraining, momentum: momentum, epsilon: epsilon)
     }

@@ -1,0 +1,133 @@
+import Foundation
+import Tensors
+import NN
+
+/// Where a run stands: the next batch to train is step `stepInEpoch` of epoch `epoch`.
+public struct TrainingPosition: Sendable, Equatable, Codable {
+    public var epoch: Int
+    public var stepInEpoch: Int
+    /// Steps trained so far, over all epochs.
+    public var globalStep: Int
+    /// Wall-clock seconds spent training before this position (over all resumed runs).
+    public var elapsedSeconds: Double
+}
+
+/// The checkpoints of one network in a run directory (`OUT/checkpoints`):
+///
+/// - `epoch-0003.safetensors` — the weights (PyTorch `state_dict` names, loadable by PyTorch), with the
+///   position and options in the metadata;
+/// - `epoch-0003.state.safetensors` — the training state beside them: SGD momentum buffers
+///   (`momentum.<parameter>`), the position and the options;
+/// - `last.safetensors` — a copy of the newest weights whose metadata names its state file. It is written
+///   last, so it always names a complete checkpoint.
+///
+/// Step checkpoints (`step-000500.*`) work the same way; only the newest is kept. Every file is written
+/// atomically. Random choices are positional (seed, epoch, step), so the position is the whole RNG state.
+public struct CheckpointStore {
+    public let directory: String
+    public static let format = "cohort-checkpoint/1"
+
+    public init(directory: String) { self.directory = directory }
+
+    public var lastPath: String { directory + "/last.safetensors" }
+
+    /// Writes a checkpoint at `position` and makes it the newest.
+    public func save(model: any Classifier, architecture: String, inputShape: [Int], optimizer: SGD,
+                     options: TrainingOptions, position: TrainingPosition, atEpochEnd: Bool) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let name = atEpochEnd ? String(format: "epoch-%04d", position.epoch) : String(format: "step-%06d", position.globalStep)
+        var metadata = [
+            "format": Self.format,
+            "model": architecture,
+            "input": inputShape.map(String.init).joined(separator: "x"),
+            "classes": String(model.classCount),
+            "epoch": String(position.epoch),
+            "step_in_epoch": String(position.stepInEpoch),
+            "global_step": String(position.globalStep),
+            "elapsed_seconds": String(position.elapsedSeconds),
+            "options": options.json(),
+            "training_state": name + ".state.safetensors",
+            "checkpoint": name,
+        ]
+        var state = SafeTensors(metadata: metadata)
+        for (parameter, buffer) in optimizer.momentumBuffers.sorted(by: { $0.key < $1.key }) {
+            state.add("momentum." + parameter, floats: buffer)
+        }
+        try state.write(to: directory + "/" + name + ".state.safetensors")
+        metadata["training_state"] = name + ".state.safetensors"
+        let weights = model.safeTensors(metadata: metadata)
+        try weights.write(to: directory + "/" + name + ".safetensors")
+        try weights.write(to: lastPath)
+        if !atEpochEnd { removeOlderStepCheckpoints(keeping: name) }
+    }
+
+    private func removeOlderStepCheckpoints(keeping name: String) {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for file in files where file.hasPrefix("step-") && !file.hasPrefix(name) {
+            try? FileManager.default.removeItem(atPath: directory + "/" + file)
+        }
+    }
+
+    /// A checkpoint read back: weights file, training state and position.
+    public struct Loaded {
+        public let path: String
+        public let weights: SafeTensors
+        public let state: SafeTensors
+        public let position: TrainingPosition
+        public let options: TrainingOptions?
+    }
+
+    /// The newest usable checkpoint: `last.safetensors`, or — when it is missing or corrupt — the newest
+    /// named checkpoint that reads back whole. `skipped` collects what was passed over and why.
+    public func newest(skipped: inout [String]) -> Loaded? {
+        var candidates = [lastPath]
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        let named = files.filter { ($0.hasPrefix("epoch-") || $0.hasPrefix("step-")) && $0.hasSuffix(".safetensors")
+            && !$0.hasSuffix(".state.safetensors") }
+        var scored: [(Int, String)] = []
+        for file in named {
+            if let w = try? SafeTensors.read(directory + "/" + file), let s = w.metadata["global_step"].flatMap(Int.init) {
+                scored.append((s, directory + "/" + file))
+            }
+        }
+        candidates += scored.sorted { $0.0 > $1.0 }.map(\.1)
+        for path in candidates where FileManager.default.fileExists(atPath: path) {
+            do {
+                return try load(path)
+            } catch {
+                skipped.append("\(path): \(error)")
+            }
+        }
+        return nil
+    }
+
+    /// Reads the checkpoint whose weights are at `path`, with its training state.
+    public func load(_ path: String) throws -> Loaded {
+        let weights = try SafeTensors.read(path)
+        let m = weights.metadata
+        guard m["format"] == Self.format, let stateName = m["training_state"],
+              let epoch = m["epoch"].flatMap(Int.init), let step = m["step_in_epoch"].flatMap(Int.init),
+              let global = m["global_step"].flatMap(Int.init) else {
+            throw TrainingError.corruptCheckpoint(path: path, reason: "metadata lacks the Cohort checkpoint fields")
+        }
+        let statePath = (path as NSString).deletingLastPathComponent + "/" + stateName
+        let state = try SafeTensors.read(statePath)
+        guard state.metadata["global_step"] == m["global_step"] else {
+            throw TrainingError.corruptCheckpoint(path: path, reason: "training state \(statePath) is from step \(state.metadata["global_step"] ?? "?"), weights from step \(global)")
+        }
+        let options = m["options"].flatMap { try? JSONDecoder().decode(TrainingOptions.self, from: Data($0.utf8)) }
+        return Loaded(path: path, weights: weights, state: state,
+                      position: TrainingPosition(epoch: epoch, stepInEpoch: step, globalStep: global,
+                                                 elapsedSeconds: m["elapsed_seconds"].flatMap(Double.init) ?? 0),
+                      options: options)
+    }
+
+    /// The momentum buffers of a training state.
+    public static func momentumBuffers(_ state: SafeTensors) throws -> [String: Tensor] {
+        var result: [String: Tensor] = [:]
+        for name in state.names where name.hasPrefix("momentum.") {
+            result[String(name.dropFirst("momentum.".count))] = try state.floats(name)
+        }
+        return result
+    }
+}

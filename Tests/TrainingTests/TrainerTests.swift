@@ -1,0 +1,158 @@
+import Foundation
+import Testing
+import Tensors
+import NN
+import Data
+@testable import Training
+
+func scratchDirectory(_ name: String) -> String {
+    let path = NSTemporaryDirectory() + "cohort-training-\(name)-\(getpid())"
+    try? FileManager.default.removeItem(atPath: path)
+    return path
+}
+
+@Suite(.serialized) struct TrainerTests {
+    /// A short run on real Fashion-MNIST data (Debian's dataset-fashion-mnist) must learn: far above
+    /// the 10% of chance.
+    @Test func smokeTrainingLearnsFashionMNIST() throws {
+        var options = TrainingOptions()
+        options.model = "resnet8"
+        options.epochs = 3
+        options.batchSize = 64
+        options.learningRate = 0.1
+        options.trainLimit = 4096
+        options.testLimit = 1000
+        options.seed = 4
+        let out = scratchDirectory("smoke")
+        let summary = try Trainer(options: options, outputDirectory: out).run(resume: false,
+                                                                              progress: ProgressReporter(interactive: false, plainInterval: 1e9))
+        #expect(summary.test_top1 > 0.65, "test top-1 \(summary.test_top1)")
+        #expect(summary.steps == 3 * 64 && summary.epochs == 3 && summary.train_samples == 4096)
+        // The run directory: summary, options, metrics (a line per step and per epoch), checkpoints.
+        let fm = FileManager.default
+        for file in ["summary.json", "options.json", "metrics.jsonl", "checkpoints/last.safetensors",
+                     "checkpoints/epoch-0001.safetensors", "checkpoints/epoch-0003.state.safetensors"] {
+            #expect(fm.fileExists(atPath: out + "/" + file), "\(file)")
+        }
+        let lines = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 192 + 3)
+        let summaryJSON = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]
+        for key in ["test_top1", "test_top5", "epochs", "steps", "seconds"] { #expect(summaryJSON[key] != nil, "\(key)") }
+        // The checkpoint evaluates to the same accuracy in a fresh model.
+        let file = try SafeTensors.read(out + "/checkpoints/last.safetensors")
+        #expect(file.metadata["model"] == "resnet8" && file.metadata["epoch"] == "3")
+        let net = Architecture.resnet8.make(inputChannels: 1, classCount: 10, seed: 99)
+        try net.load(file)
+        let testSet = try DataSet.load(.fashionMNIST, split: .test).prefix(1000)
+        #expect(evaluate(net, on: testSet).top1 == summary.test_top1)
+        // Starting again in the same directory without --resume is refused.
+        #expect(throws: TrainingError.self) {
+            try Trainer(options: options, outputDirectory: out).run(resume: false, progress: ProgressReporter(interactive: false))
+        }
+    }
+
+    @Test func resumeRefusesChangedSettingsAndMissingCheckpoints() throws {
+        var options = TrainingOptions()
+        options.model = "resnet8"; options.epochs = 1; options.batchSize = 32; options.trainLimit = 64; options.testLimit = 32
+        let out = scratchDirectory("mismatch")
+        let quiet = ProgressReporter(interactive: false, plainInterval: 1e9)
+        #expect(throws: TrainingError.self) { try Trainer(options: options, outputDirectory: out).run(resume: true, progress: quiet) }
+        _ = try Trainer(options: options, outputDirectory: out).run(resume: false, progress: quiet)
+        var changed = options
+        changed.learningRate = 0.5
+        do {
+            _ = try Trainer(options: changed, outputDirectory: out).run(resume: true, progress: quiet)
+            Issue.record("expected a mismatch error")
+        } catch let error as TrainingError {
+            #expect(error.description.contains("learningRate"))
+        }
+        // More epochs is allowed: the run continues.
+        var longer = options
+        longer.epochs = 2
+        let summary = try Trainer(options: longer, outputDirectory: out).run(resume: true, progress: quiet)
+        #expect(summary.steps == 4 && summary.resumed_from_step == 2)
+    }
+
+    @Test func badOptionsNameTheOption() {
+        var o = TrainingOptions()
+        o.model = "resnet18"
+        #expect(throws: TrainingError.self) { try o.validate() }
+        o = TrainingOptions(); o.schedule = .multistep
+        do { try o.validate() } catch { #expect("\(error)".contains("--milestones")) }
+        o = TrainingOptions(); o.batchSize = 1
+        do { try o.validate() } catch { #expect("\(error)".contains("--batch")) }
+    }
+
+    @Test func topKCountsTiesTowardsTheLowerIndex() {
+        let logits = Tensor([0.1, 0.9, 0.0, 0.5, 0.5, 0.2], shape: [2, 3])
+        #expect(topKCorrect(logits: logits, labels: [1, 1]) == (1, 2))
+        #expect(topKCorrect(logits: logits, labels: [2, 0]) == (1, 2))
+    }
+}
+
+/// The `cohort` executable built beside the tests (`swift build` builds it; CI runs that first).
+func cohortExecutable() throws -> String {
+    let candidates = [
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("cohort").path,
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/debug/cohort").path,
+    ]
+    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        throw TrainingError.io("the cohort executable is not built (looked at \(candidates)); run `swift build` first")
+    }
+    return found
+}
+
+@Suite(.serialized) struct KillAndResumeTests {
+    func train(_ out: String, extra: [String] = []) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try cohortExecutable())
+        process.arguments = ["train", "--model", "resnet8", "--train-limit", "1024", "--test-limit", "200", "--epochs", "3",
+                             "--batch", "64", "--lr", "0.05", "--seed", "7", "--threads", "1", "--out", out] + extra
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// SIGKILL a run in the middle of its second epoch, restart it with --resume: it finishes, and its
+    /// final weights equal those of a run that was never interrupted.
+    @Test func killedRunResumesToTheSameWeights() throws {
+        let reference = scratchDirectory("uninterrupted"), killed = scratchDirectory("killed")
+        let a = try train(reference)
+        a.waitUntilExit()
+        #expect(a.terminationStatus == 0)
+
+        let b = try train(killed)
+        // Wait until the second epoch is under way (its first checkpoint written, a few steps logged).
+        let deadline = Date().addingTimeInterval(300)
+        var stepsInSecondEpoch = 0
+        while Date() < deadline && b.isRunning {
+            let log = (try? String(contentsOfFile: killed + "/metrics.jsonl", encoding: .utf8)) ?? ""
+            stepsInSecondEpoch = log.split(separator: "\n").filter { $0.contains("\"kind\":\"step\"") && $0.contains("\"epoch\":1,") }.count
+            if stepsInSecondEpoch >= 3 && FileManager.default.fileExists(atPath: killed + "/checkpoints/epoch-0001.safetensors") { break }
+            usleep(2_000)
+        }
+        try #require(b.isRunning, "the run finished before it could be killed")
+        kill(b.processIdentifier, SIGKILL)
+        b.waitUntilExit()
+        #expect(b.terminationReason == .uncaughtSignal)
+        #expect(!FileManager.default.fileExists(atPath: killed + "/summary.json"))
+        #expect(stepsInSecondEpoch >= 3 && stepsInSecondEpoch < 16, "killed mid-epoch: \(stepsInSecondEpoch) steps into epoch 2")
+
+        let c = try train(killed, extra: ["--resume"])
+        c.waitUntilExit()
+        #expect(c.terminationStatus == 0)
+        let x = try SafeTensors.read(reference + "/checkpoints/last.safetensors")
+        let y = try SafeTensors.read(killed + "/checkpoints/last.safetensors")
+        #expect(x.names == y.names)
+        for name in x.names {
+            if x.entry(name)!.dtype == .f32 {
+                #expect(try x.floats(name).scalars == y.floats(name).scalars, "\(name) differs after resume")
+            } else {
+                #expect(try x.integers(name) == y.integers(name), "\(name) differs after resume")
+            }
+        }
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: killed + "/summary.json"))) as! [String: Any]
+        #expect(summary["resumed_from_step"] as? Int == 16)
+    }
+}
