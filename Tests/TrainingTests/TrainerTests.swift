@@ -114,22 +114,29 @@ func cohortExecutable() throws -> String {
         return process
     }
 
-    /// SIGKILL a run in the middle of its second epoch, restart it with --resume: it finishes, and its
-    /// final weights equal those of a run that was never interrupted.
-    @Test func killedRunResumesToTheSameWeights() throws {
-        let reference = scratchDirectory("uninterrupted"), killed = scratchDirectory("killed")
-        let a = try train(reference)
+    static let reference: String = {
+        let out = scratchDirectory("uninterrupted")
+        let a = try! KillAndResumeTests().train(out)
         a.waitUntilExit()
-        #expect(a.terminationStatus == 0)
+        precondition(a.terminationStatus == 0, "the uninterrupted reference run failed")
+        return out
+    }()
 
-        let b = try train(killed)
+    /// SIGKILL a run in the middle of its second epoch, restart it with --resume: it finishes, and its
+    /// final weights equal those of a run that was never interrupted — resumed from the epoch boundary
+    /// (`checkpointEvery` 0), or from a step checkpoint inside the epoch (`checkpointEvery` 5).
+    @Test(arguments: [0, 5]) func killedRunResumesToTheSameWeights(checkpointEvery: Int) throws {
+        let reference = Self.reference, killed = scratchDirectory("killed-\(checkpointEvery)")
+        let b = try train(killed, extra: ["--checkpoint-every", String(checkpointEvery)])
         // Wait until the second epoch is under way (its first checkpoint written, a few steps logged).
         let deadline = Date().addingTimeInterval(300)
         var stepsInSecondEpoch = 0
         while Date() < deadline && b.isRunning {
             let log = (try? String(contentsOfFile: killed + "/metrics.jsonl", encoding: .utf8)) ?? ""
             stepsInSecondEpoch = log.split(separator: "\n").filter { $0.contains("\"kind\":\"step\"") && $0.contains("\"epoch\":1,") }.count
-            if stepsInSecondEpoch >= 3 && FileManager.default.fileExists(atPath: killed + "/checkpoints/epoch-0001.safetensors") { break }
+            // With step checkpoints, wait for the first one inside the second epoch (global step 20).
+            let marker = checkpointEvery == 0 ? "epoch-0001" : "step-000020"
+            if stepsInSecondEpoch >= 3 && FileManager.default.fileExists(atPath: killed + "/checkpoints/\(marker).safetensors") { break }
             usleep(2_000)
         }
         try #require(b.isRunning, "the run finished before it could be killed")
@@ -139,7 +146,7 @@ func cohortExecutable() throws -> String {
         #expect(!FileManager.default.fileExists(atPath: killed + "/summary.json"))
         #expect(stepsInSecondEpoch >= 3 && stepsInSecondEpoch < 16, "killed mid-epoch: \(stepsInSecondEpoch) steps into epoch 2")
 
-        let c = try train(killed, extra: ["--resume"])
+        let c = try train(killed, extra: ["--checkpoint-every", String(checkpointEvery), "--resume"])
         c.waitUntilExit()
         #expect(c.terminationStatus == 0)
         let x = try SafeTensors.read(reference + "/checkpoints/last.safetensors")
@@ -153,6 +160,11 @@ func cohortExecutable() throws -> String {
             }
         }
         let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: killed + "/summary.json"))) as! [String: Any]
-        #expect(summary["resumed_from_step"] as? Int == 16)
+        let resumedFrom = summary["resumed_from_step"] as? Int ?? -1
+        if checkpointEvery == 0 {
+            #expect(resumedFrom == 16, "resumed at the epoch boundary")
+        } else {
+            #expect(resumedFrom > 16 && resumedFrom % checkpointEvery == 0, "resumed mid-epoch, from step \(resumedFrom)")
+        }
     }
 }
