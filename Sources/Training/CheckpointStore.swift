@@ -77,25 +77,30 @@ public struct CheckpointStore {
         public let options: TrainingOptions?
     }
 
-    /// The newest usable checkpoint: `last.safetensors`, or — when it is missing or corrupt — the newest
-    /// named checkpoint that reads back whole. `skipped` collects what was passed over and why.
+    /// The newest usable checkpoint: of `last.safetensors` and the named checkpoints, the one with the
+    /// highest global step that reads back whole with its training state (`last` first among equals).
+    /// A checkpoint whose weights file exists is complete — its state file is written before it — so a
+    /// crash between a checkpoint and the update of `last` loses nothing. `skipped` collects what was
+    /// passed over and why (missing, corrupt or partial files).
     public func newest(skipped: inout [String]) -> Loaded? {
-        var candidates = [lastPath]
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         let named = files.filter { ($0.hasPrefix("epoch-") || $0.hasPrefix("step-")) && $0.hasSuffix(".safetensors")
-            && !$0.hasSuffix(".state.safetensors") }
-        var scored: [(Int, String)] = []
-        for file in named {
-            if let w = try? SafeTensors.read(directory + "/" + file), let s = w.metadata["global_step"].flatMap(Int.init) {
-                scored.append((s, directory + "/" + file))
-            }
-        }
-        candidates += scored.sorted { $0.0 > $1.0 }.map(\.1)
-        for path in candidates where FileManager.default.fileExists(atPath: path) {
+            && !$0.hasSuffix(".state.safetensors") }.sorted()
+        var candidates: [(step: Int, order: Int, path: String)] = []
+        for (order, path) in ([lastPath] + named.map { directory + "/" + $0 }).enumerated()
+        where FileManager.default.fileExists(atPath: path) {
             do {
-                return try load(path)
+                let step = try SafeTensors.readMetadata(path)["global_step"].flatMap(Int.init) ?? -1
+                candidates.append((step, order, path))
             } catch {
                 skipped.append("\(path): \(error)")
+            }
+        }
+        for candidate in candidates.sorted(by: { ($0.step, -$0.order) > ($1.step, -$1.order) }) {
+            do {
+                return try load(candidate.path)
+            } catch {
+                skipped.append("\(candidate.path): \(error)")
             }
         }
         return nil

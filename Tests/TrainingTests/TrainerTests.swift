@@ -73,6 +73,26 @@ func scratchDirectory(_ name: String) -> String {
         #expect(summary.steps == 4 && summary.resumed_from_step == 2)
     }
 
+    @Test func corruptOrPartialCheckpointsAreSkipped() throws {
+        var options = TrainingOptions()
+        options.model = "resnet8"; options.epochs = 2; options.batchSize = 32; options.trainLimit = 64; options.testLimit = 32
+        let out = scratchDirectory("corrupt")
+        _ = try Trainer(options: options, outputDirectory: out).run(resume: false, progress: ProgressReporter(interactive: false))
+        let store = CheckpointStore(directory: out + "/checkpoints")
+        var skipped: [String] = []
+        #expect(store.newest(skipped: &skipped)?.position.globalStep == 4 && skipped.isEmpty)
+        // Truncate last.safetensors and lose the newest state file: epoch 1 is what is left.
+        let last = try Data(contentsOf: URL(fileURLWithPath: store.lastPath))
+        try last.prefix(last.count / 2).write(to: URL(fileURLWithPath: store.lastPath))
+        try FileManager.default.removeItem(atPath: out + "/checkpoints/epoch-0002.state.safetensors")
+        let loaded = store.newest(skipped: &skipped)
+        #expect(loaded?.position.globalStep == 2 && loaded?.path.hasSuffix("epoch-0001.safetensors") == true)
+        #expect(skipped.count == 2, "\(skipped)")
+        // Resuming trains epoch 2 again from there.
+        let summary = try Trainer(options: options, outputDirectory: out).run(resume: true, progress: ProgressReporter(interactive: false))
+        #expect(summary.resumed_from_step == 2 && summary.steps == 4)
+    }
+
     @Test func badOptionsNameTheOption() {
         var o = TrainingOptions()
         o.model = "resnet18"

@@ -201,6 +201,23 @@ public struct SafeTensors: Sendable {
         }
     }
 
+    /// Reads only the `__metadata__` of the file at `path` (the header, not the tensors).
+    public static func readMetadata(_ path: String) throws -> [String: String] {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw SafeTensorsError.unreadable(path: path, reason: "cannot open")
+        }
+        defer { try? handle.close() }
+        let prefix = handle.readData(ofLength: 8)
+        guard prefix.count == 8 else { throw SafeTensorsError.inFile(path: path, "file shorter than the 8-byte header length") }
+        let length = prefix.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard length <= 100_000_000 else { throw SafeTensorsError.inFile(path: path, "header length \(length) is implausible") }
+        let header = handle.readData(ofLength: Int(length))
+        guard header.count == Int(length), let object = try? JSONSerialization.jsonObject(with: header) as? [String: Any] else {
+            throw SafeTensorsError.inFile(path: path, "header is not a JSON object")
+        }
+        return object["__metadata__"] as? [String: String] ?? [:]
+    }
+
     /// Writes the file atomically (see ``AtomicFile``).
     public func write(to path: String) throws { try AtomicFile.write(encoded(), to: path) }
 }
