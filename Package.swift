@@ -39,8 +39,10 @@ let package = Package(
         .target(name: "Data", dependencies: ["Tensors", "CZlib"], swiftSettings: optimisedInDebug),
         // Single-network training, evaluation, metrics and run directories (`cohort train`).
         .target(name: "Training", dependencies: ["NN", "Data"]),
+        // The distillation losses: MCL, CRCD, RRD, KD, with their memories and queues.
+        .target(name: "Distill", dependencies: ["NN"], swiftSettings: optimisedInDebug),
         // Reference-fixture runner (`cohort conformance`).
-        .target(name: "Conformance", dependencies: ["NN"]),
+        .target(name: "Conformance", dependencies: ["NN", "Distill"]),
         // Timed training steps (`cohort bench`).
         .target(name: "Benchmarks", dependencies: ["NN"]),
         // The command-line tool: parsing, validation, wiring.
@@ -54,6 +56,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN"], exclude: ["Resources"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "CZlib"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        .testTarget(name: "DistillTests", dependencies: ["Distill"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

@@ -47,6 +47,10 @@ public struct ConformanceRunner {
             "pool_linear_cross_entropy": EngineCases.poolLinearCrossEntropy,
             "sgd_nesterov": EngineCases.sgd,
             "resnet_train_step": EngineCases.resnetTrainStep,
+            "mcl_supmcl": LossCases.supMCL,
+            "mcl_with_heads": LossCases.withHeads,
+            "mcl_logit_ensemble_kd": LossCases.ensembleKD,
+            "rrd_fifo": LossCases.rrdFIFO,
         ]
     }
 
