@@ -51,6 +51,8 @@ public struct ConformanceRunner {
             "mcl_with_heads": LossCases.withHeads,
             "mcl_logit_ensemble_kd": LossCases.ensembleKD,
             "rrd_fifo": LossCases.rrdFIFO,
+            "crcd_feature_relation": LossCases.crcdFeature,
+            "crcd_gradient_relation": LossCases.crcdGradient,
         ]
     }
 

@@ -139,3 +139,72 @@ enum LossCases {
         return results
     }
 }
+
+extension LossCases {
+    static func crcd(_ f: Fixture) throws -> CRCDLoss {
+        guard case .string("linear")? = f.params["embed_type"] ?? .string("linear") else {
+            throw FixtureError.missingParameter(case: f.case, name: "embed_type (only linear is implemented)")
+        }
+        var generator = SeededGenerator(seed: 0)
+        let loss = CRCDLoss(studentDimension: Int(try f.number("s_dim")), teacherDimension: Int(try f.number("t_dim")),
+                            dimension: Int(try f.number("feat_dim")), dataCount: Int(try f.number("n_data")),
+                            negatives: Int(try f.number("nce_k")), temperature: Float(try f.number("nce_t")),
+                            momentum: Float(try f.number("nce_m")), generator: &generator)
+        var entries: [String: Tensor] = [:]
+        for (name, _) in loss.stateDict() { entries[name] = try f.tensor("init." + name).tensor }
+        try loss.loadStateDict(entries)
+        return loss
+    }
+
+    /// `crcd_feature_relation`: consecutive CRCD calls; loss, gradients, memories and normalisers.
+    static func crcdFeature(_ f: Fixture) throws -> [Comparison] {
+        let loss = try crcd(f)
+        var results: [Comparison] = []
+        var call = 0
+        while f.tensors["call\(call).f_s"] != nil {
+            let p = "call\(call)."
+            loss.zeroGrad()
+            let fs = try f.tensor(p + "f_s").tensor, ft = try f.tensor(p + "f_t").tensor
+            fs.requiresGrad = true; ft.requiresGrad = true
+            let value = loss(student: fs, teacher: ft, indices: try f.tensor(p + "idx").integers,
+                             contrastIndices: try f.tensor(p + "contrast_idx").integers)
+            value.backward()
+            results.append(try compare(f, p + "loss", value))
+            results.append(try compare(f, p + "grad_f_s", gradientOrZeros(fs)))
+            results.append(try compare(f, p + "grad_f_t", gradientOrZeros(ft)))
+            for (name, parameter) in loss.namedParameters() {
+                results.append(try compare(f, p + "grad." + name, gradientOrZeros(parameter)))
+            }
+            for (name, buffer) in loss.namedBuffers() where f.tensors[p + "after." + name] != nil {
+                results.append(try compare(f, p + "after." + name, buffer))
+            }
+            call += 1
+        }
+        guard call > 0 else { throw FixtureError.missingTensor(case: f.case, name: "call0.f_s") }
+        return results
+    }
+
+    /// `crcd_gradient_relation`: the gradient elements of a student and a teacher classifier, and a
+    /// CRCD loss on them, back-propagated to the features and the student's classifier.
+    static func crcdGradient(_ f: Fixture) throws -> [Comparison] {
+        let loss = try crcd(f)
+        let labels = try f.tensor("labels").integers
+        let fs = try f.tensor("f_s").tensor, ft = try f.tensor("f_t").tensor
+        let ws = try f.tensor("fc_s.weight").tensor, bs = try f.tensor("fc_s.bias").tensor
+        let wt = try f.tensor("fc_t.weight").tensor, bt = try f.tensor("fc_t.bias").tensor
+        for t in [fs, ft, ws, bs] { t.requiresGrad = true }
+        let gs = gradientElement(feature: fs, weight: ws, bias: bs, labels: labels)
+        let gt = gradientElement(feature: ft, weight: wt, bias: bt, labels: labels)
+        let value = loss(student: gs, teacher: gt, indices: try f.tensor("idx").integers,
+                         contrastIndices: try f.tensor("contrast_idx").integers)
+        value.backward()
+        var results = [try compare(f, "grad_element_s", gs), try compare(f, "grad_element_t", gt),
+                       try compare(f, "loss", value), try compare(f, "grad_f_s", gradientOrZeros(fs)),
+                       try compare(f, "grad_fc_s.weight", gradientOrZeros(ws)), try compare(f, "grad_fc_s.bias", gradientOrZeros(bs))]
+        if f.tensors["grad_f_t"] != nil { results.append(try compare(f, "grad_f_t", gradientOrZeros(ft))) }
+        for (name, parameter) in loss.namedParameters() {
+            results.append(try compare(f, "grad." + name, gradientOrZeros(parameter)))
+        }
+        return results
+    }
+}

@@ -35,7 +35,8 @@ public func withNoGrad<R>(_ body: () throws -> R) rethrows -> R {
 }
 
 extension Tensor {
-    /// Records `self` as the result of an op on `inputs` when any input requires a gradient.
+    /// Records `self` as the result of an op on `inputs` when any input requires a gradient. This is how
+    /// an op is added, here or in another module (a loss with a hand-written backward, say).
     ///
     /// - Parameters:
     ///   - name: the op's name, for error messages.
@@ -43,7 +44,7 @@ extension Tensor {
     ///   - backward: maps this tensor's gradient to the inputs' gradients (same shapes as the inputs).
     /// - Returns: `self`, for chaining.
     @discardableResult
-    func recorded(_ name: String, _ inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
+    public func recorded(_ name: String, _ inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
         guard GradMode.enabled, inputs.contains(where: { $0.requiresGrad }) else { return self }
         requiresGrad = true
         node = Node(name: name, inputs: inputs, backward: backward)

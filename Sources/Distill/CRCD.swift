@@ -1,0 +1,273 @@
+import Foundation
+import Tensors
+import NN
+
+/// Complementary Relation Contrastive Distillation (Lechatelia/CRCD, `CRCDLoss` with `ContrastMemory`).
+///
+/// Embeddings `v_s = normalize(embed_s(f_s))`, `v_t = normalize(embed_t(f_t))`; two momentum memories
+/// of unit rows, `memory_v1` (student side, M_s) and `memory_v2` (teacher side, M_t), `n_data x d`.
+/// For the batch's data-set indices `idx` and contrast indices `cidx` (`B x (K+1)`, column 0 = `idx`):
+///
+///     student side: A = M_t[idx]; r[a,n] = normalize(v_s[a] - A[n] + 1e-6)
+///                   w[a,n,k] = normalize(M_t[cidx[a,k]] - A[n] + 1e-6)
+///                   out_s[a,n,k] = exp(<w, r> / T) / Z_s
+///     teacher side: the mirror image with v_t and M_s.
+///     loss = NCE(out_s) + NCE(out_t);  then M[idx] = normalize(m M[idx] + (1 - m) v)
+///
+/// `Z_s`, `Z_t` are set on the first call to `mean(exp(<w, r>/T)) * n_data` and kept (`contrast.params`).
+///
+/// The `B x B x (K+1) x d` relation tensor is never formed: `<w, r>` and the norms follow from Gram
+/// matrices (one `sgemm` of the gathered contrast rows against the anchors per side), and the backward
+/// pass is written out by hand. Entries whose contrast index equals the anchor's index degenerate to
+/// `w = normalize(1e-6 * 1)`; they are recognised by comparing indices, not by trusting cancellation.
+/// Memory is O(B * B * (K+1)) floats.
+public final class CRCDLoss: Module {
+    /// `normalize(linear(x))`, with the key layout `linear.weight`, `linear.bias` of the reference.
+    public final class Embed: Module {
+        public let linear: Linear
+        init(inputCount: Int, dimension: Int, generator: inout SeededGenerator) {
+            linear = Linear(inputCount: inputCount, outputCount: dimension, generator: &generator)
+            super.init()
+        }
+        public override var children: [(String, Module)] { [("linear", linear)] }
+        public func callAsFunction(_ x: Tensor) -> Tensor { linear(x).normalizedRows() }
+    }
+
+    /// The two memories and `params = [K, T, Z_s, Z_t, momentum]` (key prefix `contrast.`).
+    public final class Memory: Module {
+        public let params: Tensor
+        public let memoryStudent: Tensor
+        public let memoryTeacher: Tensor
+        init(rows: Int, dimension: Int, negatives: Int, temperature: Float, momentum: Float, generator: inout SeededGenerator) {
+            params = Tensor([Float(negatives), temperature, -1, -1, momentum], shape: [5])
+            let bound = 1 / (Float(dimension) / 3).squareRoot()
+            memoryStudent = Tensor.randomUniform([rows, dimension], low: -bound, high: bound, using: &generator).normalizedRows()
+            memoryTeacher = Tensor.randomUniform([rows, dimension], low: -bound, high: bound, using: &generator).normalizedRows()
+            super.init()
+        }
+        public override var ownBuffers: [(String, Tensor)] {
+            [("params", params), ("memory_v1", memoryStudent), ("memory_v2", memoryTeacher)]
+        }
+    }
+
+    public let embedStudent: Embed
+    public let embedTeacher: Embed
+    public let contrast: Memory
+
+    public var negatives: Int { Int(contrast.params.data[0]) }
+    public var temperature: Float { contrast.params.data[1] }
+    public var momentum: Float { contrast.params.data[4] }
+    public var dataCount: Int { contrast.memoryStudent.shape[0] }
+
+    /// - Parameters:
+    ///   - dataCount: n_data, the training set's size (rows of each memory).
+    ///   - negatives: K, contrast samples per anchor (500 in the paper).
+    public init(studentDimension: Int, teacherDimension: Int, dimension: Int = 128, dataCount: Int, negatives: Int = 500,
+                temperature: Float = 0.05, momentum: Float = 0.5, generator: inout SeededGenerator) {
+        embedStudent = Embed(inputCount: studentDimension, dimension: dimension, generator: &generator)
+        embedTeacher = Embed(inputCount: teacherDimension, dimension: dimension, generator: &generator)
+        contrast = Memory(rows: dataCount, dimension: dimension, negatives: negatives, temperature: temperature,
+                          momentum: momentum, generator: &generator)
+        super.init()
+    }
+
+    public override var children: [(String, Module)] {
+        [("embed_s", embedStudent), ("embed_t", embedTeacher), ("contrast", contrast)]
+    }
+
+    /// Contrast indices for a batch: column 0 is the sample's own index, the others uniform over the
+    /// data set, drawn from `generator`.
+    public func contrastIndices(for indices: [Int], using generator: inout SeededGenerator) -> [Int] {
+        var result: [Int] = []
+        result.reserveCapacity(indices.count * (negatives + 1))
+        for i in indices {
+            result.append(i)
+            for _ in 0..<negatives { result.append(Int(generator.next() % UInt64(dataCount))) }
+        }
+        return result
+    }
+
+    /// The CRCD loss of student features `f_s` and teacher features `f_t` (`B x dim`) for data-set
+    /// indices `indices`, with contrast indices `contrastIndices` (`B * (K+1)`, row-major). Moves the
+    /// memories afterwards, and sets the normalisers on the first call.
+    public func callAsFunction(student: Tensor, teacher: Tensor, indices: [Int], contrastIndices: [Int]) -> Tensor {
+        let b = student.shape[0], k1 = negatives + 1
+        precondition(teacher.shape[0] == b && indices.count == b && contrastIndices.count == b * k1,
+                     "CRCD: \(b) students, \(teacher.shape[0]) teachers, \(indices.count) indices, \(contrastIndices.count) contrast indices for K = \(negatives)")
+        precondition(Set(indices).count == b, "CRCD: the batch's data-set indices must be distinct")
+        let vs = embedStudent(student), vt = embedTeacher(teacher)
+        let studentSide = CRCDLoss.side(vs, memory: contrast.memoryTeacher, indices: indices, contrastIndices: contrastIndices,
+                                        negatives: negatives, temperature: temperature, dataCount: dataCount,
+                                        normaliser: contrast.params.data + 2)
+        let teacherSide = CRCDLoss.side(vt, memory: contrast.memoryStudent, indices: indices, contrastIndices: contrastIndices,
+                                        negatives: negatives, temperature: temperature, dataCount: dataCount,
+                                        normaliser: contrast.params.data + 3)
+        CRCDLoss.update(contrast.memoryStudent, rows: indices, with: vs, momentum: momentum)
+        CRCDLoss.update(contrast.memoryTeacher, rows: indices, with: vt, momentum: momentum)
+        return studentSide + teacherSide
+    }
+
+    /// `M[rows] = normalize(m M[rows] + (1 - m) v)`, outside the graph.
+    static func update(_ memory: Tensor, rows: [Int], with v: Tensor, momentum: Float) {
+        let d = memory.shape[1]
+        for (i, r) in rows.enumerated() {
+            let row = memory.data + r * d, src = v.data + i * d
+            var norm: Float = 0
+            for j in 0..<d { row[j] = row[j] * momentum + src[j] * (1 - momentum); norm += row[j] * row[j] }
+            let inv = 1 / norm.squareRoot()
+            for j in 0..<d { row[j] *= inv }
+        }
+    }
+
+    /// One side: the NCE loss of `exp(<w, r>/T)/Z` for the unit embeddings `v` (`B x d`, in the graph)
+    /// against the (constant) memory rows, with a hand-written backward.
+    ///
+    /// - Parameter normaliser: where Z lives; a negative value there is replaced by this call's estimate.
+    static func side(_ v: Tensor, memory: Tensor, indices: [Int], contrastIndices: [Int], negatives: Int,
+                     temperature: Float, dataCount: Int, normaliser: UnsafeMutablePointer<Float>) -> Tensor {
+        let b = v.shape[0], d = v.shape[1], k1 = negatives + 1
+        let eps: Float = 1e-6, sqrtD = Float(d).squareRoot()
+        // Gathered rows: anchors A (B x d) and contrast rows P (B*K1 x d).
+        let anchors = withNoGrad { memory.indexSelect(rows: indices) }
+        let contrastRows = withNoGrad { memory.indexSelect(rows: contrastIndices) }
+        // PA[(b,k), n] = <P[b,k], A[n]>
+        let pa = Tensor(uninitializedShape: [b * k1, b])
+        Gemm.multiply(contrastRows.data, anchors.data, transposeB: true, into: pa.data, m: b * k1, n: b, k: d)
+        let s = v.data, a = anchors.data, p = contrastRows.data
+        var sumA = [Float](repeating: 0, count: b), normA = [Float](repeating: 0, count: b)
+        for n in 0..<b { sumA[n] = Vector.sum(a + n * d, count: d); normA[n] = Vector.dot(a + n * d, a + n * d, count: d) }
+        var sumP = [Float](repeating: 0, count: b * k1), normP = [Float](repeating: 0, count: b * k1)
+        var ps = [Float](repeating: 0, count: b * k1)
+        for bk in 0..<(b * k1) {
+            let row = p + bk * d
+            sumP[bk] = Vector.sum(row, count: d); normP[bk] = Vector.dot(row, row, count: d)
+            ps[bk] = Vector.dot(row, s + (bk / k1) * d, count: d)
+        }
+        // r[b,n] = s_b - a_n + eps, formed explicitly (B x B x d is small): its norm and sum.
+        var rNorm = [Float](repeating: 0, count: b * b), rSum = [Float](repeating: 0, count: b * b)
+        var as_ = [Float](repeating: 0, count: b * b)   // <a_n, s_b> at [b*B + n]
+        for i in 0..<b {
+            for n in 0..<b {
+                var q: Float = 0, sum: Float = 0, dot: Float = 0
+                for j in 0..<d {
+                    let r = s[i * d + j] - a[n * d + j] + eps
+                    q += r * r; sum += r; dot += a[n * d + j] * s[i * d + j]
+                }
+                rNorm[i * b + n] = Swift.max(q.squareRoot(), 1e-12); rSum[i * b + n] = sum; as_[i * b + n] = dot
+            }
+        }
+        // cos[b,n,k] and |w[b,n,k]|.
+        let count = b * b * k1
+        var cosine = [Float](repeating: 0, count: count), wNorm = [Float](repeating: 0, count: count)
+        var degenerate = [Bool](repeating: false, count: count)
+        let dEps2 = Float(d) * eps * eps
+        for i in 0..<b {
+            for n in 0..<b {
+                let r = rNorm[i * b + n]
+                for k in 0..<k1 {
+                    let bk = i * k1 + k, e = (i * b + n) * k1 + k
+                    if contrastIndices[bk] == indices[n] {
+                        // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
+                        degenerate[e] = true
+                        wNorm[e] = eps * sqrtD
+                        cosine[e] = rSum[i * b + n] / (sqrtD * r)
+                    } else {
+                        let pan = pa.data[bk * b + n]
+                        let w2 = normP[bk] - 2 * pan + normA[n] + 2 * eps * (sumP[bk] - sumA[n]) + dEps2
+                        let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
+                        // <p - a + e, s - a + e>
+                        let dot = ps[bk] - pan - as_[i * b + n] + normA[n] + eps * (sumP[bk] + (rSum[i * b + n] - Float(d) * eps + sumA[n]) - 2 * sumA[n]) + dEps2
+                        wNorm[e] = w
+                        cosine[e] = dot / (w * r)
+                    }
+                }
+            }
+        }
+        // Z on first use, then the NCE loss and dL/dcos.
+        var expSum = 0.0
+        for e in 0..<count { expSum += Double(expf(cosine[e] / temperature)) }
+        if normaliser.pointee < 0 { normaliser.pointee = Float(expSum / Double(count) * Double(dataCount)) }
+        let z = normaliser.pointee
+        let rows = Float(b * b), mPn = Float(negatives) / Float(dataCount), c = mPn + 1e-7
+        var loss = 0.0
+        var g = [Float](repeating: 0, count: count)   // dL/dcos
+        for e in 0..<count {
+            let x = expf(cosine[e] / temperature) / z
+            if e % k1 == 0 {
+                loss += Double(logf(x / (x + c)))
+                g[e] = -c / ((x + c) * temperature * rows)
+            } else {
+                loss += Double(logf(mPn / (x + c)))
+                g[e] = x / ((x + c) * temperature * rows)
+            }
+        }
+        let out = Tensor(scalar: Float(-loss / Double(rows)))
+        return out.recorded("crcdSide", [v]) { upstream in
+            // dL/ds_b = sum_{n,k} g (w_hat - cos r_hat) / |r|, with w_hat = (p - a + e)/|w| expanded so
+            // that the contrast rows and anchors are each summed once; degenerate w_hat = 1/sqrt(d).
+            let gamma = upstream.item
+            let dv = Tensor.zeros([b, d])
+            var contrastWeight = [Float](repeating: 0, count: b * k1)   // sum_n g/(|w||r|) per (b,k)
+            for i in 0..<b {
+                let out = dv.data + i * d
+                var selfWeight: Float = 0       // coefficient of s_b
+                var uniform: Float = 0          // coefficient of the all-ones vector
+                for n in 0..<b {
+                    let r = rNorm[i * b + n]
+                    var anchorWeight: Float = 0  // coefficient of a_n
+                    var cosTerm: Float = 0
+                    for k in 0..<k1 {
+                        let e = (i * b + n) * k1 + k
+                        cosTerm += g[e] * cosine[e]
+                        if degenerate[e] {
+                            uniform += g[e] / (sqrtD * r)
+                        } else {
+                            let h = g[e] / (wNorm[e] * r)
+                            contrastWeight[i * k1 + k] += h
+                            anchorWeight -= h
+                            uniform += h * eps
+                        }
+                    }
+                    // - cosTerm * (s - a + e) / |r|^2
+                    let q = cosTerm / (r * r)
+                    selfWeight -= q
+                    anchorWeight += q
+                    uniform -= q * eps
+                    Vector.axpy(anchorWeight * gamma, a + n * d, out, count: d)
+                }
+                Vector.axpy(selfWeight * gamma, s + i * d, out, count: d)
+                for j in 0..<d { out[j] += uniform * gamma }
+                for k in 0..<k1 { Vector.axpy(contrastWeight[i * k1 + k] * gamma, p + (i * k1 + k) * d, out, count: d) }
+            }
+            withExtendedLifetime((anchors, contrastRows)) {}
+            return [dv]
+        }
+    }
+}
+
+/// CRCD's "gradient element": for a linear classifier, the gradient of the mean cross-entropy with
+/// respect to the feature, `g = (softmax(W f + b) - onehot(y)) W / B`, built from ordinary
+/// differentiable ops, so a loss on `g` back-propagates to `f`, `W` and `b` (second order without a
+/// double backward).
+public func gradientElement(feature: Tensor, weight: Tensor, bias: Tensor?, labels: [Int]) -> Tensor {
+    let batch = feature.shape[0], classes = weight.shape[0]
+    let oneHot = Tensor.zeros([batch, classes])
+    for (i, y) in labels.enumerated() { oneHot.data[i * classes + y] = 1 }
+    let probabilities = feature.linear(weight: weight, bias: bias).softmax()
+    return (probabilities - oneHot).matmul(weight) * (1 / Float(batch))
+}
+
+/// The distillation weight over training: the "mimic" schedule of the CRCD repository (1 until the last
+/// 1/25 of the iterations, then 0), a constant, or a linear decay to 0.
+public enum DistillationWeightSchedule: String, Sendable, Codable, CaseIterable {
+    case mimic, constant, linearDecay = "linear-decay"
+
+    /// The weight at `step` of `total` steps.
+    public func weight(step: Int, total: Int) -> Float {
+        switch self {
+        case .constant: return 1
+        case .mimic: return step < total - total / 25 ? 1 : 0
+        case .linearDecay: return total > 0 ? Swift.max(0, 1 - Float(step) / Float(total)) : 1
+        }
+    }
+}
