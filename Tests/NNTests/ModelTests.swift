@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Tensors
+import TestSupport
 @testable import NN
 
 /// The state-dict keys and shapes of the reference models, dumped from HobbitLong/RepDistiller's
@@ -130,10 +131,4 @@ struct ReferenceKeys: Decodable {
         let scale = one.map(abs).max()!
         #expect(maxDifference(one, two) <= 1e-5 * scale)
     }
-}
-
-/// Largest absolute difference between two equally long arrays.
-func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
-    precondition(a.count == b.count)
-    return zip(a, b).map { abs($0 - $1) }.max() ?? 0
 }

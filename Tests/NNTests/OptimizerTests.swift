@@ -1,5 +1,6 @@
 import Testing
 import Tensors
+import TestSupport
 @testable import NN
 
 @Suite struct OptimizerTests {

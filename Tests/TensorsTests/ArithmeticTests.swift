@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct ArithmeticTests {
     static let shapePairs: [([Int], [Int])] = [

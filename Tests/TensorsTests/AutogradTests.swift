@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct AutogradTests {
     @Test func gradientsAccumulateOverUses() {

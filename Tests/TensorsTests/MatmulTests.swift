@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct MatmulTests {
     @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])

@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct NormalizationTests {
     func statistics(_ c: Int) -> (Tensor, Tensor) { (Tensor.zeros([c]), Tensor(repeating: 1, shape: [c])) }

@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct ReduceTests {
     @Test func sumAllGradient() { expectGradients([randn([3, 4], seed: 1)]) { $0[0].sum() } }

@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct ShapeTests {
     @Test func reshapeGradient() { expectGradients([randn([2, 3, 4], seed: 1)]) { $0[0].reshaped([4, -1]) * $0[0].reshaped([4, 6]) } }

@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct SoftmaxTests {
     @Test func softmaxGradient() { expectGradients([randn([4, 7], seed: 1, std: 2)]) { $0[0].softmax() } }

@@ -1,5 +1,6 @@
 import Testing
 @testable import Tensors
+import TestSupport
 
 @Suite struct UnaryTests {
     @Test func expGradient() { expectGradients([randn([4, 6], seed: 1)]) { $0[0].exp() } }

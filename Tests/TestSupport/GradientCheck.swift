@@ -1,5 +1,5 @@
 import Testing
-@testable import Tensors
+import Tensors
 
 /// Finite-difference gradient checking: the one helper every op's test uses.
 ///
@@ -7,15 +7,21 @@ import Testing
 /// (`L = sum(f(x) * R)`), takes the analytic gradient of `L` by `backward()`, and compares it, element
 /// by element on a sample of positions, with the central difference `(L(x + h) - L(x - h)) / 2h`
 /// evaluated in double precision.
-struct GradientCheck {
-    var step: Float = 1e-2
-    var relativeTolerance: Float = 1e-2
-    var absoluteTolerance: Float = 1e-3
-    var samplesPerInput = 40
-    var seed: UInt64 = 7
+public struct GradientCheck {
+    public var step: Float = 1e-2
+    public var relativeTolerance: Float = 1e-2
+    public var absoluteTolerance: Float = 1e-3
+    public var samplesPerInput = 40
+    public var seed: UInt64 = 7
+
+    public init(step: Float = 1e-2, relativeTolerance: Float = 1e-2, absoluteTolerance: Float = 1e-3,
+                samplesPerInput: Int = 40, seed: UInt64 = 7) {
+        self.step = step; self.relativeTolerance = relativeTolerance; self.absoluteTolerance = absoluteTolerance
+        self.samplesPerInput = samplesPerInput; self.seed = seed
+    }
 
     /// Returns the worst mismatch description, or `nil` when all sampled gradients agree.
-    func run(_ inputs: [Tensor], _ f: ([Tensor]) -> Tensor) -> String? {
+    public func run(_ inputs: [Tensor], _ f: ([Tensor]) -> Tensor) -> String? {
         for x in inputs { x.requiresGrad = true; x.grad = nil }
         var generator = SeededGenerator(seed: seed)
         let probe = f(inputs)
@@ -60,26 +66,26 @@ struct GradientCheck {
 }
 
 /// A tensor of normal samples.
-func randn(_ shape: [Int], seed: UInt64, std: Float = 1) -> Tensor {
+public func randn(_ shape: [Int], seed: UInt64, std: Float = 1) -> Tensor {
     var g = SeededGenerator(seed: seed)
     return Tensor.randomNormal(shape, std: std, using: &g)
 }
 
 /// A tensor of uniform samples.
-func uniform(_ shape: [Int], _ low: Float, _ high: Float, seed: UInt64) -> Tensor {
+public func uniform(_ shape: [Int], _ low: Float, _ high: Float, seed: UInt64) -> Tensor {
     var g = SeededGenerator(seed: seed)
     return Tensor.randomUniform(shape, low: low, high: high, using: &g)
 }
 
 /// Asserts that the gradient check passes.
-func expectGradients(_ inputs: [Tensor], check: GradientCheck = GradientCheck(),
+public func expectGradients(_ inputs: [Tensor], check: GradientCheck = GradientCheck(),
                      sourceLocation: SourceLocation = #_sourceLocation, _ f: @escaping ([Tensor]) -> Tensor) {
     let failure = check.run(inputs, f)
     #expect(failure == nil, "\(failure ?? "")", sourceLocation: sourceLocation)
 }
 
 /// Largest absolute difference between two equally long arrays.
-func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
+public func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
     precondition(a.count == b.count, "\(a.count) vs \(b.count)")
     return zip(a, b).map { abs($0 - $1) }.max() ?? 0
 }
