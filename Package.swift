@@ -25,6 +25,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // YAML for cohort configuration files.
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // OpenBLAS's CBLAS interface (libopenblas-dev); headers only.
@@ -41,15 +43,17 @@ let package = Package(
         .target(name: "Training", dependencies: ["NN", "Data"]),
         // The distillation losses: MCL, CRCD, RRD, KD, with their memories and queues.
         .target(name: "Distill", dependencies: ["NN"], swiftSettings: optimisedInDebug),
+        // The cohort: configuration, the per-peer trainer, the teacher, the in-process cohort.
+        .target(name: "Runtime", dependencies: ["Training", "Distill", .product(name: "Yams", package: "Yams")]),
         // Reference-fixture runner (`cohort conformance`).
         .target(name: "Conformance", dependencies: ["NN", "Distill"]),
         // Timed training steps (`cohort bench`).
-        .target(name: "Benchmarks", dependencies: ["NN"]),
+        .target(name: "Benchmarks", dependencies: ["NN", "Distill"]),
         // The command-line tool: parsing, validation, wiring.
         .executableTarget(
             name: "cohort",
             dependencies: [
-                "NN", "Data", "Training", "Conformance", "Benchmarks",
+                "NN", "Data", "Training", "Distill", "Runtime", "Conformance", "Benchmarks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Helpers shared by the test targets (finite-difference gradient checks).
@@ -59,6 +63,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data", "CZlib"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "DistillTests", dependencies: ["Distill", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "TestSupport"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

@@ -6,7 +6,7 @@ import Tensors
 public enum RandomStream {
     /// What a stream is for; keeps streams of different purposes apart.
     public enum Purpose: UInt64, Sendable {
-        case shuffle = 1, augment = 2, classSampler = 3, initialisation = 4
+        case shuffle = 1, augment = 2, classSampler = 3, initialisation = 4, contrast = 5
     }
 
     /// The generator for `purpose` at the given coordinates.

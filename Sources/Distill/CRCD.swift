@@ -94,7 +94,6 @@ public final class CRCDLoss: Module {
         let b = student.shape[0], k1 = negatives + 1
         precondition(teacher.shape[0] == b && indices.count == b && contrastIndices.count == b * k1,
                      "CRCD: \(b) students, \(teacher.shape[0]) teachers, \(indices.count) indices, \(contrastIndices.count) contrast indices for K = \(negatives)")
-        precondition(Set(indices).count == b, "CRCD: the batch's data-set indices must be distinct")
         let vs = embedStudent(student), vt = embedTeacher(teacher)
         let studentSide = CRCDLoss.side(vs, memory: contrast.memoryTeacher, indices: indices, contrastIndices: contrastIndices,
                                         negatives: negatives, temperature: temperature, dataCount: dataCount,
@@ -107,7 +106,8 @@ public final class CRCDLoss: Module {
         return studentSide + teacherSide
     }
 
-    /// `M[rows] = normalize(m M[rows] + (1 - m) v)`, outside the graph.
+    /// `M[rows] = normalize(m M[rows] + (1 - m) v)`, outside the graph. A row that appears twice in a
+    /// batch takes the later sample's update (the reference's `index_copy_` leaves that unspecified).
     static func update(_ memory: Tensor, rows: [Int], with v: Tensor, momentum: Float) {
         let d = memory.shape[1]
         for (i, r) in rows.enumerated() {

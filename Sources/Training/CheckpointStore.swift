@@ -10,6 +10,10 @@ public struct TrainingPosition: Sendable, Equatable, Codable {
     public var globalStep: Int
     /// Wall-clock seconds spent training before this position (over all resumed runs).
     public var elapsedSeconds: Double
+
+    public init(epoch: Int, stepInEpoch: Int, globalStep: Int, elapsedSeconds: Double) {
+        self.epoch = epoch; self.stepInEpoch = stepInEpoch; self.globalStep = globalStep; self.elapsedSeconds = elapsedSeconds
+    }
 }
 
 /// The checkpoints of one network in a run directory (`OUT/checkpoints`):
@@ -32,8 +36,14 @@ public struct CheckpointStore {
     public var lastPath: String { directory + "/last.safetensors" }
 
     /// Writes a checkpoint at `position` and makes it the newest.
+    ///
+    /// - Parameters:
+    ///   - settings: the run's settings as JSON (stored in the metadata).
+    ///   - extraState: further modules whose state goes into the training-state file under their prefix
+    ///     (a cohort peer's projection head, CRCD memories, RRD queue).
     public func save(model: any Classifier, architecture: String, inputShape: [Int], optimizer: SGD,
-                     options: TrainingOptions, position: TrainingPosition, atEpochEnd: Bool) throws {
+                     settings: String, position: TrainingPosition, atEpochEnd: Bool,
+                     extraState: [(String, Module)] = []) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let name = atEpochEnd ? String(format: "epoch-%04d", position.epoch) : String(format: "step-%06d", position.globalStep)
         var metadata = [
@@ -45,13 +55,24 @@ public struct CheckpointStore {
             "step_in_epoch": String(position.stepInEpoch),
             "global_step": String(position.globalStep),
             "elapsed_seconds": String(position.elapsedSeconds),
-            "options": options.json(),
+            "options": settings,
             "training_state": name + ".state.safetensors",
             "checkpoint": name,
         ]
         var state = SafeTensors(metadata: metadata)
         for (parameter, buffer) in optimizer.momentumBuffers.sorted(by: { $0.key < $1.key }) {
             state.add("momentum." + parameter, floats: buffer)
+        }
+        for (prefix, module) in extraState {
+            let file = module.safeTensors()
+            for name in file.names {
+                let entry = file.entry(name)!
+                if entry.dtype == .i64 {
+                    state.add(prefix + "." + name, integers: try file.integers(name), shape: entry.shape)
+                } else {
+                    state.add(prefix + "." + name, floats: try file.floats(name))
+                }
+            }
         }
         try state.write(to: directory + "/" + name + ".state.safetensors")
         metadata["training_state"] = name + ".state.safetensors"

@@ -8,6 +8,10 @@ public struct EvaluationResult: Sendable, Codable, Equatable {
     public let top5: Double
     public let loss: Double
     public let count: Int
+
+    public init(top1: Double, top5: Double, loss: Double, count: Int) {
+        self.top1 = top1; self.top5 = top5; self.loss = loss; self.count = count
+    }
 }
 
 /// Counts, for one batch of logits, how many labels are the top-1 and among the top-5 predictions.

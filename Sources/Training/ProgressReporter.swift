@@ -30,13 +30,24 @@ public final class ProgressReporter {
         }
     }
 
+    /// Shows `text` as the live line (terminal) or logs it now and then (`final`: always).
+    public func line(_ text: String, final: Bool = false) {
+        if interactive {
+            FileHandle.standardError.write(Data(("\r\u{1B}[K" + text).utf8))
+            lineIsOpen = true
+        } else if Date().timeIntervalSince(lastPlainLine) >= plainInterval || final {
+            log(text)
+            lastPlainLine = Date()
+        }
+    }
+
     /// Prints a line of its own (ending the live line first).
     public func log(_ message: String) {
         if lineIsOpen { FileHandle.standardError.write(Data("\n".utf8)); lineIsOpen = false }
         FileHandle.standardError.write(Data((message + "\n").utf8))
     }
 
-    static func duration(_ seconds: TimeInterval) -> String {
+    public static func duration(_ seconds: TimeInterval) -> String {
         guard seconds.isFinite, seconds >= 0 else { return "?" }
         let s = Int(seconds.rounded())
         return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s % 3600 / 60) : String(format: "%dm%02ds", s / 60, s % 60)

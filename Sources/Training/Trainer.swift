@@ -173,7 +173,7 @@ public final class Trainer {
 
     private func save(_ position: TrainingPosition, atEpochEnd: Bool) throws {
         try checkpoints.save(model: model, architecture: architecture.rawValue, inputShape: inputShape, optimizer: optimizer,
-                             options: options, position: position, atEpochEnd: atEpochEnd)
+                             settings: options.json(), position: position, atEpochEnd: atEpochEnd)
     }
 
     /// A resumed run must train the same thing; only the number of epochs may grow.

@@ -28,6 +28,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Print one JSON line with the keys of torch_bench.py.")
     var json = false
 
+    @Option(help: "Time one distillation loss instead of a training step: crcd, rrd, mcl.")
+    var loss: String?
+
     func validate() throws {
         guard Architecture(name: model) != nil else {
             throw ValidationError("unknown --model \"\(model)\"; choose one of: \(Architecture.allNames)")
@@ -47,6 +50,20 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let loss {
+            guard let kind = LossBenchmark.Kind(rawValue: loss) else {
+                throw ValidationError("--loss must be one of: \(LossBenchmark.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let result = LossBenchmark(kind: kind, batch: batch, threads: threads, steps: steps).run()
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try encoder.encode(result), as: UTF8.self))
+            } else {
+                print("\(result.loss) (\(result.configuration)), \(result.threads) thread(s): \(result.ms_per_call) ms/call, peak RSS \(result.peak_rss_mb) MB")
+            }
+            return
+        }
         let (c, h, w) = parsedInput!
         let benchmark = TrainStepBenchmark(architecture: Architecture(name: model)!, channels: c, height: h, width: w,
                                            batch: batch, threads: threads, steps: steps)

@@ -117,9 +117,8 @@ struct ReferenceKeys: Decodable {
     }
 
     @Test func trainingStepIsIndependentOfThreadCount() {
-        func step(threads: Int) -> [Float] {
-            Parallelism.setThreadCount(threads)
-            defer { Parallelism.setThreadCount(1) }
+        func step(threads: Int) -> [Float] { Parallelism.withThreadCount(threads) { stepBody() } }
+        func stepBody() -> [Float] {
             let net = Architecture.resnet8.make(inputChannels: 1, classCount: 10, seed: 9)
             var g = SeededGenerator(seed: 10)
             let x = Tensor.randomNormal([16, 1, 28, 28], using: &g)

@@ -6,6 +6,8 @@ public protocol Classifier: Module {
     var featureCount: Int { get }
     /// The number of classes (logits per sample).
     var classCount: Int { get }
+    /// The final linear layer (`fc`), whose weights define CRCD's gradient element.
+    var classifier: Linear { get }
     /// Runs the network on `N x C x H x W` images.
     /// - Returns: the pooled feature (`N x featureCount`) and the logits (`N x classCount`).
     func forward(_ images: Tensor) -> (feature: Tensor, logits: Tensor)

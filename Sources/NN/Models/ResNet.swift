@@ -54,6 +54,7 @@ public final class ResNet: Module, Classifier {
     public let fc: Linear
     public let featureCount: Int
     public let classCount: Int
+    public var classifier: Linear { fc }
 
     /// - Parameters:
     ///   - depth: 6n+2 (8, 14, 20, 32, 44, 56, 110).

@@ -59,6 +59,7 @@ public final class WideResNet: Module, Classifier {
     public let fc: Linear
     public let featureCount: Int
     public let classCount: Int
+    public var classifier: Linear { fc }
 
     /// - Parameters:
     ///   - depth: 6n+4 (16, 40).

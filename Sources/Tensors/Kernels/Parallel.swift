@@ -6,8 +6,16 @@ import CBLAS
 public enum Parallelism {
     private static let threads = Atomic<Int>(1)
 
-    /// The configured thread count (at least 1).
-    public static var threadCount: Int { threads.load(ordering: .relaxed) }
+    @TaskLocal static var scopedThreadCount: Int?
+
+    /// The thread count in force: the innermost ``withThreadCount(_:_:)``, else the process setting.
+    public static var threadCount: Int { scopedThreadCount ?? threads.load(ordering: .relaxed) }
+
+    /// Runs `body` with `n` threads for Cohort's loops on this task or thread only (tests that compare
+    /// thread counts use it; they must not change the process-wide setting under other tests' feet).
+    public static func withThreadCount<R>(_ n: Int, _ body: () throws -> R) rethrows -> R {
+        try $scopedThreadCount.withValue(Swift.max(1, n), operation: body)
+    }
 
     /// Sets the thread count for Cohort's loops. Call once at start-up, before any op runs.
     ///

@@ -1,0 +1,221 @@
+import Foundation
+import NN
+import Data
+import Distill
+import Training
+
+/// A cohort, as a YAML file describes it (every key: `docs/configuration.md`).
+public struct CohortConfiguration: Sendable, Equatable {
+    public struct DataSettings: Sendable, Equatable {
+        public var dataSet: DataSetKind = .fashionMNIST
+        public var directory: String?
+        public var trainLimit: Int?
+        public var testLimit: Int?
+    }
+
+    public struct Peer: Sendable, Equatable {
+        public var model: String
+    }
+
+    public struct MCLSettings: Sendable, Equatable {
+        public var enabled = true
+        public var embeddingDimension = 128
+        public var settings = MCL.Settings()
+    }
+
+    public struct KDSettings: Sendable, Equatable {
+        public var weight: Float = 0.9
+        public var temperature: Float = 4
+    }
+
+    public struct CRCDSettings: Sendable, Equatable {
+        public var weight: Float = 1
+        /// Weight of the second CRCD loss on the gradient elements (0: off).
+        public var gradientWeight: Float = 1
+        public var negatives = 500
+        public var temperature: Float = 0.05
+        public var momentum: Float = 0.5
+        public var dimension = 128
+    }
+
+    public struct RRDSettings: Sendable, Equatable {
+        public var weight: Float = 1
+        public var keys = 16384
+        public var studentTemperature: Float = 0.1
+        public var teacherTemperature: Float = 0.02
+        public var dimension = 128
+    }
+
+    public struct TeacherSettings: Sendable, Equatable {
+        public var model: String
+        public var checkpoint: String
+        public var kd: KDSettings?
+        public var crcd: CRCDSettings?
+        public var rrd: RRDSettings?
+        public var schedule: DistillationWeightSchedule = .mimic
+    }
+
+    public var data = DataSettings()
+    public var seed: UInt64 = 0
+    public var epochs = 3
+    public var batchSize = 128
+    public var sampler: TrainingOptions.SamplerKind = .mPerClass
+    public var learningRate: Float = 0.1
+    public var momentum: Float = 0.9
+    public var weightDecay: Float = 5e-4
+    public var nesterov = true
+    public var schedule: TrainingOptions.ScheduleKind = .cosine
+    public var milestones: [Int] = []
+    public var gamma: Float = 0.1
+    public var warmupEpochs = 0
+    public var peers: [Peer] = []
+    public var mcl = MCLSettings()
+    public var teacher: TeacherSettings?
+    public var output = "runs/cohort"
+    public var evaluationBatchSize = 500
+
+    public init() {}
+
+    /// Reads and validates a configuration file.
+    public static func load(path: String) throws -> CohortConfiguration {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigurationError.unreadable(path: path, reason: error.localizedDescription)
+        }
+        return try parse(text)
+    }
+
+    /// Parses and validates YAML text.
+    public static func parse(_ text: String) throws -> CohortConfiguration {
+        var c = CohortConfiguration()
+        let top = try ConfigurationNode.parse(text).mapping(allowed: [
+            "data", "seed", "epochs", "batch_size", "sampler", "optimizer", "schedule", "peers", "mcl", "teacher",
+            "output", "evaluation_batch_size"])
+        if let d = top["data"] {
+            let m = try d.mapping(allowed: ["dataset", "directory", "train_limit", "test_limit"])
+            if let v = m["dataset"] {
+                let name = try v.string()
+                do { c.data.dataSet = try DataSetKind(name: name) } catch {
+                    throw ConfigurationError.badValue(path: v.path, expected: "one of \(DataSetKind.allCases.map(\.rawValue).joined(separator: ", "))", found: "\"\(name)\"")
+                }
+            }
+            c.data.directory = try m["directory"]?.string()
+            c.data.trainLimit = try m["train_limit"]?.int(2...Int.max)
+            c.data.testLimit = try m["test_limit"]?.int(1...Int.max)
+        }
+        if let v = top["seed"] { c.seed = UInt64(try v.int(0...Int.max)) }
+        if let v = top["epochs"] { c.epochs = try v.int(1...100_000) }
+        if let v = top["batch_size"] { c.batchSize = try v.int(2...65_536) }
+        if let v = top["sampler"] { c.sampler = TrainingOptions.SamplerKind(rawValue: try v.choice(TrainingOptions.SamplerKind.allCases.map(\.rawValue)))! }
+        if let v = top["evaluation_batch_size"] { c.evaluationBatchSize = try v.int(1...100_000) }
+        if let v = top["output"] { c.output = try v.string() }
+        if let o = top["optimizer"] {
+            let m = try o.mapping(allowed: ["lr", "momentum", "weight_decay", "nesterov"])
+            if let v = m["lr"] { c.learningRate = try v.float(minimum: 1e-12) }
+            if let v = m["momentum"] { c.momentum = try v.float(minimum: 0, maximum: 0.999) }
+            if let v = m["weight_decay"] { c.weightDecay = try v.float(minimum: 0) }
+            if let v = m["nesterov"] { c.nesterov = try v.bool() }
+            if c.nesterov && c.momentum == 0 {
+                throw ConfigurationError.badValue(path: "optimizer.nesterov", expected: "false when optimizer.momentum is 0", found: "true")
+            }
+        }
+        if let s = top["schedule"] {
+            let m = try s.mapping(allowed: ["kind", "milestones", "gamma", "warmup_epochs"])
+            if let v = m["kind"] { c.schedule = TrainingOptions.ScheduleKind(rawValue: try v.choice(TrainingOptions.ScheduleKind.allCases.map(\.rawValue)))! }
+            if let v = m["milestones"] { c.milestones = try v.list().map { try $0.int(1...Int.max) } }
+            if let v = m["gamma"] { c.gamma = try v.float(minimum: 1e-12) }
+            if let v = m["warmup_epochs"] { c.warmupEpochs = try v.int(0...Int.max) }
+            if c.schedule == .multistep && c.milestones.isEmpty {
+                throw ConfigurationError.missing(path: "schedule.milestones", expected: "epochs at which the rate drops, for kind: multistep")
+            }
+        }
+        guard let peers = top["peers"] else {
+            throw ConfigurationError.missing(path: "peers", expected: "a list of peers, each with a model")
+        }
+        for p in try peers.list() {
+            let m = try p.mapping(allowed: ["model"])
+            guard let model = m["model"] else { throw ConfigurationError.missing(path: p.path + ".model", expected: Architecture.allNames) }
+            let name = try model.string()
+            guard Architecture(name: name) != nil else {
+                throw ConfigurationError.badValue(path: model.path, expected: "one of \(Architecture.allNames)", found: "\"\(name)\"")
+            }
+            c.peers.append(Peer(model: name))
+        }
+        guard !c.peers.isEmpty else { throw ConfigurationError.badValue(path: "peers", expected: "at least one peer", found: "an empty list") }
+        if let v = top["mcl"] {
+            let m = try v.mapping(allowed: ["enabled", "tau", "temperature", "embedding_dim", "weights"])
+            if let x = m["enabled"] { c.mcl.enabled = try x.bool() }
+            if let x = m["tau"] { c.mcl.settings.tau = try x.float(minimum: 1e-6) }
+            if let x = m["temperature"] { c.mcl.settings.temperature = try x.float(minimum: 1e-6) }
+            if let x = m["embedding_dim"] { c.mcl.embeddingDimension = try x.int(1...65_536) }
+            if let w = m["weights"] {
+                let ws = try w.mapping(allowed: ["vcl", "soft_vcl", "icl", "soft_icl", "logit"])
+                if let x = ws["vcl"] { c.mcl.settings.vcl = try x.float(minimum: 0) }
+                if let x = ws["soft_vcl"] { c.mcl.settings.softVCL = try x.float(minimum: 0) }
+                if let x = ws["icl"] { c.mcl.settings.icl = try x.float(minimum: 0) }
+                if let x = ws["soft_icl"] { c.mcl.settings.softICL = try x.float(minimum: 0) }
+                if let x = ws["logit"] { c.mcl.settings.logitDistillation = try x.float(minimum: 0) }
+            }
+        }
+        if let t = top["teacher"] {
+            let m = try t.mapping(allowed: ["model", "checkpoint", "kd", "crcd", "rrd", "schedule"])
+            guard let model = m["model"] else { throw ConfigurationError.missing(path: "teacher.model", expected: Architecture.allNames) }
+            let name = try model.string()
+            guard Architecture(name: name) != nil else {
+                throw ConfigurationError.badValue(path: "teacher.model", expected: "one of \(Architecture.allNames)", found: "\"\(name)\"")
+            }
+            guard let checkpoint = m["checkpoint"] else {
+                throw ConfigurationError.missing(path: "teacher.checkpoint", expected: "a safetensors file, e.g. from cohort train")
+            }
+            var teacher = TeacherSettings(model: name, checkpoint: try checkpoint.string())
+            if let v = m["schedule"] {
+                teacher.schedule = DistillationWeightSchedule(rawValue: try v.choice(DistillationWeightSchedule.allCases.map(\.rawValue)))!
+            }
+            if let v = m["kd"] {
+                let k = try v.mapping(allowed: ["weight", "temperature"])
+                var s = KDSettings()
+                if let x = k["weight"] { s.weight = try x.float(minimum: 0) }
+                if let x = k["temperature"] { s.temperature = try x.float(minimum: 1e-6) }
+                teacher.kd = s
+            }
+            if let v = m["crcd"] {
+                let k = try v.mapping(allowed: ["weight", "gradient_weight", "negatives", "temperature", "momentum", "embedding_dim"])
+                var s = CRCDSettings()
+                if let x = k["weight"] { s.weight = try x.float(minimum: 0) }
+                if let x = k["gradient_weight"] { s.gradientWeight = try x.float(minimum: 0) }
+                if let x = k["negatives"] { s.negatives = try x.int(1...1_000_000) }
+                if let x = k["temperature"] { s.temperature = try x.float(minimum: 1e-6) }
+                if let x = k["momentum"] { s.momentum = try x.float(minimum: 0, maximum: 1) }
+                if let x = k["embedding_dim"] { s.dimension = try x.int(1...65_536) }
+                teacher.crcd = s
+            }
+            if let v = m["rrd"] {
+                let k = try v.mapping(allowed: ["weight", "keys", "student_temperature", "teacher_temperature", "embedding_dim"])
+                var s = RRDSettings()
+                if let x = k["weight"] { s.weight = try x.float(minimum: 0) }
+                if let x = k["keys"] { s.keys = try x.int(1...10_000_000) }
+                if let x = k["student_temperature"] { s.studentTemperature = try x.float(minimum: 1e-6) }
+                if let x = k["teacher_temperature"] { s.teacherTemperature = try x.float(minimum: 1e-6) }
+                if let x = k["embedding_dim"] { s.dimension = try x.int(1...65_536) }
+                if s.keys % c.batchSize != 0 {
+                    throw ConfigurationError.badValue(path: "teacher.rrd.keys", expected: "a multiple of batch_size (\(c.batchSize))", found: "\(s.keys)")
+                }
+                teacher.rrd = s
+            }
+            c.teacher = teacher
+        }
+        return c
+    }
+
+    /// The settings of one peer's SGD and schedule, in `cohort train`'s terms.
+    var trainingOptions: TrainingOptions {
+        var o = TrainingOptions()
+        o.dataSet = data.dataSet; o.dataDirectory = data.directory
+        o.trainLimit = data.trainLimit; o.testLimit = data.testLimit
+        o.epochs = epochs; o.batchSize = batchSize; o.sampler = sampler
+        o.learningRate = learningRate; o.momentum = momentum; o.weightDecay = weightDecay; o.nesterov = nesterov
+        o.schedule = schedule; o.milestones = milestones; o.gamma = gamma; o.warmupEpochs = warmupEpochs
+        o.seed = seed; o.evaluationBatchSize = evaluationBatchSize
+        return o
+    }
+}

@@ -1,0 +1,215 @@
+import Foundation
+import Tensors
+import NN
+import Data
+import Distill
+import Training
+
+/// What a peer sends the rest of the cohort after its forward pass: its unit embeddings (with MCL) and
+/// its logits for the step's batch. Plain values, so they can cross threads and processes.
+public struct PeerOutputs: Sendable {
+    public let rank: Int
+    public let batchSize: Int
+    public let embedding: [Float]?
+    public let embeddingDimension: Int
+    public let logits: [Float]
+    public let classCount: Int
+
+    public var embeddingTensor: Tensor? { embedding.map { Tensor($0, shape: [batchSize, embeddingDimension]) } }
+    public var logitsTensor: Tensor { Tensor(logits, shape: [batchSize, classCount]) }
+}
+
+/// What the teacher provides for a step's batch: pooled feature, logits and gradient element.
+public struct TeacherOutputs: Sendable {
+    public let batchSize: Int
+    public let featureCount: Int
+    public let classCount: Int
+    public let feature: [Float]
+    public let logits: [Float]
+    public let gradientElement: [Float]
+
+    public var featureTensor: Tensor { Tensor(feature, shape: [batchSize, featureCount]) }
+    public var logitsTensor: Tensor { Tensor(logits, shape: [batchSize, classCount]) }
+    public var gradientElementTensor: Tensor { Tensor(gradientElement, shape: [batchSize, featureCount]) }
+}
+
+/// The teacher: a trained network in evaluation mode, run without gradients.
+public final class TeacherRunner {
+    public let model: any Classifier
+    public let architecture: Architecture
+
+    /// Loads `checkpoint` (a Cohort checkpoint or a PyTorch state dict in safetensors) into `model`.
+    public init(settings: CohortConfiguration.TeacherSettings, dataSet: DataSetKind) throws {
+        architecture = Architecture(name: settings.model)!
+        model = architecture.make(inputChannels: dataSet.channels, classCount: dataSet.classCount, seed: 0)
+        do {
+            try model.load(try SafeTensors.read(settings.checkpoint))
+        } catch {
+            throw ConfigurationError.badValue(path: "teacher.checkpoint", expected: "a \(settings.model) checkpoint for \(dataSet.rawValue)",
+                                              found: "\(settings.checkpoint): \(error)")
+        }
+        model.eval()
+    }
+
+    public func outputs(for batch: Batch) -> TeacherOutputs {
+        withNoGrad {
+            let (feature, logits) = model.forward(batch.imageTensor())
+            let g = gradientElement(feature: feature, weight: model.classifier.weight, bias: model.classifier.bias,
+                                    labels: batch.labels)
+            return TeacherOutputs(batchSize: batch.size, featureCount: feature.shape[1], classCount: logits.shape[1],
+                                  feature: feature.scalars, logits: logits.scalars, gradientElement: g.scalars)
+        }
+    }
+}
+
+/// One member of a cohort: its network, its MCL projection head, its distillation losses with their
+/// memories, and its optimizer. The same unit runs in-process or behind a transport.
+///
+/// A step has two halves: ``forward(_:)`` runs the network and returns what the others need;
+/// ``finish(others:teacher:position:totalSteps:)`` takes the other members' outputs (constants) and the
+/// teacher's, forms this peer's loss — the distributed form of MCL, whose gradient equals the joint
+/// loss's — and updates the parameters.
+public final class PeerTrainer {
+    public let rank: Int
+    public let architecture: Architecture
+    public let model: any Classifier
+    public let head: ProjectionHead?
+    public let crcdFeature: CRCDLoss?
+    public let crcdGradient: CRCDLoss?
+    public let rrd: RRDQueueLoss?
+    public let optimizer: SGD
+    let configuration: CohortConfiguration
+    let schedule: any LearningRateSchedule
+    private var pending: (batch: Batch, feature: Tensor, logits: Tensor, embedding: Tensor?)?
+
+    /// - Parameters:
+    ///   - dataCount: training-set size (rows of the CRCD memories).
+    ///   - teacherFeatureCount: the teacher's feature size, when there is a teacher.
+    public init(rank: Int, configuration: CohortConfiguration, dataCount: Int, teacherFeatureCount: Int?, stepsPerEpoch: Int) {
+        self.rank = rank
+        self.configuration = configuration
+        let kind = configuration.data.dataSet
+        architecture = Architecture(name: configuration.peers[rank].model)!
+        var initial = RandomStream.generator(seed: configuration.seed, .initialisation, rank)
+        model = architecture.make(inputChannels: kind.channels, classCount: kind.classCount, seed: initial.next())
+        var generator = RandomStream.generator(seed: configuration.seed, .initialisation, 1000 + rank)
+        let mclActive = configuration.mcl.enabled && configuration.peers.count > 1
+        head = mclActive ? ProjectionHead(inputCount: model.featureCount, dimension: configuration.mcl.embeddingDimension,
+                                          generator: &generator) : nil
+        let teacher = configuration.teacher
+        if let c = teacher?.crcd, let t = teacherFeatureCount {
+            crcdFeature = CRCDLoss(studentDimension: model.featureCount, teacherDimension: t, dimension: c.dimension,
+                                   dataCount: dataCount, negatives: c.negatives, temperature: c.temperature,
+                                   momentum: c.momentum, generator: &generator)
+            crcdGradient = c.gradientWeight > 0
+                ? CRCDLoss(studentDimension: model.featureCount, teacherDimension: t, dimension: c.dimension, dataCount: dataCount,
+                           negatives: c.negatives, temperature: c.temperature, momentum: c.momentum, generator: &generator)
+                : nil
+        } else {
+            crcdFeature = nil; crcdGradient = nil
+        }
+        if let r = teacher?.rrd, let t = teacherFeatureCount {
+            rrd = RRDQueueLoss(studentDimension: model.featureCount, teacherDimension: t, dimension: r.dimension, keys: r.keys,
+                               studentTemperature: r.studentTemperature, teacherTemperature: r.teacherTemperature,
+                               generator: &generator)
+        } else {
+            rrd = nil
+        }
+        var parameters = model.namedParameters()
+        for (prefix, module) in PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd) {
+            parameters += module.namedParameters().map { (prefix + "." + $0.0, $0.1) }
+        }
+        optimizer = SGD(parameters: parameters, learningRate: configuration.learningRate, momentum: configuration.momentum,
+                        weightDecay: configuration.weightDecay, nesterov: configuration.nesterov)
+        schedule = configuration.trainingOptions.learningRateSchedule(stepsPerEpoch: stepsPerEpoch)
+    }
+
+    static func lossModules(head: ProjectionHead?, crcdFeature: CRCDLoss?, crcdGradient: CRCDLoss?, rrd: RRDQueueLoss?) -> [(String, Module)] {
+        var result: [(String, Module)] = []
+        if let head { result.append(("loss.mcl_head", head)) }
+        if let crcdFeature { result.append(("loss.crcd", crcdFeature)) }
+        if let crcdGradient { result.append(("loss.crcd_gradient", crcdGradient)) }
+        if let rrd { result.append(("loss.rrd", rrd)) }
+        return result
+    }
+
+    /// The loss modules whose state is saved with this peer's checkpoints.
+    public var lossState: [(String, Module)] {
+        PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd)
+    }
+
+    /// Runs the network (training mode) on `batch` and returns what the other members need.
+    public func forward(_ batch: Batch) -> PeerOutputs {
+        model.train()
+        let (feature, logits) = model.forward(batch.imageTensor())
+        let embedding = head.map { $0(feature) }
+        pending = (batch, feature, logits, embedding)
+        return PeerOutputs(rank: rank, batchSize: batch.size, embedding: embedding?.scalars,
+                           embeddingDimension: configuration.mcl.embeddingDimension, logits: logits.scalars,
+                           classCount: logits.shape[1])
+    }
+
+    /// Completes the step begun by ``forward(_:)``: forms the loss from the other members' and the
+    /// teacher's outputs, back-propagates and updates. Returns every loss term (unweighted) and the total.
+    public func finish(others: [PeerOutputs], teacher: TeacherOutputs?, position: TrainingPosition, totalSteps: Int) -> [String: Double] {
+        guard let (batch, feature, logits, embedding) = pending else { preconditionFailure("finish() without forward()") }
+        pending = nil
+        var terms: [String: Double] = [:]
+        let ce = logits.crossEntropy(labels: batch.labels)
+        terms["ce"] = Double(ce.item)
+        var total = ce
+        let mcl = configuration.mcl.settings
+        if let embedding, !others.isEmpty {
+            let received = others.compactMap(\.embeddingTensor)
+            let t = MCL.peerTerms(own: embedding, others: received, labels: batch.labels, settings: mcl)
+            terms["vcl"] = Double(t.vcl.item); terms["soft_vcl"] = Double(t.softVCL.item)
+            terms["icl"] = Double(t.icl.item); terms["soft_icl"] = Double(t.softICL.item)
+            total = total + t.weighted(mcl)
+            if mcl.logitDistillation > 0 {
+                let mean = MCL.ensembleMean([logits.detached()] + others.map(\.logitsTensor))
+                let kd = MCL.ensembleDistillation(logits: logits, ensembleMean: mean, temperature: mcl.temperature)
+                terms["logit_kd"] = Double(kd.item)
+                total = total + kd * mcl.logitDistillation
+            }
+        }
+        if let teacher, let settings = configuration.teacher {
+            let lambda = settings.schedule.weight(step: position.globalStep, total: totalSteps)
+            terms["distillation_weight"] = Double(lambda)
+            if let kd = settings.kd {
+                let value = knowledgeDistillation(student: logits, teacher: teacher.logitsTensor, temperature: kd.temperature)
+                terms["kd"] = Double(value.item)
+                total = total + value * (lambda * kd.weight)
+            }
+            if crcdFeature != nil || crcdGradient != nil, let c = settings.crcd {
+                var g = RandomStream.generator(seed: configuration.seed, .contrast, position.epoch, position.stepInEpoch, rank)
+                if let crcd = crcdFeature {
+                    let value = crcd(student: feature, teacher: teacher.featureTensor, indices: batch.indices,
+                                     contrastIndices: crcd.contrastIndices(for: batch.indices, using: &g))
+                    terms["crcd"] = Double(value.item)
+                    total = total + value * (lambda * c.weight)
+                }
+                if let crcd = crcdGradient {
+                    let gs = gradientElement(feature: feature, weight: model.classifier.weight, bias: model.classifier.bias,
+                                             labels: batch.labels)
+                    let value = crcd(student: gs, teacher: teacher.gradientElementTensor, indices: batch.indices,
+                                     contrastIndices: crcd.contrastIndices(for: batch.indices, using: &g))
+                    terms["crcd_gradient"] = Double(value.item)
+                    total = total + value * (lambda * c.gradientWeight)
+                }
+            }
+            if let rrd, let r = settings.rrd {
+                let value = rrd(student: feature, teacher: teacher.featureTensor)
+                terms["rrd"] = Double(value.item)
+                total = total + value * (lambda * r.weight)
+            }
+        }
+        terms["total"] = Double(total.item)
+        optimizer.learningRate = schedule.learningRate(at: position.globalStep)
+        optimizer.zeroGrad()
+        total.backward()
+        optimizer.step()
+        terms["accuracy"] = Double(topKCorrect(logits: logits, labels: batch.labels).top1) / Double(batch.size)
+        terms["lr"] = Double(optimizer.learningRate)
+        return terms
+    }
+}

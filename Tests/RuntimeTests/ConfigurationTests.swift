@@ -1,0 +1,65 @@
+import Testing
+@testable import Runtime
+
+@Suite struct ConfigurationTests {
+    @Test func readsEveryKey() throws {
+        let c = try CohortConfiguration.parse("""
+            data: {dataset: cifar100, directory: /data/c100, train_limit: 500, test_limit: 100}
+            seed: 7
+            epochs: 240
+            batch_size: 64
+            sampler: shuffled
+            optimizer: {lr: 0.05, momentum: 0.9, weight_decay: 0.0005, nesterov: false}
+            schedule: {kind: multistep, milestones: [150, 180, 210], gamma: 0.1, warmup_epochs: 1}
+            peers: [{model: resnet32x4}, {model: wrn-16-2}]
+            mcl:
+              enabled: true
+              tau: 0.07
+              temperature: 3
+              embedding_dim: 64
+              weights: {vcl: 0.1, soft_vcl: 1.0, icl: 0.1, soft_icl: 1.0, logit: 0}
+            teacher:
+              model: resnet56
+              checkpoint: t.safetensors
+              schedule: linear-decay
+              kd: {weight: 0.9, temperature: 4}
+              crcd: {weight: 1, gradient_weight: 0, negatives: 100, temperature: 0.05, momentum: 0.5, embedding_dim: 32}
+              rrd: {weight: 1, keys: 1024, student_temperature: 0.1, teacher_temperature: 0.02, embedding_dim: 32}
+            output: runs/x
+            evaluation_batch_size: 250
+            """)
+        #expect(c.data.dataSet == .cifar100 && c.data.directory == "/data/c100" && c.data.trainLimit == 500 && c.data.testLimit == 100)
+        #expect(c.seed == 7 && c.epochs == 240 && c.batchSize == 64 && c.sampler == .shuffled)
+        #expect(c.learningRate == 0.05 && !c.nesterov && c.schedule == .multistep && c.milestones == [150, 180, 210] && c.warmupEpochs == 1)
+        #expect(c.peers.map(\.model) == ["resnet32x4", "wrn-16-2"])
+        #expect(c.mcl.embeddingDimension == 64 && c.mcl.settings.logitDistillation == 0)
+        #expect(c.teacher?.model == "resnet56" && c.teacher?.schedule == .linearDecay)
+        #expect(c.teacher?.kd?.weight == 0.9 && c.teacher?.crcd?.gradientWeight == 0 && c.teacher?.crcd?.negatives == 100)
+        #expect(c.teacher?.rrd?.keys == 1024 && c.output == "runs/x" && c.evaluationBatchSize == 250)
+    }
+
+    @Test(arguments: [
+        ("peers: [{model: resnet8}]\nepoch: 3", "unknown key epoch"),
+        ("peers: [{model: resnet8, width: 2}]", "unknown key peers[0].width"),
+        ("peers: [{model: resnet8}, {model: resnet18}]", "peers[1].model must be one of"),
+        ("peers: []", "peers must be at least one peer"),
+        ("seed: 1", "missing peers"),
+        ("peers: [{model: resnet8}]\nbatch_size: many", "batch_size must be an integer"),
+        ("peers: [{model: resnet8}]\noptimizer: {lr: -1}", "optimizer.lr must be a number >="),
+        ("peers: [{model: resnet8}]\nschedule: {kind: step}", "schedule.kind must be one of cosine, multistep, constant"),
+        ("peers: [{model: resnet8}]\nschedule: {kind: multistep}", "missing schedule.milestones"),
+        ("peers: [{model: resnet8}]\ndata: {dataset: imagenet}", "data.dataset must be one of"),
+        ("peers: [{model: resnet8}]\nteacher: {model: resnet56}", "missing teacher.checkpoint"),
+        ("peers: [{model: resnet8}]\nteacher: {model: resnet56, checkpoint: x, rrd: {keys: 1000}}", "teacher.rrd.keys must be a multiple of batch_size"),
+        ("peers: [{model: resnet8}]\nmcl: {weights: {vcl: 0.1, scl: 1}}", "unknown key mcl.weights.scl"),
+        ("peers: [{model: resnet8}\n", "not valid YAML"),
+    ])
+    func badConfigurationsNameTheKey(_ text: String, _ expected: String) {
+        do {
+            _ = try CohortConfiguration.parse(text)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect("\(error)".contains(expected), "\(error)")
+        }
+    }
+}

@@ -1,0 +1,80 @@
+import Foundation
+import Testing
+import Tensors
+import NN
+import Training
+@testable import Runtime
+
+@Suite(.serialized) struct InProcessCohortTests {
+    func scratch(_ name: String) -> String {
+        let path = NSTemporaryDirectory() + "cohort-runtime-\(name)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: path)
+        return path
+    }
+
+    /// A small teacher-guided cohort on real Fashion-MNIST data: every loss runs, the run directory has
+    /// the promised layout, and the checkpoints carry the losses' state.
+    @Test func teacherGuidedCohortRunsAndWritesItsRunDirectory() throws {
+        // A teacher from a short `cohort train` run.
+        var options = TrainingOptions()
+        options.model = "resnet8"; options.epochs = 1; options.batchSize = 64; options.trainLimit = 512; options.testLimit = 200
+        let teacherDirectory = scratch("teacher")
+        _ = try Trainer(options: options, outputDirectory: teacherDirectory).run(resume: false, progress: ProgressReporter(interactive: false))
+
+        let out = scratch("cohort")
+        let c = try CohortConfiguration.parse("""
+            data: {dataset: fashion-mnist, train_limit: 512, test_limit: 200}
+            epochs: 2
+            batch_size: 64
+            peers: [{model: resnet8}, {model: resnet14}]
+            teacher:
+              model: resnet8
+              checkpoint: \(teacherDirectory)/checkpoints/last.safetensors
+              kd: {weight: 0.9}
+              crcd: {weight: 1, gradient_weight: 1, negatives: 16}
+              rrd: {weight: 1, keys: 128}
+            output: \(out)
+            """)
+        let summary = try InProcessCohort(configuration: c).run(progress: ProgressReporter(interactive: false))
+        #expect(summary.peers.map(\.model) == ["resnet8", "resnet14"] && summary.steps == 16 && summary.transport == "inproc")
+        #expect(summary.peers.allSatisfy { $0.test_top1 > 0.2 } && summary.ensemble_top1 > 0.2, "\(summary)")
+        #expect(summary.teacher_top1 != nil)
+        let fm = FileManager.default
+        for file in ["summary.json", "metrics.jsonl", "peer-0/metrics.jsonl", "peer-1/checkpoints/last.safetensors",
+                     "peer-1/checkpoints/epoch-0002.state.safetensors"] {
+            #expect(fm.fileExists(atPath: out + "/" + file), "\(file)")
+        }
+        // Every loss term is logged per peer.
+        let firstStep = try String(contentsOfFile: out + "/peer-0/metrics.jsonl", encoding: .utf8).split(separator: "\n")[0]
+        for term in ["ce", "vcl", "soft_vcl", "icl", "soft_icl", "logit_kd", "kd", "crcd", "crcd_gradient", "rrd", "total"] {
+            #expect(firstStep.contains("\"\(term)\""), "\(term) missing from \(firstStep)")
+        }
+        // The weights load into a plain network; the state file holds the losses' memories and queue.
+        let net = Architecture.resnet14.make(inputChannels: 1, classCount: 10, seed: 5)
+        try net.load(try SafeTensors.read(out + "/peer-1/checkpoints/last.safetensors"))
+        let state = try SafeTensors.read(out + "/peer-1/checkpoints/epoch-0002.state.safetensors")
+        for key in ["loss.mcl_head.proj_head.0.weight", "loss.crcd.contrast.memory_v1", "loss.crcd.contrast.params",
+                    "loss.crcd_gradient.contrast.memory_v2", "loss.rrd.queue", "loss.rrd.queue_ptr", "momentum.fc.weight"] {
+            #expect(state.entry(key) != nil, "\(key)")
+        }
+        #expect(try state.floats("loss.crcd.contrast.params").scalars[2] > 0, "the normaliser was set and saved")
+    }
+
+    /// Same seed, same configuration: the same result (batches, initialisation and contrast sampling are
+    /// all positional).
+    @Test func cohortRunsAreReproducible() throws {
+        func run(_ name: String) throws -> CohortSummary {
+            let c = try CohortConfiguration.parse("""
+                data: {dataset: fashion-mnist, train_limit: 256, test_limit: 100}
+                epochs: 1
+                batch_size: 32
+                seed: 3
+                peers: [{model: resnet8}, {model: resnet8}]
+                output: \(scratch(name))
+                """)
+            return try InProcessCohort(configuration: c).run(progress: ProgressReporter(interactive: false))
+        }
+        let (a, b) = try Parallelism.withThreadCount(1) { (try run("repro-a"), try run("repro-b")) }
+        #expect(a.peers.map(\.test_top1) == b.peers.map(\.test_top1) && a.ensemble_top1 == b.ensemble_top1)
+    }
+}
