@@ -58,3 +58,63 @@ public final class RRDQueueLoss: Module {
         return (target * logQ).sum() * (-1 / Float(batch))
     }
 }
+
+/// Relational Representation Distillation with CRD's per-sample momentum memory instead of a queue
+/// (giakoumoglou/distillers, `RRD_MomentumMemory_Loss`), with the similarities themselves as logits, as
+/// the paper's formula says (the reference feeds CRD's exponentiated, Z-normalised scores instead):
+///
+///     keys[a, k] = M[cidx[a, k]]              (K+1 rows per sample; column 0 is the sample's own)
+///     loss = - mean_a sum_k softmax(<z_t[a], keys[a,k]> / tau_t) log_softmax(<z_s[a], keys[a,k]> / tau_s)
+///     M[idx] = normalize(m M[idx] + (1 - m) z_t)     (after the loss)
+///
+/// `M` is a memory of teacher embeddings (`n_data x d`, initialised uniform in ±1/sqrt(d/3) and
+/// normalised), so both distributions are over the same keys, as in the queue version.
+public final class RRDMemoryLoss: Module {
+    public let embedStudent: Linear
+    public let embedTeacher: Linear
+    public let memory: Tensor
+    public let negatives: Int
+    public let momentum: Float
+    public let studentTemperature: Float
+    public let teacherTemperature: Float
+
+    public init(studentDimension: Int, teacherDimension: Int, dimension: Int = 128, dataCount: Int, negatives: Int = 16384,
+                momentum: Float = 0.5, studentTemperature: Float = 0.1, teacherTemperature: Float = 0.02,
+                generator: inout SeededGenerator) {
+        embedStudent = Linear(inputCount: studentDimension, outputCount: dimension, generator: &generator)
+        embedTeacher = Linear(inputCount: teacherDimension, outputCount: dimension, generator: &generator)
+        let bound = 1 / (Float(dimension) / 3).squareRoot()
+        memory = Tensor.randomUniform([dataCount, dimension], low: -bound, high: bound, using: &generator).normalizedRows()
+        self.negatives = negatives
+        self.momentum = momentum
+        self.studentTemperature = studentTemperature
+        self.teacherTemperature = teacherTemperature
+        super.init()
+    }
+
+    public override var children: [(String, Module)] { [("embed_s", embedStudent), ("embed_t", embedTeacher)] }
+    public override var ownBuffers: [(String, Tensor)] { [("memory", memory)] }
+
+    /// Contrast indices: each sample's own index, then K uniform draws.
+    public func contrastIndices(for indices: [Int], using generator: inout SeededGenerator) -> [Int] {
+        var result: [Int] = []
+        for i in indices {
+            result.append(i)
+            for _ in 0..<negatives { result.append(Int(generator.next() % UInt64(memory.shape[0]))) }
+        }
+        return result
+    }
+
+    public func callAsFunction(student: Tensor, teacher: Tensor, indices: [Int], contrastIndices: [Int]) -> Tensor {
+        let b = student.shape[0], d = memory.shape[1], k1 = negatives + 1
+        precondition(contrastIndices.count == b * k1, "RRD: \(contrastIndices.count) contrast indices for \(b) samples and K = \(negatives)")
+        let zs = embedStudent(student).normalizedRows()
+        let zt = withNoGrad { embedTeacher(teacher.detached()).normalizedRows() }
+        let keys = withNoGrad { memory.indexSelect(rows: contrastIndices).reshaped([b, k1, d]) }
+        let target = withNoGrad { ((keys * zt.reshaped([b, 1, d])).sum(axis: 2) * (1 / teacherTemperature)).softmax() }
+        let logQ = ((keys * zs.reshaped([b, 1, d])).sum(axis: 2) * (1 / studentTemperature)).logSoftmax()
+        let loss = (target * logQ).sum() * (-1 / Float(b))
+        CRCDLoss.update(memory, rows: indices, with: zt, momentum: momentum)
+        return loss
+    }
+}

@@ -39,8 +39,14 @@ public struct CohortConfiguration: Sendable, Equatable {
     }
 
     public struct RRDSettings: Sendable, Equatable {
+        public enum MemoryKind: String, Sendable, CaseIterable { case fifo, momentum }
         public var weight: Float = 1
+        /// A FIFO queue of teacher keys (the default), or CRD's per-sample momentum memory.
+        public var memory: MemoryKind = .fifo
+        /// Queue length (fifo) or sampled negatives per sample (momentum).
         public var keys = 16384
+        /// Momentum of the per-sample memory.
+        public var momentum: Float = 0.5
         public var studentTemperature: Float = 0.1
         public var teacherTemperature: Float = 0.02
         public var dimension = 128
@@ -190,14 +196,16 @@ public struct CohortConfiguration: Sendable, Equatable {
                 teacher.crcd = s
             }
             if let v = m["rrd"] {
-                let k = try v.mapping(allowed: ["weight", "keys", "student_temperature", "teacher_temperature", "embedding_dim"])
+                let k = try v.mapping(allowed: ["weight", "memory", "keys", "momentum", "student_temperature", "teacher_temperature", "embedding_dim"])
                 var s = RRDSettings()
                 if let x = k["weight"] { s.weight = try x.float(minimum: 0) }
+                if let x = k["memory"] { s.memory = RRDSettings.MemoryKind(rawValue: try x.choice(RRDSettings.MemoryKind.allCases.map(\.rawValue)))! }
+                if let x = k["momentum"] { s.momentum = try x.float(minimum: 0, maximum: 1) }
                 if let x = k["keys"] { s.keys = try x.int(1...10_000_000) }
                 if let x = k["student_temperature"] { s.studentTemperature = try x.float(minimum: 1e-6) }
                 if let x = k["teacher_temperature"] { s.teacherTemperature = try x.float(minimum: 1e-6) }
                 if let x = k["embedding_dim"] { s.dimension = try x.int(1...65_536) }
-                if s.keys % c.batchSize != 0 {
+                if s.memory == .fifo && s.keys % c.batchSize != 0 {
                     throw ConfigurationError.badValue(path: "teacher.rrd.keys", expected: "a multiple of batch_size (\(c.batchSize))", found: "\(s.keys)")
                 }
                 teacher.rrd = s

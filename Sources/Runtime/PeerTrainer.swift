@@ -77,6 +77,7 @@ public final class PeerTrainer {
     public let crcdFeature: CRCDLoss?
     public let crcdGradient: CRCDLoss?
     public let rrd: RRDQueueLoss?
+    public let rrdMemory: RRDMemoryLoss?
     public let optimizer: SGD
     let configuration: CohortConfiguration
     let schedule: any LearningRateSchedule
@@ -108,15 +109,25 @@ public final class PeerTrainer {
         } else {
             crcdFeature = nil; crcdGradient = nil
         }
-        if let r = teacher?.rrd, let t = teacherFeatureCount {
-            rrd = RRDQueueLoss(studentDimension: model.featureCount, teacherDimension: t, dimension: r.dimension, keys: r.keys,
+        let studentFeatures = model.featureCount
+        if let r = teacher?.rrd, let t = teacherFeatureCount, r.memory == .fifo {
+            rrd = RRDQueueLoss(studentDimension: studentFeatures, teacherDimension: t, dimension: r.dimension, keys: r.keys,
                                studentTemperature: r.studentTemperature, teacherTemperature: r.teacherTemperature,
                                generator: &generator)
         } else {
             rrd = nil
         }
+        if let r = teacher?.rrd, let t = teacherFeatureCount, r.memory == .momentum {
+            rrdMemory = RRDMemoryLoss(studentDimension: studentFeatures, teacherDimension: t, dimension: r.dimension,
+                                      dataCount: dataCount, negatives: r.keys, momentum: r.momentum,
+                                      studentTemperature: r.studentTemperature, teacherTemperature: r.teacherTemperature,
+                                      generator: &generator)
+        } else {
+            rrdMemory = nil
+        }
         var parameters = model.namedParameters()
-        for (prefix, module) in PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd) {
+        for (prefix, module) in PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient,
+                                                        rrd: rrd ?? rrdMemory) {
             parameters += module.namedParameters().map { (prefix + "." + $0.0, $0.1) }
         }
         optimizer = SGD(parameters: parameters, learningRate: configuration.learningRate, momentum: configuration.momentum,
@@ -124,7 +135,7 @@ public final class PeerTrainer {
         schedule = configuration.trainingOptions.learningRateSchedule(stepsPerEpoch: stepsPerEpoch)
     }
 
-    static func lossModules(head: ProjectionHead?, crcdFeature: CRCDLoss?, crcdGradient: CRCDLoss?, rrd: RRDQueueLoss?) -> [(String, Module)] {
+    static func lossModules(head: ProjectionHead?, crcdFeature: CRCDLoss?, crcdGradient: CRCDLoss?, rrd: Module?) -> [(String, Module)] {
         var result: [(String, Module)] = []
         if let head { result.append(("loss.mcl_head", head)) }
         if let crcdFeature { result.append(("loss.crcd", crcdFeature)) }
@@ -135,7 +146,7 @@ public final class PeerTrainer {
 
     /// The loss modules whose state is saved with this peer's checkpoints.
     public var lossState: [(String, Module)] {
-        PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd)
+        PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd ?? rrdMemory)
     }
 
     /// Runs the network (training mode) on `batch` and returns what the other members need.
@@ -197,10 +208,18 @@ public final class PeerTrainer {
                     total = total + value * (lambda * c.gradientWeight)
                 }
             }
-            if let rrd, let r = settings.rrd {
-                let value = rrd(student: feature, teacher: teacher.featureTensor)
-                terms["rrd"] = Double(value.item)
-                total = total + value * (lambda * r.weight)
+            if let r = settings.rrd {
+                var value: Tensor?
+                if let rrd { value = rrd(student: feature, teacher: teacher.featureTensor) }
+                if let rrdMemory {
+                    var g = RandomStream.generator(seed: configuration.seed, .contrast, position.epoch, position.stepInEpoch, 1000 + rank)
+                    value = rrdMemory(student: feature, teacher: teacher.featureTensor, indices: batch.indices,
+                                      contrastIndices: rrdMemory.contrastIndices(for: batch.indices, using: &g))
+                }
+                if let value {
+                    terms["rrd"] = Double(value.item)
+                    total = total + value * (lambda * r.weight)
+                }
             }
         }
         terms["total"] = Double(total.item)

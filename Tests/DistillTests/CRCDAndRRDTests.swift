@@ -98,3 +98,27 @@ import TestSupport
                     - s.klDivergence(target: t, temperature: 4).item) < 1e-7)
     }
 }
+
+@Suite struct RRDMemoryTests {
+    @Test func gradientAndMemoryUpdate() {
+        var generator = SeededGenerator(seed: 61)
+        let loss = RRDMemoryLoss(studentDimension: 5, teacherDimension: 6, dimension: 4, dataCount: 12, negatives: 5,
+                                 generator: &generator)
+        let initial = loss.memory.copy()
+        var g = SeededGenerator(seed: 62)
+        let indices = [1, 4, 7]
+        let contrast = loss.contrastIndices(for: indices, using: &g)
+        #expect(contrast.count == 18 && contrast[0] == 1 && contrast[6] == 4)
+        let ft = randn([3, 6], seed: 63)
+        expectGradients([randn([3, 5], seed: 64)]) { inputs in
+            loss.memory.assign(initial)
+            return loss(student: inputs[0], teacher: ft, indices: indices, contrastIndices: contrast)
+        }
+        loss.memory.assign(initial)
+        _ = loss(student: randn([3, 5], seed: 65), teacher: ft, indices: indices, contrastIndices: contrast)
+        for r in 0..<12 {
+            let changed = Array(loss.memory.scalars[(r * 4)..<(r * 4 + 4)]) != Array(initial.scalars[(r * 4)..<(r * 4 + 4)])
+            #expect(changed == indices.contains(r))
+        }
+    }
+}

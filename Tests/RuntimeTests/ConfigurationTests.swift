@@ -24,7 +24,7 @@ import Testing
               schedule: linear-decay
               kd: {weight: 0.9, temperature: 4}
               crcd: {weight: 1, gradient_weight: 0, negatives: 100, temperature: 0.05, momentum: 0.5, embedding_dim: 32}
-              rrd: {weight: 1, keys: 1024, student_temperature: 0.1, teacher_temperature: 0.02, embedding_dim: 32}
+              rrd: {weight: 1, memory: momentum, keys: 1000, momentum: 0.4, student_temperature: 0.1, teacher_temperature: 0.02, embedding_dim: 32}
             output: runs/x
             evaluation_batch_size: 250
             """)
@@ -35,7 +35,8 @@ import Testing
         #expect(c.mcl.embeddingDimension == 64 && c.mcl.settings.logitDistillation == 0)
         #expect(c.teacher?.model == "resnet56" && c.teacher?.schedule == .linearDecay)
         #expect(c.teacher?.kd?.weight == 0.9 && c.teacher?.crcd?.gradientWeight == 0 && c.teacher?.crcd?.negatives == 100)
-        #expect(c.teacher?.rrd?.keys == 1024 && c.output == "runs/x" && c.evaluationBatchSize == 250)
+        #expect(c.teacher?.rrd?.keys == 1000 && c.teacher?.rrd?.memory == .momentum && c.teacher?.rrd?.momentum == 0.4)
+        #expect(c.output == "runs/x" && c.evaluationBatchSize == 250)
     }
 
     @Test(arguments: [
