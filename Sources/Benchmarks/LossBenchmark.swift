@@ -62,16 +62,9 @@ public struct LossBenchmark: Sendable {
             }
             description = "one peer of 4, B=\(batch) d=128, heads + VCL/ICL/soft, forward+backward"
         }
-        call()
-        var times: [Double] = []
-        for _ in 0..<steps {
-            let start = DispatchTime.now().uptimeNanoseconds
-            call()
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
-        }
-        times.sort()
+        let median = Timing.medianMilliseconds(warmup: 1, repetitions: steps, call)
         return Result(loss: kind.rawValue, configuration: description, batch: batch, threads: threads,
-                      ms_per_call: (times[times.count / 2] * 100).rounded() / 100,
+                      ms_per_call: (median * 100).rounded() / 100,
                       peak_rss_mb: (ProcessInfo.peakResidentMegabytes * 10).rounded() / 10)
     }
 }

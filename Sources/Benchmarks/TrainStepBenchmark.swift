@@ -52,16 +52,7 @@ public struct TrainStepBenchmark: Sendable {
             optimizer.step()
             lastLoss = loss.item
         }
-        for _ in 0..<warmupSteps { step() }
-        var times: [Double] = []
-        for _ in 0..<steps {
-            let start = DispatchTime.now().uptimeNanoseconds
-            step()
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
-        }
-        times.sort()
-        let median = times.isEmpty ? 0 : (times.count % 2 == 1 ? times[times.count / 2]
-                                          : (times[times.count / 2 - 1] + times[times.count / 2]) / 2)
+        let median = Timing.medianMilliseconds(warmup: warmupSteps, repetitions: steps, step)
         return Result(framework: "cohort", model: architecture.rawValue, input: "\(channels)x\(height)x\(width)",
                       batch: batch, threads: threads, ms_per_step: (median * 100).rounded() / 100,
                       images_per_s: median > 0 ? (Double(batch) / median * 1000 * 10).rounded() / 10 : 0,
