@@ -149,6 +149,35 @@ public final class PeerTrainer {
         PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd ?? rrdMemory)
     }
 
+    /// Restores this peer from a checkpoint written with ``lossState``: the network's weights, the SGD
+    /// momentum buffers and every loss module's state (projection head, memories, normalisers, queue).
+    /// - Throws: ``StateDictError`` or ``SafeTensorsError`` naming what does not fit; on error the peer may
+    ///   be partly restored and must not be used.
+    public func restore(weights: SafeTensors, state: SafeTensors) throws {
+        try model.load(weights)
+        var momentum: [String: Tensor] = [:]
+        var modules: [String: SafeTensors] = [:]
+        let prefixes = lossState.map(\.0)
+        for name in state.names {
+            if name.hasPrefix("momentum.") {
+                momentum[String(name.dropFirst("momentum.".count))] = try state.floats(name)
+            } else if let prefix = prefixes.first(where: { name.hasPrefix($0 + ".") }) {
+                let entry = state.entry(name)!
+                let key = String(name.dropFirst(prefix.count + 1))
+                if entry.dtype.isFloat {
+                    modules[prefix, default: SafeTensors()].add(key, floats: try state.floats(name))
+                } else {
+                    modules[prefix, default: SafeTensors()].add(key, integers: try state.integers(name), shape: entry.shape)
+                }
+            }
+        }
+        for (prefix, module) in lossState {
+            guard let file = modules[prefix] else { throw SafeTensorsError.missing(prefix + ".*") }
+            try module.load(file)
+        }
+        try optimizer.loadMomentumBuffers(momentum)
+    }
+
     /// Runs the network (training mode) on `batch` and returns what the other members need.
     public func forward(_ batch: Batch) -> PeerOutputs {
         model.train()

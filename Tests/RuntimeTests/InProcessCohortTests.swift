@@ -67,6 +67,23 @@ import Training
             #expect(state.entry(key) != nil, "\(key)")
         }
         #expect(try state.floats("loss.crcd.contrast.params").scalars[2] > 0, "the normaliser was set and saved")
+        // A fresh peer restored from the checkpoint holds exactly the saved state.
+        let fresh = PeerTrainer(rank: 1, configuration: c, dataCount: 512, teacherFeatureCount: 64, stepsPerEpoch: 8)
+        try fresh.restore(weights: try SafeTensors.read(out + "/peer-1/checkpoints/last.safetensors"), state: state)
+        let saved = state.names.filter { $0.hasPrefix("loss.") }
+        #expect(!saved.isEmpty)
+        for (prefix, module) in fresh.lossState {
+            for (name, tensor) in module.stateDict() {
+                #expect(tensor.scalars == (try state.floats(prefix + "." + name)).scalars, "\(prefix).\(name)")
+            }
+            for (name, counter) in module.namedCounters() {
+                #expect([counter.value] == (try state.integers(prefix + "." + name)), "\(prefix).\(name)")
+            }
+        }
+        // Every parameter that has had a gradient has its momentum back (RRD's teacher projection never does).
+        #expect(fresh.optimizer.momentumBuffers.count == state.names.filter { $0.hasPrefix("momentum.") }.count)
+        #expect(fresh.optimizer.momentumBuffers.count == fresh.optimizer.parameters.count - 2)
+        #expect(fresh.optimizer.momentumBuffers["loss.rrd.embed_t.weight"] == nil)
     }
 
     /// Same seed, same configuration: the same result (batches, initialisation and contrast sampling are

@@ -20,7 +20,8 @@ public struct SafeTensors: Sendable {
             case .f16, .bf16: 2
             }
         }
-        var isFloat: Bool { self != .i64 && self != .i32 }
+        /// A floating-point type (read as `Float`).
+        public var isFloat: Bool { self != .i64 && self != .i32 }
     }
 
     /// One named tensor: type, shape and raw little-endian bytes.
