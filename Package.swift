@@ -31,6 +31,10 @@ let package = Package(
     targets: [
         // OpenBLAS's CBLAS interface (libopenblas-dev); headers only.
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
+        // libzmq's C API (libzmq3-dev).
+        .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", providers: [.apt(["libzmq3-dev"])]),
+        // A small, safe Swift layer over libzmq: context, sockets, multipart messages, polling, CURVE.
+        .target(name: "ZeroMQ", dependencies: ["CZMQ"]),
         // zlib, for gzip-compressed IDX files.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // Float32 tensors, reverse-mode autograd, and the kernels under them.
@@ -64,6 +68,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "DistillTests", dependencies: ["Distill", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "TestSupport"]),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

@@ -1,0 +1,2 @@
+// libzmq's C API (Debian: libzmq3-dev).
+#include <zmq.h>
