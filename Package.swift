@@ -35,6 +35,8 @@ let package = Package(
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", providers: [.apt(["libzmq3-dev"])]),
         // A small, safe Swift layer over libzmq: context, sockets, multipart messages, polling, CURVE.
         .target(name: "ZeroMQ", dependencies: ["CZMQ"]),
+        // The cohort's wire protocol: messages, frames, validation. Opens no sockets.
+        .target(name: "Wire"),
         // zlib, for gzip-compressed IDX files.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // Float32 tensors, reverse-mode autograd, and the kernels under them.
@@ -69,6 +71,7 @@ let package = Package(
         .testTarget(name: "DistillTests", dependencies: ["Distill", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

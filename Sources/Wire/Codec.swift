@@ -1,0 +1,137 @@
+import Foundation
+
+/// Why a received message was rejected. The receiver logs it and drops the message; nothing it holds
+/// changes.
+public enum WireError: Error, Equatable, CustomStringConvertible {
+    case frameCount(Int)
+    case signature
+    case header(String)
+    case version(Int)
+    case configuration(expected: String, found: String)
+    case unknownType(String)
+    case tensor(String)
+    case tooLarge(bytes: Int, limit: Int)
+
+    public var description: String {
+        switch self {
+        case .frameCount(let n): "a message needs a signature and a header frame, got \(n) frame(s)"
+        case .signature: "the first frame is not the Cohort protocol signature"
+        case .header(let why): "bad header: \(why)"
+        case .version(let v): "protocol version \(v), this side speaks \(WireCodec.version)"
+        case .configuration(let expected, let found): "configuration digest \(found) differs from this cohort's \(expected)"
+        case .unknownType(let t): "unknown message type \"\(t)\""
+        case .tensor(let why): "bad tensor frame: \(why)"
+        case .tooLarge(let bytes, let limit): "message of \(bytes) bytes exceeds the limit of \(limit)"
+        }
+    }
+}
+
+/// Encodes and decodes messages:
+///
+///     frame 0: signature  "COHORT"            (6 bytes)
+///     frame 1: header     JSON {"version", "type", "digest", "body", "tensors": [{"name", "dtype", "shape"}]}
+///     frame 2...: one raw little-endian F32 frame per tensor, in the header's order
+///
+/// `digest` is the cohort configuration's digest: both sides must agree on it.
+public struct WireCodec: Sendable {
+    public static let version = 1
+    public static let signature: [UInt8] = Array("COHORT".utf8)
+    /// The configuration digest this side expects.
+    public let digest: String
+    /// The largest message accepted, in bytes.
+    public let maximumBytes: Int
+
+    public init(digest: String, maximumBytes: Int = 256 << 20) {
+        self.digest = digest
+        self.maximumBytes = maximumBytes
+    }
+
+    /// The header without its body: read first, to validate and to choose the body's type.
+    struct Preamble: Codable {
+        let version: Int
+        let type: String
+        let digest: String
+        let tensors: [TensorDescriptor]
+    }
+
+    /// The whole header, with the body as a nested JSON object.
+    struct Header<Body: Codable>: Codable {
+        let version: Int
+        let type: String
+        let digest: String
+        let tensors: [TensorDescriptor]
+        let body: Body
+    }
+
+    /// The frames of `message`.
+    public func encode(_ message: Message) -> [[UInt8]] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        func frames<T: Codable>(_ body: T, _ tensors: [TensorPayload]) -> [[UInt8]] {
+            let header = Header(version: Self.version, type: message.type, digest: digest, tensors: tensors.map(\.descriptor),
+                                body: body)
+            // Encoding plain structs of strings and integers cannot fail.
+            return [Self.signature, Array(try! encoder.encode(header))] + tensors.map(\.bytes)
+        }
+        switch message {
+        case .hello(let v): return frames(v, [])
+        case .welcome(let v): return frames(v, [])
+        case .step(let v, let t): return frames(v, t)
+        case .outputs(let v, let t): return frames(v, t)
+        case .others(let v, let t): return frames(v, t)
+        case .heartbeat(let v): return frames(v, [])
+        case .shutdown(let v): return frames(v, [])
+        }
+    }
+
+    /// Decodes and validates `frames`: size, signature, version, configuration digest, type, and every
+    /// tensor's dtype, shape against its frame's length, and finite values.
+    /// - Throws: ``WireError`` saying what is wrong.
+    public func decode(_ frames: [[UInt8]]) throws -> Message {
+        let total = frames.reduce(0) { $0 + $1.count }
+        guard total <= maximumBytes else { throw WireError.tooLarge(bytes: total, limit: maximumBytes) }
+        guard frames.count >= 2 else { throw WireError.frameCount(frames.count) }
+        guard frames[0] == Self.signature else { throw WireError.signature }
+        let header: Preamble
+        do { header = try JSONDecoder().decode(Preamble.self, from: Data(frames[1])) } catch {
+            throw WireError.header("not the expected JSON (\(error))")
+        }
+        guard header.version == Self.version else { throw WireError.version(header.version) }
+        guard header.digest == digest else { throw WireError.configuration(expected: digest, found: header.digest) }
+        guard header.tensors.count == frames.count - 2 else {
+            throw WireError.tensor("header lists \(header.tensors.count) tensors, message has \(frames.count - 2) tensor frames")
+        }
+        var tensors: [TensorPayload] = []
+        for (descriptor, frame) in zip(header.tensors, frames.dropFirst(2)) {
+            guard descriptor.dtype == "F32" else { throw WireError.tensor("\(descriptor.name): dtype \(descriptor.dtype), expected F32") }
+            guard descriptor.shape.allSatisfy({ $0 >= 0 }), descriptor.shape.count <= 8 else {
+                throw WireError.tensor("\(descriptor.name): bad shape \(descriptor.shape)")
+            }
+            let count = descriptor.shape.reduce(1, *)
+            guard frame.count == count * 4 else {
+                throw WireError.tensor("\(descriptor.name): shape \(descriptor.shape) needs \(count * 4) bytes, frame has \(frame.count)")
+            }
+            let values = frame.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            guard values.allSatisfy(\.isFinite) else { throw WireError.tensor("\(descriptor.name): non-finite values") }
+            tensors.append(TensorPayload(name: descriptor.name, shape: descriptor.shape, values: values))
+        }
+        func body<T: Codable>(_ type: T.Type) throws -> T {
+            do { return try JSONDecoder().decode(Header<T>.self, from: Data(frames[1])).body } catch {
+                throw WireError.header("\(header.type) body: \(error)")
+            }
+        }
+        func noTensors() throws {
+            guard tensors.isEmpty else { throw WireError.tensor("\(header.type) carries no tensors, got \(tensors.count)") }
+        }
+        switch header.type {
+        case "hello": try noTensors(); return .hello(try body(Message.Hello.self))
+        case "welcome": try noTensors(); return .welcome(try body(Message.Welcome.self))
+        case "step": return .step(try body(Message.Step.self), teacher: tensors)
+        case "outputs": return .outputs(try body(Message.StepOutputs.self), tensors: tensors)
+        case "others": return .others(try body(Message.StepOutputs.self), tensors: tensors)
+        case "heartbeat": try noTensors(); return .heartbeat(try body(Message.Heartbeat.self))
+        case "shutdown": try noTensors(); return .shutdown(try body(Message.Shutdown.self))
+        default: throw WireError.unknownType(header.type)
+        }
+    }
+}
