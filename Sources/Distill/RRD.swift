@@ -41,15 +41,18 @@ public final class RRDQueueLoss: Module {
     public var keyCount: Int { queue.shape[0] }
 
     /// The loss for student features `f_s` (`B x s_dim`) and teacher features `f_t` (`B x t_dim`);
-    /// enqueues the teacher's keys first.
+    /// enqueues the teacher's keys first. With K a multiple of B (as the reference requires) every batch
+    /// fills a block of the queue; a smaller final batch of an epoch wraps around the end of the queue.
     public func callAsFunction(student: Tensor, teacher: Tensor) -> Tensor {
-        let batch = student.shape[0]
-        precondition(keyCount % batch == 0, "RRD: the queue length \(keyCount) must be a multiple of the batch size \(batch)")
+        let batch = student.shape[0], d = queue.shape[1]
+        precondition(batch <= keyCount, "RRD: a batch of \(batch) is larger than the queue (\(keyCount))")
         let zs = embedStudent(student).normalizedRows()
         let zt = withNoGrad { embedTeacher(teacher.detached()).normalizedRows() }
         // Enqueue (outside the graph), then take similarities against the updated queue.
         let pointer = queuePointer.value
-        (queue.data + pointer * queue.shape[1]).update(from: zt.data, count: zt.count)
+        for row in 0..<batch {
+            (queue.data + ((pointer + row) % keyCount) * d).update(from: zt.data + row * d, count: d)
+        }
         queuePointer.value = (pointer + batch) % keyCount
         // A copy: the graph must not see later enqueues if backward runs after another call.
         let keys = queue.copy()

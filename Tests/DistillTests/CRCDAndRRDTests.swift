@@ -90,6 +90,13 @@ import TestSupport
         _ = loss(student: randn([4, 5], seed: 55), teacher: ft)
         #expect(loss.queuePointer.value == 0, "two batches of 4 wrap a queue of 8")
         #expect(loss.embedTeacher.weight.grad == nil)
+        // A smaller final batch (3 rows at pointer 6) wraps around the end.
+        loss.queuePointer.value = 6
+        let before = loss.queue.copy()
+        _ = loss(student: randn([3, 5], seed: 58), teacher: randn([3, 6], seed: 59))
+        #expect(loss.queuePointer.value == 1)
+        #expect(Array(loss.queue.scalars[(1 * 4)..<(6 * 4)]) == Array(before.scalars[(1 * 4)..<(6 * 4)]), "rows 1...5 untouched")
+        #expect(Array(loss.queue.scalars[0..<4]) != Array(before.scalars[0..<4]), "row 0 written by the wrap")
     }
 
     @Test func knowledgeDistillationIsTemperatureScaledKL() {
