@@ -17,8 +17,9 @@ public final class BatchLoader: Sendable {
         let channel = Channel<Batch>(capacity: depth)
         self.channel = channel
         batchCount = batches.count
+        let first = Swift.min(Swift.max(startStep, 0), batches.count)
         let thread = Thread {
-            for step in startStep..<batches.count {
+            for step in first..<batches.count {
                 if !channel.send(assembler.assemble(indices: batches[step], epoch: epoch, step: step)) { return }
             }
             channel.finish()
@@ -44,7 +45,12 @@ final class Channel<Element: Sendable>: Sendable {
     private let available = DispatchSemaphore(value: 0)
     private let space: DispatchSemaphore
 
-    init(capacity: Int) { space = DispatchSemaphore(value: capacity) }
+    init(capacity: Int) {
+        // Start at 0 and raise to `capacity`: libdispatch refuses to free a semaphore whose value is below
+        // its initial value, which a loader dropped with batches still queued would otherwise leave.
+        space = DispatchSemaphore(value: 0)
+        for _ in 0..<capacity { space.signal() }
+    }
 
     /// Adds `element`, waiting for space; `false` when the consumer has gone.
     func send(_ element: Element) -> Bool {

@@ -106,17 +106,20 @@ public final class CRCDLoss: Module {
         return studentSide + teacherSide
     }
 
-    /// `M[rows] = normalize(m M[rows] + (1 - m) v)`, outside the graph. A row that appears twice in a
-    /// batch takes the later sample's update (the reference's `index_copy_` leaves that unspecified).
+    /// `M[rows] = normalize(m M[rows] + (1 - m) v)`, outside the graph. Every new row is computed from
+    /// the memory as it was before the call; a row that appears twice in a batch takes the later
+    /// sample's value (the reference's `index_copy_` leaves that case unspecified).
     static func update(_ memory: Tensor, rows: [Int], with v: Tensor, momentum: Float) {
         let d = memory.shape[1]
+        let updated = Tensor(uninitializedShape: [rows.count, d])
         for (i, r) in rows.enumerated() {
-            let row = memory.data + r * d, src = v.data + i * d
+            let old = memory.data + r * d, src = v.data + i * d, out = updated.data + i * d
             var norm: Float = 0
-            for j in 0..<d { row[j] = row[j] * momentum + src[j] * (1 - momentum); norm += row[j] * row[j] }
+            for j in 0..<d { out[j] = old[j] * momentum + src[j] * (1 - momentum); norm += out[j] * out[j] }
             let inv = 1 / norm.squareRoot()
-            for j in 0..<d { row[j] *= inv }
+            for j in 0..<d { out[j] *= inv }
         }
+        for (i, r) in rows.enumerated() { (memory.data + r * d).update(from: updated.data + i * d, count: d) }
     }
 
     /// One side: the NCE loss of `exp(<w, r>/T)/Z` for the unit embeddings `v` (`B x d`, in the graph)
@@ -213,7 +216,7 @@ public final class CRCDLoss: Module {
             }
             partialData[chunk] = Float(loss)
         }
-        let total = (0..<chunks.count).reduce(0.0) { $0 + Double(partialData[$1]) }
+        let total = withExtendedLifetime(partial) { (0..<chunks.count).reduce(0.0) { $0 + Double(partialData[$1]) } }
         let out = Tensor(scalar: Float(-total / Double(rowsCount)))
         return out.recorded("crcdSide", [v]) { upstream in
             // dL/ds_i = sum_{n,k} g (w_hat - cos r_hat) / |r|, with w_hat = (p - a + e)/|w| expanded so

@@ -10,9 +10,12 @@ public struct TrainingPosition: Sendable, Equatable, Codable {
     public var globalStep: Int
     /// Wall-clock seconds spent training before this position (over all resumed runs).
     public var elapsedSeconds: Double
+    /// The best test top-1 of the epochs finished so far.
+    public var bestTestTop1: Double
 
-    public init(epoch: Int, stepInEpoch: Int, globalStep: Int, elapsedSeconds: Double) {
+    public init(epoch: Int, stepInEpoch: Int, globalStep: Int, elapsedSeconds: Double, bestTestTop1: Double = 0) {
         self.epoch = epoch; self.stepInEpoch = stepInEpoch; self.globalStep = globalStep; self.elapsedSeconds = elapsedSeconds
+        self.bestTestTop1 = bestTestTop1
     }
 }
 
@@ -55,6 +58,7 @@ public struct CheckpointStore {
             "step_in_epoch": String(position.stepInEpoch),
             "global_step": String(position.globalStep),
             "elapsed_seconds": String(position.elapsedSeconds),
+            "best_test_top1": String(position.bestTestTop1),
             "options": settings,
             "training_state": name + ".state.safetensors",
             "checkpoint": name,
@@ -141,10 +145,17 @@ public struct CheckpointStore {
         guard state.metadata["global_step"] == m["global_step"] else {
             throw TrainingError.corruptCheckpoint(path: path, reason: "training state \(statePath) is from step \(state.metadata["global_step"] ?? "?"), weights from step \(global)")
         }
-        let options = m["options"].flatMap { try? JSONDecoder().decode(TrainingOptions.self, from: Data($0.utf8)) }
+        var options: TrainingOptions?
+        if let json = m["options"], json.contains("\"batchSize\"") {
+            // A `cohort train` checkpoint: its settings must read back, or the resume check is meaningless.
+            do { options = try JSONDecoder().decode(TrainingOptions.self, from: Data(json.utf8)) } catch {
+                throw TrainingError.corruptCheckpoint(path: path, reason: "its options do not read back: \(error)")
+            }
+        }
         return Loaded(path: path, weights: weights, state: state,
                       position: TrainingPosition(epoch: epoch, stepInEpoch: step, globalStep: global,
-                                                 elapsedSeconds: m["elapsed_seconds"].flatMap(Double.init) ?? 0),
+                                                 elapsedSeconds: m["elapsed_seconds"].flatMap(Double.init) ?? 0,
+                                                 bestTestTop1: m["best_test_top1"].flatMap(Double.init) ?? 0),
                       options: options)
     }
 

@@ -92,7 +92,7 @@ public final class Trainer {
 
         let started = Date()
         let previousSeconds = position.elapsedSeconds
-        var bestTop1 = 0.0
+        var bestTop1 = position.bestTestTop1
         var last = EvaluationResult(top1: 0, top5: 0, loss: 0, count: 0)
         var imagesThisRun = 0
         model.train()
@@ -137,6 +137,7 @@ public final class Trainer {
             }
             last = evaluate(model, on: testSet, batchSize: options.evaluationBatchSize)
             bestTop1 = Swift.max(bestTop1, last.top1)
+            position.bestTestTop1 = bestTop1
             let epochSeconds = Date().timeIntervalSince(epochStart)
             metrics.write(["kind": "epoch", "epoch": epoch, "global_step": position.globalStep,
                            "train_loss": seen > 0 ? lossSum / Double(seen) : 0,
@@ -155,7 +156,7 @@ public final class Trainer {
         if resumedFrom != nil && last.count == 0 {
             // Resumed after the last epoch had finished: evaluate what was loaded.
             last = evaluate(model, on: testSet, batchSize: options.evaluationBatchSize)
-            bestTop1 = last.top1
+            bestTop1 = Swift.max(bestTop1, last.top1)
         }
         let seconds = previousSeconds + Date().timeIntervalSince(started)
         let thisRun = Date().timeIntervalSince(started)

@@ -36,6 +36,9 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         ConvCase(input: [1, 2, 4, 4], output: 3, kernel: (3, 3), stride: (3, 3), padding: (2, 2), bias: false),
         ConvCase(input: [2, 2, 6, 7], output: 3, kernel: (3, 5), stride: (1, 1), padding: (0, 2), bias: false),
         ConvCase(input: [2, 2, 5, 5], output: 2, kernel: (5, 5), stride: (1, 1), padding: (2, 2), bias: true),
+        // Padding as wide as the image or wider (a kernel larger than a tiny input).
+        ConvCase(input: [2, 2, 2, 2], output: 3, kernel: (7, 7), stride: (1, 1), padding: (3, 3), bias: false),
+        ConvCase(input: [1, 2, 3, 1], output: 2, kernel: (5, 5), stride: (1, 1), padding: (2, 2), bias: false),
     ]
 
     @Test(arguments: cases) func convolutionMatchesDirectLoops(_ c: ConvCase) {

@@ -71,6 +71,11 @@ func scratchDirectory(_ name: String) -> String {
         longer.epochs = 2
         let summary = try Trainer(options: longer, outputDirectory: out).run(resume: true, progress: quiet)
         #expect(summary.steps == 4 && summary.resumed_from_step == 2)
+        // The best accuracy covers the epochs before the resume too.
+        let epochTop1 = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .filter { $0["kind"] as? String == "epoch" }.compactMap { $0["test_top1"] as? Double }
+        #expect(epochTop1.count == 2 && summary.best_test_top1 == epochTop1.max())
     }
 
     @Test func corruptOrPartialCheckpointsAreSkipped() throws {

@@ -31,6 +31,12 @@ public struct ConvGeometry: Sendable, Equatable {
             && paddingHeight == 0 && paddingWidth == 0
     }
 
+    /// Stride 1, the output as wide as the input, and padding narrower than the image: each lowered row is
+    /// the plane shifted by less than one row (the fast path of ``Im2col``).
+    var isShiftable: Bool {
+        strideHeight == 1 && strideWidth == 1 && outputWidth == width && paddingWidth < width
+    }
+
     /// For kernel offset `j` (columns) the output columns whose input column is inside the image.
     @inline(__always) func validOutputColumns(kernelOffset j: Int) -> Range<Int> {
         let ow = outputWidth
@@ -56,7 +62,7 @@ public enum Im2col {
     public static func lower(_ image: UnsafePointer<Float>, _ g: ConvGeometry, rows: Range<Int>? = nil,
                              into columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int) {
         let rows = rows ?? 0..<g.outputHeight
-        if g.strideHeight == 1 && g.strideWidth == 1 && g.outputWidth == g.width {
+        if g.isShiftable {
             lowerSameWidth(image, g, rows: rows, into: columns, leadingDimension: ld)
             return
         }
@@ -142,7 +148,7 @@ public enum Im2col {
     public static func accumulate(_ columns: UnsafeMutablePointer<Float>, leadingDimension ld: Int, _ g: ConvGeometry,
                                   rows: Range<Int>? = nil, into image: UnsafeMutablePointer<Float>) {
         let rows = rows ?? 0..<g.outputHeight
-        if g.strideHeight == 1 && g.strideWidth == 1 && g.outputWidth == g.width {
+        if g.isShiftable {
             accumulateSameWidth(columns, leadingDimension: ld, g, rows: rows, into: image)
             return
         }
