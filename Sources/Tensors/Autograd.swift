@@ -38,6 +38,9 @@ extension Tensor {
     /// Records `self` as the result of an op on `inputs` when any input requires a gradient. This is how
     /// an op is added, here or in another module (a loss with a hand-written backward, say).
     ///
+    /// A backward closure that needs the op's own output captures it `unowned`: the output owns the node
+    /// that owns the closure, and a strong capture would keep a graph that is never back-propagated alive.
+    ///
     /// - Parameters:
     ///   - name: the op's name, for error messages.
     ///   - inputs: the op's tensor inputs, in the order `backward` returns their gradients.

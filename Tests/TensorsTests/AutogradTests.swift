@@ -58,3 +58,20 @@ import TestSupport
         #expect(x.grad!.scalars == [3, -3])
     }
 }
+
+@Suite struct GraphLifetimeTests {
+    /// A graph that is built but never back-propagated is freed with its output.
+    @Test func unusedGraphsAreFreed() {
+        weak var weakOutput: Tensor?
+        weak var weakIntermediate: Tensor?
+        do {
+            let x = Tensor([1, 2, 3, 4], shape: [2, 2], requiresGrad: true)
+            let hidden = x.softmax()
+            let out = hidden.relu().exp().normalizedRows().logSoftmax().sqrt()
+            weakIntermediate = hidden
+            weakOutput = out
+            #expect(weakOutput != nil)
+        }
+        #expect(weakOutput == nil && weakIntermediate == nil)
+    }
+}

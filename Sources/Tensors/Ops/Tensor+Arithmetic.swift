@@ -94,7 +94,7 @@ extension Tensor {
     /// Element-wise quotient with broadcasting.
     public static func / (a: Tensor, b: Tensor) -> Tensor {
         let out = binary(a, b, .div)
-        return out.recorded("div", [a, b]) { g in
+        return out.recorded("div", [a, b]) { [unowned out] g in
             // d/da = g / b;  d/db = -g * a / b^2 = -(g / b) * out
             let gOverB = binary(g, b, .div)
             return [a.requiresGrad ? gOverB.sum(toShape: a.shape) : nil,

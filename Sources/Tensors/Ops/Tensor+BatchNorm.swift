@@ -79,7 +79,7 @@ extension Tensor {
         }
         withExtendedLifetime((mean, invStd)) {}
         let input = self
-        return out.recorded(relu ? "batchNormReLU" : "batchNorm", [input, weight, bias]) { g in
+        return out.recorded(relu ? "batchNormReLU" : "batchNorm", [input, weight, bias]) { [unowned out] g in
             let gx = input.requiresGrad ? Tensor(uninitializedShape: input.shape) : nil
             let gw = Tensor(uninitializedShape: [c]), gb = Tensor(uninitializedShape: [c])
             let gp = g.data, x = input.data, dx = gx?.data, yp = out.data

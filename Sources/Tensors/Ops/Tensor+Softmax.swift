@@ -35,7 +35,7 @@ extension Tensor {
         let out = Tensor(uninitializedShape: shape)
         logSoftmaxRows(into: out)
         let (rows, cols) = rowsAndColumns
-        return out.recorded("logSoftmax", [self]) { g in
+        return out.recorded("logSoftmax", [self]) { [unowned out] g in
             // dx = g - softmax * sum(g) per row
             let dx = Tensor(uninitializedShape: g.shape)
             let gp = g.data, op = out.data, d = dx.data
@@ -53,7 +53,7 @@ extension Tensor {
         logSoftmaxRows(into: out)
         Vector.exp(out.data, out.data, count: count)
         let (rows, cols) = rowsAndColumns
-        return out.recorded("softmax", [self]) { g in
+        return out.recorded("softmax", [self]) { [unowned out] g in
             // dx = s * (g - <g, s>) per row
             let dx = Tensor(uninitializedShape: g.shape)
             let gp = g.data, sp = out.data, d = dx.data
@@ -79,7 +79,7 @@ extension Tensor {
             let vi = Vector.Lanes(repeating: inv)
             Vector.map(x + r * cols, o + r * cols, cols, { $0 * vi }, { $0 * inv })
         }
-        return out.recorded("normalizedRows", [self]) { g in
+        return out.recorded("normalizedRows", [self]) { [unowned out] g in
             // Above epsilon: dx = (g - y <g, y>) / ||x||; clamped: dx = g / epsilon.
             let dx = Tensor(uninitializedShape: g.shape)
             let gp = g.data, yp = out.data, d = dx.data
