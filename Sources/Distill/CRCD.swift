@@ -140,13 +140,10 @@ public final class CRCDLoss: Module {
         let perAnchor = Tensor(uninitializedShape: [2, b])            // sum(a_n), |a_n|^2
         let perContrast = Tensor(uninitializedShape: [3, b * k1])     // sum(p), |p|^2, <p, s_b>
         let perPair = Tensor(uninitializedShape: [3, b * b])          // |r|, sum(r), <a_n, s_b>
-        let cosine = Tensor(uninitializedShape: [b * b * k1]), wNorm = Tensor(uninitializedShape: [b * b * k1])
-        let gradient = Tensor(uninitializedShape: [b * b * k1])       // dL/dcos
         let s = v.data, a = anchors.data, p = contrastRows.data, paData = pa.data
         let sumA = perAnchor.data, normA = perAnchor.data + b
         let sumP = perContrast.data, normP = perContrast.data + b * k1, ps = perContrast.data + 2 * b * k1
         let rNorm = perPair.data, rSum = perPair.data + b * b, aDotS = perPair.data + 2 * b * b
-        let cos = cosine.data, wn = wNorm.data, g = gradient.data
         for n in 0..<b { sumA[n] = Vector.sum(a + n * d, count: d); normA[n] = Vector.dot(a + n * d, a + n * d, count: d) }
         Parallelism.forEachChunk(b, costPerItem: k1 * d * 3 + b * d * 3) { rows in
             for i in rows {
@@ -164,105 +161,125 @@ public final class CRCDLoss: Module {
                 }
             }
         }
-        // cos[i,n,k] and |w[i,n,k]|; degenerate entries are recognised by their indices.
-        Parallelism.forEachChunk(b, costPerItem: b * k1 * 20) { rows in
-            for i in rows {
-                for n in 0..<b {
-                    let r = rNorm[i * b + n], anchorIndex = indices[n]
-                    let sumS = rSum[i * b + n] - Float(d) * eps + sumA[n]
-                    for k in 0..<k1 {
-                        let bk = i * k1 + k, e = (i * b + n) * k1 + k
-                        if contrastIndices[bk] == anchorIndex {
-                            // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
-                            wn[e] = eps * sqrtD
-                            cos[e] = rSum[i * b + n] / (sqrtD * r)
-                        } else {
-                            let pan = paData[bk * b + n]
-                            let w2 = normP[bk] - 2 * pan + normA[n] + 2 * eps * (sumP[bk] - sumA[n]) + dEps2
-                            let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
-                            // <p - a + e, s - a + e>
-                            let dot = ps[bk] - pan - aDotS[i * b + n] + normA[n] + eps * (sumP[bk] + sumS - 2 * sumA[n]) + dEps2
-                            wn[e] = w
-                            cos[e] = dot / (w * r)
-                        }
-                    }
-                }
+        // <w, r> for entry (i, n, k), and |w|; degenerate entries are recognised by their indices.
+        @inline(__always) func relation(_ i: Int, _ n: Int, _ k: Int) -> (cos: Float, w: Float, degenerate: Bool) {
+            let bk = i * k1 + k, r = rNorm[i * b + n]
+            if contrastIndices[bk] == indices[n] {
+                // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
+                return (rSum[i * b + n] / (sqrtD * r), eps * sqrtD, true)
             }
+            let pan = paData[bk * b + n]
+            let w2 = normP[bk] - 2 * pan + normA[n] + 2 * eps * (sumP[bk] - sumA[n]) + dEps2
+            let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
+            // <p - a + e, s - a + e>, with sum(s) recovered from sum(r_raw).
+            let sumS = rSum[i * b + n] - Float(d) * eps + sumA[n]
+            let dot = ps[bk] - pan - aDotS[i * b + n] + normA[n] + eps * (sumP[bk] + sumS - 2 * sumA[n]) + dEps2
+            return (dot / (w * r), w, false)
         }
-        let count = b * b * k1
         let invT = 1 / temperature
         if normaliser.pointee < 0 {
-            var expSum = 0.0
-            for e in 0..<count { expSum += Double(expf(cos[e] * invT)) }
-            normaliser.pointee = Float(expSum / Double(count) * Double(dataCount))
+            // First call: Z = mean(exp(<w, r>/T)) * n_data, from one extra pass.
+            let chunks = Parallelism.ranges(b, costPerItem: b * k1 * 30)
+            let sums = Tensor.zeros([Swift.max(chunks.count, 1)])
+            let sumData = sums.data
+            Parallelism.run(chunks) { chunk, rows in
+                var total = 0.0
+                for i in rows { for n in 0..<b { for k in 0..<k1 { total += Double(expf(relation(i, n, k).cos * invT)) } } }
+                sumData[chunk] = Float(total)
+            }
+            let expSum = withExtendedLifetime(sums) { (0..<chunks.count).reduce(0.0) { $0 + Double(sumData[$1]) } }
+            normaliser.pointee = Float(expSum / Double(b * b * k1) * Double(dataCount))
         }
-        // The NCE loss and dL/dcos.
+        // One pass: the NCE loss and, since the loss is a scalar, its gradient for an upstream gradient of
+        // 1 (the backward only scales it). dL/ds_i = sum_{n,k} g (w_hat - cos r_hat) / |r| with
+        // g = dL/dcos and w_hat = (p - a + e)/|w| expanded so that the contrast rows and the anchors are
+        // each summed once; a degenerate w_hat is 1/sqrt(d).
         let z = normaliser.pointee
         let rowsCount = Float(b * b), mPn = Float(negatives) / Float(dataCount), c = mPn + 1e-7
-        let chunks = Parallelism.ranges(b, costPerItem: b * k1 * 40)
+        let dv = Tensor.zeros([b, d])
+        let dvData = dv.data
+        let weights = Tensor(uninitializedShape: [b * k1 + b * b])   // per (i,k) and per (i,n) coefficients
+        let contrastWeight = weights.data, anchorWeight = weights.data + b * k1
+        let chunks = Parallelism.ranges(b, costPerItem: b * k1 * 60)
         let partial = Tensor.zeros([Swift.max(chunks.count, 1)])
         let partialData = partial.data
         Parallelism.run(chunks) { chunk, rows in
+            // Per (i, n): the K+1 relations in tight loops over k (cosines and norms, then the loss and
+            // dL/dcos, then the gradient's coefficients), through small per-thread buffers.
+            let scratch = Tensor(uninitializedShape: [4, k1])
+            let cosRow = scratch.data, wRow = scratch.data + k1, gRow = scratch.data + 2 * k1
+            let degenerateRow = scratch.data + 3 * k1
             var loss = 0.0
-            for e in (rows.lowerBound * b * k1)..<(rows.upperBound * b * k1) {
-                let x = expf(cos[e] * invT) / z
-                if e % k1 == 0 {
-                    loss += Double(logf(x / (x + c)))
-                    g[e] = -c / ((x + c) * temperature * rowsCount)
-                } else {
-                    loss += Double(logf(mPn / (x + c)))
-                    g[e] = x / ((x + c) * temperature * rowsCount)
+            for i in rows {
+                let out = dvData + i * d
+                var selfWeight: Float = 0, uniform: Float = 0
+                let cw = contrastWeight + i * k1
+                for k in 0..<k1 { cw[k] = 0 }
+                for n in 0..<b {
+                    let r = rNorm[i * b + n], anchorIndex = indices[n]
+                    let sumS = rSum[i * b + n] - Float(d) * eps + sumA[n]
+                    let base = aDotS[i * b + n] - normA[n] - eps * (sumS - 2 * sumA[n]) - dEps2
+                    let wBase = normA[n] - 2 * eps * sumA[n] + dEps2
+                    let degenerateCos = rSum[i * b + n] / (sqrtD * r)
+                    for k in 0..<k1 {
+                        let bk = i * k1 + k
+                        let pan = paData[bk * b + n]
+                        let w2 = normP[bk] - 2 * pan + 2 * eps * sumP[bk] + wBase
+                        let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
+                        // <p - a + e, s - a + e>
+                        let dot = ps[bk] - pan + eps * sumP[bk] - base
+                        cosRow[k] = dot / (w * r)
+                        wRow[k] = w
+                        degenerateRow[k] = 0
+                    }
+                    for k in 0..<k1 where contrastIndices[i * k1 + k] == anchorIndex {
+                        // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
+                        cosRow[k] = degenerateCos
+                        wRow[k] = eps * sqrtD
+                        degenerateRow[k] = 1
+                    }
+                    for k in 0..<k1 {
+                        let x = expf(cosRow[k] * invT) / z
+                        if k == 0 {
+                            loss += Double(logf(x / (x + c)))
+                            gRow[k] = -c / ((x + c) * temperature * rowsCount)
+                        } else {
+                            loss += Double(logf(mPn / (x + c)))
+                            gRow[k] = x / ((x + c) * temperature * rowsCount)
+                        }
+                    }
+                    var anchor: Float = 0, cosTerm: Float = 0, hSum: Float = 0, degenerateSum: Float = 0
+                    for k in 0..<k1 {
+                        let g = gRow[k]
+                        cosTerm += g * cosRow[k]
+                        let isDegenerate = degenerateRow[k] != 0
+                        let h = isDegenerate ? 0 : g / (wRow[k] * r)
+                        cw[k] += h
+                        hSum += h
+                        degenerateSum += isDegenerate ? g : 0
+                    }
+                    anchor -= hSum
+                    uniform += hSum * eps + degenerateSum / (sqrtD * r)
+                    // - cosTerm (s - a + e) / |r|^2
+                    let q = cosTerm / (r * r)
+                    selfWeight -= q
+                    anchor += q
+                    uniform -= q * eps
+                    anchorWeight[i * b + n] = anchor
                 }
+                Vector.axpy(selfWeight, s + i * d, out, count: d)
+                for j in 0..<d { out[j] += uniform }
+                for k in 0..<k1 { Vector.axpy(cw[k], p + (i * k1 + k) * d, out, count: d) }
             }
+            withExtendedLifetime(scratch) {}
             partialData[chunk] = Float(loss)
         }
-        let total = withExtendedLifetime(partial) { (0..<chunks.count).reduce(0.0) { $0 + Double(partialData[$1]) } }
+        // The anchors' share for all rows at once: dV += anchorWeight (B x B) x A (B x d).
+        Gemm.multiply(anchorWeight, a, into: dvData, m: b, n: d, k: b, beta: 1)
+        let total = (0..<chunks.count).reduce(0.0) { $0 + Double(partialData[$1]) }
+        withExtendedLifetime((anchors, contrastRows, pa, perAnchor, perContrast, perPair, weights, partial)) {}
         let out = Tensor(scalar: Float(-total / Double(rowsCount)))
-        return out.recorded("crcdSide", [v]) { upstream in
-            // dL/ds_i = sum_{n,k} g (w_hat - cos r_hat) / |r|, with w_hat = (p - a + e)/|w| expanded so
-            // that the contrast rows and anchors are each summed once; degenerate w_hat = 1/sqrt(d).
-            let gamma = upstream.item
-            let dv = Tensor.zeros([b, d])
-            let dvData = dv.data
-            let weights = Tensor(uninitializedShape: [b * k1 + b * b])   // per (i,k) and per (i,n) coefficients
-            let contrastWeight = weights.data, anchorWeight = weights.data + b * k1
-            Parallelism.forEachChunk(b, costPerItem: b * k1 * 10) { rows in
-                for i in rows {
-                    let out = dvData + i * d
-                    var selfWeight: Float = 0, uniform: Float = 0
-                    for k in 0..<k1 { contrastWeight[i * k1 + k] = 0 }
-                    for n in 0..<b {
-                        let r = rNorm[i * b + n], anchorIndex = indices[n]
-                        var anchor: Float = 0, cosTerm: Float = 0
-                        for k in 0..<k1 {
-                            let e = (i * b + n) * k1 + k
-                            cosTerm += g[e] * cos[e]
-                            if contrastIndices[i * k1 + k] == anchorIndex {
-                                uniform += g[e] / (sqrtD * r)
-                            } else {
-                                let h = g[e] / (wn[e] * r)
-                                contrastWeight[i * k1 + k] += h
-                                anchor -= h
-                                uniform += h * eps
-                            }
-                        }
-                        // - cosTerm (s - a + e) / |r|^2
-                        let q = cosTerm / (r * r)
-                        selfWeight -= q
-                        anchor += q
-                        uniform -= q * eps
-                        anchorWeight[i * b + n] = anchor * gamma
-                    }
-                    Vector.axpy(selfWeight * gamma, s + i * d, out, count: d)
-                    for j in 0..<d { out[j] += uniform * gamma }
-                    for k in 0..<k1 { Vector.axpy(contrastWeight[i * k1 + k] * gamma, p + (i * k1 + k) * d, out, count: d) }
-                }
-            }
-            // The anchors' share for all rows at once: dV += anchorWeight (B x B) x A (B x d).
-            Gemm.multiply(anchorWeight, a, into: dvData, m: b, n: d, k: b, beta: 1)
-            withExtendedLifetime((anchors, contrastRows, pa, perAnchor, perContrast, perPair, cosine, wNorm, gradient, weights)) {}
-            return [dv]
-        }
+        return out.recorded("crcdSide", [v]) { upstream in [dv * upstream.item] }
     }
 }
 
