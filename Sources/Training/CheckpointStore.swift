@@ -99,7 +99,8 @@ public struct CheckpointStore {
         public let weights: SafeTensors
         public let state: SafeTensors
         public let position: TrainingPosition
-        public let options: TrainingOptions?
+        /// The run's settings as saved (JSON); the caller knows their type.
+        public let settings: String?
     }
 
     /// The newest usable checkpoint: of `last.safetensors` and the named checkpoints, the one with the
@@ -145,18 +146,11 @@ public struct CheckpointStore {
         guard state.metadata["global_step"] == m["global_step"] else {
             throw TrainingError.corruptCheckpoint(path: path, reason: "training state \(statePath) is from step \(state.metadata["global_step"] ?? "?"), weights from step \(global)")
         }
-        var options: TrainingOptions?
-        if let json = m["options"], json.contains("\"batchSize\"") {
-            // A `cohort train` checkpoint: its settings must read back, or the resume check is meaningless.
-            do { options = try JSONDecoder().decode(TrainingOptions.self, from: Data(json.utf8)) } catch {
-                throw TrainingError.corruptCheckpoint(path: path, reason: "its options do not read back: \(error)")
-            }
-        }
         return Loaded(path: path, weights: weights, state: state,
                       position: TrainingPosition(epoch: epoch, stepInEpoch: step, globalStep: global,
                                                  elapsedSeconds: m["elapsed_seconds"].flatMap(Double.init) ?? 0,
                                                  bestTestTop1: m["best_test_top1"].flatMap(Double.init) ?? 0),
-                      options: options)
+                      settings: m["options"])
     }
 
     /// The momentum buffers of a training state.

@@ -77,7 +77,12 @@ public final class Trainer {
             var skipped: [String] = []
             guard let loaded = checkpoints.newest(skipped: &skipped) else { throw TrainingError.noCheckpoint(directory: checkpoints.directory) }
             for s in skipped { progress.log("warning: skipped unusable checkpoint \(s)") }
-            if let saved = loaded.options { try checkCompatible(saved) }
+            // The settings must read back, or the compatibility check below would be meaningless.
+            guard let json = loaded.settings,
+                  let saved = try? JSONDecoder().decode(TrainingOptions.self, from: Data(json.utf8)) else {
+                throw TrainingError.corruptCheckpoint(path: loaded.path, reason: "its options are missing or do not read back")
+            }
+            try checkCompatible(saved)
             try model.load(loaded.weights)
             try optimizer.loadMomentumBuffers(CheckpointStore.momentumBuffers(loaded.state))
             position = loaded.position
