@@ -61,6 +61,18 @@ public struct CohortConfiguration: Sendable, Equatable {
         public var schedule: DistillationWeightSchedule = .mimic
     }
 
+    /// Where the distributed cohort's coordinator listens, and how long silence may last.
+    public struct NetworkSettings: Sendable, Equatable {
+        /// The coordinator's control endpoint (ZeroMQ ROUTER): peers connect here.
+        public var coordinator = "tcp://127.0.0.1:5570"
+        /// The log stream's endpoint (ZeroMQ PUB): `cohort monitor` subscribes here.
+        public var stream = "tcp://127.0.0.1:5571"
+        /// Seconds a peer or the coordinator may stay silent while it is awaited before the run is stopped.
+        public var timeout: Double = 120
+        /// Seconds the coordinator waits for every peer to join.
+        public var joinTimeout: Double = 300
+    }
+
     public var data = DataSettings()
     public var seed: UInt64 = 0
     public var epochs = 3
@@ -79,6 +91,7 @@ public struct CohortConfiguration: Sendable, Equatable {
     public var teacher: TeacherSettings?
     public var output = "runs/cohort"
     public var evaluationBatchSize = 500
+    public var network = NetworkSettings()
 
     public init() {}
 
@@ -96,7 +109,7 @@ public struct CohortConfiguration: Sendable, Equatable {
         var c = CohortConfiguration()
         let top = try ConfigurationNode.parse(text).mapping(allowed: [
             "data", "seed", "epochs", "batch_size", "sampler", "optimizer", "schedule", "peers", "mcl", "teacher",
-            "output", "evaluation_batch_size"])
+            "output", "evaluation_batch_size", "network"])
         if let d = top["data"] {
             let m = try d.mapping(allowed: ["dataset", "directory", "train_limit", "test_limit"])
             if let v = m["dataset"] {
@@ -115,6 +128,20 @@ public struct CohortConfiguration: Sendable, Equatable {
         if let v = top["sampler"] { c.sampler = TrainingOptions.SamplerKind(rawValue: try v.choice(TrainingOptions.SamplerKind.allCases.map(\.rawValue)))! }
         if let v = top["evaluation_batch_size"] { c.evaluationBatchSize = try v.int(1...100_000) }
         if let v = top["output"] { c.output = try v.string() }
+        if let n = top["network"] {
+            let m = try n.mapping(allowed: ["coordinator", "stream", "timeout", "join_timeout"])
+            for (key, keyPath) in [("coordinator", \NetworkSettings.coordinator), ("stream", \NetworkSettings.stream)] {
+                guard let v = m[key] else { continue }
+                let endpoint = try v.string()
+                guard ["tcp://", "ipc://"].contains(where: { endpoint.hasPrefix($0) }), endpoint.contains(":") else {
+                    throw ConfigurationError.badValue(path: v.path, expected: "a ZeroMQ endpoint such as tcp://127.0.0.1:5570, tcp://*:5570 or ipc:///tmp/cohort",
+                                                      found: "\"\(endpoint)\"")
+                }
+                c.network[keyPath: keyPath] = endpoint
+            }
+            if let v = m["timeout"] { c.network.timeout = Double(try v.float(minimum: 0.1)) }
+            if let v = m["join_timeout"] { c.network.joinTimeout = Double(try v.float(minimum: 0.1)) }
+        }
         if let o = top["optimizer"] {
             let m = try o.mapping(allowed: ["lr", "momentum", "weight_decay", "nesterov"])
             if let v = m["lr"] { c.learningRate = try v.float(minimum: 1e-12) }
@@ -213,6 +240,22 @@ public struct CohortConfiguration: Sendable, Equatable {
             c.teacher = teacher
         }
         return c
+    }
+
+    /// Whether the peers exchange embeddings (MCL on, more than one peer).
+    public var mclActive: Bool { mcl.enabled && peers.count > 1 }
+
+    /// The SHA-256 of every setting that shapes the training (not the output directory, the data
+    /// directory, the teacher's checkpoint path or the network settings, which differ between hosts).
+    /// Peers and the coordinator exchange it with every message: a process started with another file is
+    /// refused.
+    public var digest: String {
+        var shared = self
+        shared.output = ""
+        shared.data.directory = nil
+        shared.teacher?.checkpoint = ""
+        shared.network = NetworkSettings()
+        return SHA256.hex(Array("cohort-configuration-v1 \(shared)".utf8))
     }
 
     /// The settings of one peer's SGD and schedule, in `cohort train`'s terms.

@@ -15,6 +15,11 @@ public struct PeerOutputs: Sendable {
     public let logits: [Float]
     public let classCount: Int
 
+    public init(rank: Int, batchSize: Int, embedding: [Float]?, embeddingDimension: Int, logits: [Float], classCount: Int) {
+        self.rank = rank; self.batchSize = batchSize; self.embedding = embedding; self.embeddingDimension = embeddingDimension
+        self.logits = logits; self.classCount = classCount
+    }
+
     public var embeddingTensor: Tensor? { embedding.map { Tensor($0, shape: [batchSize, embeddingDimension]) } }
     public var logitsTensor: Tensor { Tensor(logits, shape: [batchSize, classCount]) }
 }
@@ -27,6 +32,11 @@ public struct TeacherOutputs: Sendable {
     public let feature: [Float]
     public let logits: [Float]
     public let gradientElement: [Float]
+
+    public init(batchSize: Int, featureCount: Int, classCount: Int, feature: [Float], logits: [Float], gradientElement: [Float]) {
+        self.batchSize = batchSize; self.featureCount = featureCount; self.classCount = classCount
+        self.feature = feature; self.logits = logits; self.gradientElement = gradientElement
+    }
 
     public var featureTensor: Tensor { Tensor(feature, shape: [batchSize, featureCount]) }
     public var logitsTensor: Tensor { Tensor(logits, shape: [batchSize, classCount]) }
@@ -94,8 +104,7 @@ public final class PeerTrainer {
         var initial = RandomStream.generator(seed: configuration.seed, .initialisation, rank)
         model = architecture.make(inputChannels: kind.channels, classCount: kind.classCount, seed: initial.next())
         var generator = RandomStream.generator(seed: configuration.seed, .initialisation, 1000 + rank)
-        let mclActive = configuration.mcl.enabled && configuration.peers.count > 1
-        head = mclActive ? ProjectionHead(inputCount: model.featureCount, dimension: configuration.mcl.embeddingDimension,
+        head = configuration.mclActive ? ProjectionHead(inputCount: model.featureCount, dimension: configuration.mcl.embeddingDimension,
                                           generator: &generator) : nil
         let teacher = configuration.teacher
         if let c = teacher?.crcd, let t = teacherFeatureCount {

@@ -65,23 +65,46 @@ public struct WireCodec: Sendable {
 
     /// The frames of `message`.
     public func encode(_ message: Message) -> [[UInt8]] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        func frames<T: Codable>(_ body: T, _ tensors: [TensorPayload]) -> [[UInt8]] {
+        let parts = encodeParts(message)
+        return parts.head + parts.tensors.map(\.bytes)
+    }
+
+    /// `message` as its first two frames (signature, header) and the tensors whose raw bytes follow, so
+    /// a sender can hand the tensors' storage to the socket without copying it into frames first.
+    public func encodeParts(_ message: Message) -> (head: [[UInt8]], tensors: [TensorPayload]) {
+        func parts<T: Codable>(_ body: T, _ tensors: [TensorPayload]) -> (head: [[UInt8]], tensors: [TensorPayload]) {
             let header = Header(version: Self.version, type: message.type, digest: digest, tensors: tensors.map(\.descriptor),
                                 body: body)
-            // Encoding plain structs of strings and integers cannot fail.
-            return [Self.signature, Array(try! encoder.encode(header))] + tensors.map(\.bytes)
+            // Bodies are plain structs of strings and numbers (non-finite ones as strings): encoding cannot fail.
+            return ([Self.signature, Array(try! Self.encoder.encode(header))], tensors)
         }
         switch message {
-        case .hello(let v): return frames(v, [])
-        case .welcome(let v): return frames(v, [])
-        case .step(let v, let t): return frames(v, t)
-        case .outputs(let v, let t): return frames(v, t)
-        case .others(let v, let t): return frames(v, t)
-        case .heartbeat(let v): return frames(v, [])
-        case .shutdown(let v): return frames(v, [])
+        case .hello(let v): return parts(v, [])
+        case .welcome(let v): return parts(v, [])
+        case .step(let v, let t): return parts(v, t)
+        case .outputs(let v, let t): return parts(v, t)
+        case .others(let v, let t): return parts(v, t)
+        case .evaluate(let v): return parts(v, [])
+        case .evaluation(let v, let t): return parts(v, t)
+        case .log(let v): return parts(v, [])
+        case .heartbeat(let v): return parts(v, [])
+        case .shutdown(let v): return parts(v, [])
         }
+    }
+
+    /// JSON with sorted keys; non-finite numbers (a diverged loss) as the strings "nan", "inf", "-inf".
+    public static var encoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return encoder
+    }
+
+    /// The decoder matching ``encoder``.
+    public static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return decoder
     }
 
     /// Decodes and validates `frames`: size, signature, version, configuration digest, type, and every
@@ -93,7 +116,7 @@ public struct WireCodec: Sendable {
         guard frames.count >= 2 else { throw WireError.frameCount(frames.count) }
         guard frames[0] == Self.signature else { throw WireError.signature }
         let header: Preamble
-        do { header = try JSONDecoder().decode(Preamble.self, from: Data(frames[1])) } catch {
+        do { header = try Self.decoder.decode(Preamble.self, from: Data(frames[1])) } catch {
             throw WireError.header("not the expected JSON (\(error))")
         }
         guard header.version == Self.version else { throw WireError.version(header.version) }
@@ -116,7 +139,7 @@ public struct WireCodec: Sendable {
             tensors.append(TensorPayload(name: descriptor.name, shape: descriptor.shape, values: values))
         }
         func body<T: Codable>(_ type: T.Type) throws -> T {
-            do { return try JSONDecoder().decode(Header<T>.self, from: Data(frames[1])).body } catch {
+            do { return try Self.decoder.decode(Header<T>.self, from: Data(frames[1])).body } catch {
                 throw WireError.header("\(header.type) body: \(error)")
             }
         }
@@ -128,7 +151,10 @@ public struct WireCodec: Sendable {
         case "welcome": try noTensors(); return .welcome(try body(Message.Welcome.self))
         case "step": return .step(try body(Message.Step.self), teacher: tensors)
         case "outputs": return .outputs(try body(Message.StepOutputs.self), tensors: tensors)
-        case "others": return .others(try body(Message.StepOutputs.self), tensors: tensors)
+        case "others": return .others(try body(Message.Others.self), tensors: tensors)
+        case "evaluate": try noTensors(); return .evaluate(try body(Message.Evaluate.self))
+        case "evaluation": return .evaluation(try body(Message.Evaluation.self), tensors: tensors)
+        case "log": try noTensors(); return .log(try body(Message.LogBatch.self))
         case "heartbeat": try noTensors(); return .heartbeat(try body(Message.Heartbeat.self))
         case "shutdown": try noTensors(); return .shutdown(try body(Message.Shutdown.self))
         default: throw WireError.unknownType(header.type)

@@ -12,7 +12,13 @@ public enum Message: Sendable, Equatable {
     /// Peer -> coordinator: this peer's outputs for a step (embedding, logits).
     case outputs(StepOutputs, tensors: [TensorPayload])
     /// Coordinator -> peer: the other members' outputs for a step, tensors named `rank<r>.<name>`.
-    case others(StepOutputs, tensors: [TensorPayload])
+    case others(Others, tensors: [TensorPayload])
+    /// Coordinator -> peers: evaluate on the test set at the end of `epoch` and checkpoint.
+    case evaluate(Evaluate)
+    /// Peer -> coordinator: this peer's test-set logits (`logits`, [test count, classes]).
+    case evaluation(Evaluation, tensors: [TensorPayload])
+    /// Peer -> coordinator: log records and the peer's latest status, for the log stream.
+    case log(LogBatch)
     /// Either way: I am alive.
     case heartbeat(Heartbeat)
     /// Coordinator -> peers: stop after the current step (or at once).
@@ -21,7 +27,9 @@ public enum Message: Sendable, Equatable {
     public struct Hello: Codable, Sendable, Equatable {
         public let rank: Int
         public let model: String
-        public init(rank: Int, model: String) { self.rank = rank; self.model = model }
+        /// The peer's host name, for logs and the monitor.
+        public let host: String?
+        public init(rank: Int, model: String, host: String? = nil) { self.rank = rank; self.model = model; self.host = host }
     }
     public struct Welcome: Codable, Sendable, Equatable {
         public let accepted: Bool
@@ -38,6 +46,32 @@ public enum Message: Sendable, Equatable {
         public let rank: Int
         public let globalStep: Int
         public init(rank: Int, globalStep: Int) { self.rank = rank; self.globalStep = globalStep }
+    }
+    public struct Others: Codable, Sendable, Equatable {
+        /// The receiver's rank.
+        public let rank: Int
+        public let globalStep: Int
+        /// How long the coordinator held the receiver's outputs waiting for slower peers, in seconds: the
+        /// receiver subtracts it from its own send-to-receive time to get the exchange's own cost.
+        public let waitSeconds: Double
+        public init(rank: Int, globalStep: Int, waitSeconds: Double) {
+            self.rank = rank; self.globalStep = globalStep; self.waitSeconds = waitSeconds
+        }
+    }
+    public struct Evaluate: Codable, Sendable, Equatable {
+        public let epoch: Int
+        public let globalStep: Int
+        public init(epoch: Int, globalStep: Int) { self.epoch = epoch; self.globalStep = globalStep }
+    }
+    public struct Evaluation: Codable, Sendable, Equatable {
+        public let rank: Int
+        public let epoch: Int
+        public init(rank: Int, epoch: Int) { self.rank = rank; self.epoch = epoch }
+    }
+    public struct LogBatch: Codable, Sendable, Equatable {
+        public let records: [LogRecord]
+        public let status: PeerStatus?
+        public init(records: [LogRecord], status: PeerStatus? = nil) { self.records = records; self.status = status }
     }
     public struct Heartbeat: Codable, Sendable, Equatable {
         public let rank: Int?
@@ -57,6 +91,9 @@ public enum Message: Sendable, Equatable {
         case .step: "step"
         case .outputs: "outputs"
         case .others: "others"
+        case .evaluate: "evaluate"
+        case .evaluation: "evaluation"
+        case .log: "log"
         case .heartbeat: "heartbeat"
         case .shutdown: "shutdown"
         }

@@ -1,0 +1,100 @@
+import Foundation
+import NN
+import Training
+
+/// One peer's part of a cohort's run directory, `OUTPUT/peer-<rank>/`: its `metrics.jsonl` (a line per
+/// step with every loss term, a line per epoch with the test scores and the epoch's means) and its
+/// `checkpoints/`. The in-process cohort and a peer process write it the same way.
+public final class PeerRunDirectory {
+    public let path: String
+    let metrics: MetricsLog
+    let checkpoints: CheckpointStore
+    private var running: [String: Double] = [:]
+    private var seen = 0
+
+    public init(output: String, rank: Int) throws {
+        path = output + "/peer-\(rank)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        metrics = try MetricsLog(path: path + "/metrics.jsonl")
+        checkpoints = CheckpointStore(directory: path + "/checkpoints")
+    }
+
+    /// Records a finished step's terms (`globalStep` counts the step itself).
+    public func recordStep(epoch: Int, step: Int, globalStep: Int, batchSize: Int, terms: [String: Double]) {
+        var line: [String: any Sendable] = ["kind": "step", "epoch": epoch, "step": step, "global_step": globalStep]
+        for (k, v) in terms { line[k] = v; running[k, default: 0] += v * Double(batchSize) }
+        seen += batchSize
+        metrics.write(line)
+    }
+
+    /// The epoch's running mean of `term` so far (per sample).
+    public func runningMean(_ term: String) -> Double { running[term, default: 0] / Double(max(seen, 1)) }
+
+    /// Ends an epoch: writes its line with `test` and the epoch's means, and checkpoints `peer` at
+    /// `position` (the start of the next epoch).
+    public func endEpoch(_ peer: PeerTrainer, test: EvaluationResult, position: TrainingPosition, shape: [Int]) throws {
+        var line: [String: any Sendable] = ["kind": "epoch", "epoch": position.epoch - 1, "global_step": position.globalStep,
+                                            "test_top1": test.top1, "test_top5": test.top5, "test_loss": test.loss]
+        for (k, v) in running { line["train_" + k] = v / Double(max(seen, 1)) }
+        metrics.write(line)
+        running = [:]; seen = 0
+        try checkpoints.save(model: peer.model, architecture: peer.architecture.rawValue, inputShape: shape, optimizer: peer.optimizer,
+                             settings: "{\"rank\":\(peer.rank),\"model\":\"\(peer.architecture.rawValue)\"}", position: position,
+                             atEpochEnd: true, extraState: peer.lossState)
+    }
+}
+
+/// The cohort's own files in its run directory: `metrics.jsonl` (a line per epoch with the ensemble's
+/// and every peer's test accuracy) and `summary.json`.
+public final class CohortRunDirectory {
+    public let path: String
+    let metrics: MetricsLog
+
+    public init(output: String) throws {
+        path = output
+        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+        metrics = try MetricsLog(path: output + "/metrics.jsonl")
+    }
+
+    public func recordEpoch(_ epoch: Int, globalStep: Int, evaluation: CohortEvaluation, seconds: Double) {
+        metrics.write(["kind": "epoch", "epoch": epoch, "global_step": globalStep, "ensemble_top1": evaluation.ensembleTop1,
+                       "ensemble_top5": evaluation.ensembleTop5, "peer_top1": evaluation.peers.map(\.top1), "seconds": seconds])
+    }
+
+    /// Writes `summary.json` atomically.
+    public func writeSummary(_ summary: CohortSummary) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try encoder.encode(summary), to: path + "/summary.json")
+    }
+}
+
+/// `OUTPUT/summary.json` of a cohort run.
+public struct CohortSummary: Codable, Sendable {
+    public struct Peer: Codable, Sendable {
+        public let rank: Int
+        public let model: String
+        public let test_top1: Double
+        public let test_top5: Double
+    }
+    public let peers: [Peer]
+    public let ensemble_top1: Double
+    public let ensemble_top5: Double
+    public let teacher_top1: Double?
+    public let dataset: String
+    public let epochs: Int
+    public let steps: Int
+    public let seconds: Double
+    public let images_per_s: Double
+    public let transport: String
+
+    public init(configuration: CohortConfiguration, evaluation: CohortEvaluation, teacherTop1: Double?, steps: Int, seconds: Double,
+                images: Int, transport: String) {
+        peers = configuration.peers.enumerated().map { rank, p in
+            Peer(rank: rank, model: p.model, test_top1: evaluation.peers[rank].top1, test_top5: evaluation.peers[rank].top5)
+        }
+        ensemble_top1 = evaluation.ensembleTop1; ensemble_top5 = evaluation.ensembleTop5; teacher_top1 = teacherTop1
+        dataset = configuration.data.dataSet.rawValue; epochs = configuration.epochs; self.steps = steps
+        self.seconds = seconds; images_per_s = Double(images) / max(seconds, 1e-9); self.transport = transport
+    }
+}
