@@ -25,6 +25,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // Logging: every process logs through swift-log; the cohort's handler forwards records to the log stream.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         // YAML for cohort configuration files.
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
@@ -51,6 +53,8 @@ let package = Package(
         .target(name: "Distill", dependencies: ["NN"], swiftSettings: optimisedInDebug),
         // The cohort: configuration, the per-peer trainer, the teacher, the in-process cohort.
         .target(name: "Runtime", dependencies: ["Training", "Distill", .product(name: "Yams", package: "Yams")]),
+        // The distributed cohort: coordinator, peer processes, the log stream and monitor, the launcher.
+        .target(name: "Cluster", dependencies: ["Runtime", "ZeroMQ", "Wire", .product(name: "Logging", package: "swift-log")]),
         // Reference-fixture runner (`cohort conformance`).
         .target(name: "Conformance", dependencies: ["NN", "Distill"]),
         // Timed training steps (`cohort bench`).
@@ -59,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "cohort",
             dependencies: [
-                "NN", "Data", "Training", "Distill", "Runtime", "Conformance", "Benchmarks",
+                "NN", "Data", "Training", "Distill", "Runtime", "Cluster", "Wire", "Conformance", "Benchmarks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Helpers shared by the test targets (finite-difference gradient checks).
@@ -72,6 +76,7 @@ let package = Package(
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Runtime", "Wire", "ZeroMQ", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

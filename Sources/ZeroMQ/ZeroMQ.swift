@@ -147,6 +147,15 @@ public final class ZMQSocket {
     public func setMaximumMessageSize(bytes: Int64) throws { try setOption(ZMQ_MAXMSGSIZE, bytes) }
     /// How long unsent messages are kept after close (milliseconds; 0 drops them).
     public func setLinger(milliseconds: Int) throws { try setOption(ZMQ_LINGER, Int32(milliseconds)) }
+
+    /// How many outgoing messages may queue per peer before sends block (or a PUB socket drops).
+    public func setSendHighWaterMark(_ messages: Int) throws { try setOption(ZMQ_SNDHWM, Int32(messages)) }
+
+    /// Sends ZeroMQ heartbeats (PING) every `interval` ms and drops a connection silent for `timeout` ms.
+    public func setHeartbeat(intervalMilliseconds interval: Int, timeoutMilliseconds timeout: Int) throws {
+        try setOption(ZMQ_HEARTBEAT_IVL, Int32(interval))
+        try setOption(ZMQ_HEARTBEAT_TIMEOUT, Int32(timeout))
+    }
     /// The identity a ROUTER sees for this socket.
     public func setRoutingID(_ id: [UInt8]) throws { try setOption(ZMQ_ROUTING_ID, id) }
     /// Subscribes a SUB socket to messages starting with `prefix` (empty: everything).
@@ -184,7 +193,10 @@ public final class ZMQSocket {
         try send(count: frames.count, dontWait: dontWait) { i, body in body(frames[i]) }
     }
 
-    private func send(count: Int, dontWait: Bool, _ frame: (Int, (UnsafeRawBufferPointer) -> Int32) -> Int32) throws {
+    /// Sends one multipart message of `count` frames, asking `frame(i, send)` for each: it must call
+    /// `send` with frame `i`'s bytes (valid only during that call) and return its result. This lets a
+    /// caller hand over the storage of arrays of any element type without copying them into byte arrays.
+    public func send(count: Int, dontWait: Bool = false, _ frame: (Int, (UnsafeRawBufferPointer) -> Int32) -> Int32) throws {
         precondition(count > 0, "a message has at least one frame")
         for i in 0..<count {
             var flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0

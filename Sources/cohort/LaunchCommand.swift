@@ -3,47 +3,47 @@ import Foundation
 import Tensors
 import Data
 import Runtime
+import Cluster
 
-/// `cohort launch`: runs a cohort described by a YAML file.
+/// `cohort launch`: runs a cohort described by a YAML file on this machine.
 struct LaunchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "launch",
-        abstract: "Run a cohort (peers learning from each other with MCL, optionally guided by a teacher).",
+        abstract: "Run a cohort (peers learning from each other with MCL, optionally guided by a teacher) on this machine.",
         discussion: """
-            The configuration's keys are documented in docs/configuration.md. Writes OUTPUT/summary.json \
-            (each peer's and the ensemble's test accuracy), OUTPUT/metrics.jsonl, and per peer \
-            OUTPUT/peer-<rank>/metrics.jsonl (every loss term) and OUTPUT/peer-<rank>/checkpoints/.
+            With --transport zmq (the default) it starts the coordinator and one process per peer, which talk \
+            over ZeroMQ as on a cluster, shares the cores among them and merges their output; Ctrl-C stops \
+            them all. With --transport inproc every peer runs in this process. The configuration's keys are \
+            in docs/configuration.md. Writes OUTPUT/summary.json, OUTPUT/metrics.jsonl, OUTPUT/stream.jsonl \
+            (zmq) and per peer OUTPUT/peer-<rank>/metrics.jsonl and checkpoints/.
             """)
 
     @Option(help: "The cohort's YAML configuration.") var config: String
-    @Option(help: "How the peers talk: inproc (all peers in this process).") var transport = "inproc"
+    @Option(help: "How the peers talk: zmq (one process each) or inproc (all in this process).") var transport = "zmq"
     @Option(help: "Override the configuration's output directory.") var out: String?
-    @Option(help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Cores to use (shared among the processes with zmq).") var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    func validate() throws {
+        guard ["zmq", "inproc"].contains(transport) else { throw ValidationError("--transport \(transport): zmq or inproc") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+    }
 
     func run() throws {
-        guard transport == "inproc" else {
-            throw ValidationError("--transport \(transport) is not available yet; use --transport inproc")
-        }
-        Parallelism.setThreadCount(threads)
-        var configuration: CohortConfiguration
-        do { configuration = try CohortConfiguration.load(path: config) } catch {
-            throw CLIError(message: "\(config): \(error)")
-        }
-        if let out { configuration.output = out }
+        let configuration = try loadConfiguration(config, out: out)
         if FileManager.default.fileExists(atPath: configuration.output + "/summary.json") {
             throw CLIError(message: "\(configuration.output) already holds a finished cohort run; choose another output")
         }
-        do {
-            let summary = try InProcessCohort(configuration: configuration).run()
-            for p in summary.peers {
-                print(String(format: "peer %d (%@): test top-1 %.2f%%", p.rank, p.model, 100 * p.test_top1))
+        if transport == "inproc" {
+            Parallelism.setThreadCount(threads)
+            try reportingErrors(config) {
+                printSummary(try InProcessCohort(configuration: configuration).run(), output: configuration.output)
             }
-            print(String(format: "ensemble: test top-1 %.2f%%  (%d steps, %.0f s, %.0f images/s; wrote %@)",
-                         100 * summary.ensemble_top1, summary.steps, summary.seconds, summary.images_per_s, configuration.output))
-        } catch let error as DataSetError {
-            throw CLIError(message: "\(error)")
-        } catch let error as ConfigurationError {
-            throw CLIError(message: "\(config): \(error)")
+            return
         }
+        StopSignal.install()
+        let plan = Launcher.Plan(executable: executablePath, configurationPath: config, peerCount: configuration.peers.count,
+                                 hasTeacher: configuration.teacher != nil, output: out, threads: threads)
+        let status = try Launcher(plan: plan).run()
+        if status != 0 { throw ExitCode(status) }
     }
 }

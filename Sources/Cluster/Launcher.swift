@@ -1,0 +1,156 @@
+import Foundation
+import Synchronization
+
+/// Single-machine multi-process mode (`cohort launch`): starts the coordinator and one process per
+/// peer, shares the cores among them, prefixes and merges their output, stops them all on SIGINT or
+/// SIGTERM, and fails when any of them fails.
+public final class Launcher {
+    /// What to start.
+    public struct Plan: Sendable {
+        /// The `cohort` executable.
+        public var executable: String
+        public var configurationPath: String
+        public var peerCount: Int
+        public var hasTeacher: Bool
+        /// Overrides the configuration's output directory, when set.
+        public var output: String?
+        /// Cores to share among the processes.
+        public var threads: Int
+        /// Seconds to wait for the coordinator to bind its endpoints.
+        public var startTimeout: Double = 600
+
+        public init(executable: String, configurationPath: String, peerCount: Int, hasTeacher: Bool, output: String?, threads: Int) {
+            self.executable = executable; self.configurationPath = configurationPath; self.peerCount = peerCount
+            self.hasTeacher = hasTeacher; self.output = output; self.threads = threads
+        }
+
+        /// Threads for each peer: an equal share of the cores, at least one.
+        public var peerThreads: Int { max(1, threads / max(peerCount, 1)) }
+        /// Threads for the coordinator: a peer's share when it runs a teacher, else one.
+        public var coordinatorThreads: Int { hasTeacher ? peerThreads : 1 }
+    }
+
+    /// A started process and the name its lines carry.
+    private struct Child {
+        let name: String
+        let process: Process
+    }
+
+    /// Writes whole lines to standard error, one writer at a time.
+    private final class LineWriter: Sendable {
+        private let lock = Mutex(())
+        func write(_ text: String) { lock.withLock { _ in FileHandle.standardError.write(Data(text.utf8)) } }
+    }
+
+    let plan: Plan
+    private let output = LineWriter()
+    private var children: [Child] = []
+
+    public init(plan: Plan) { self.plan = plan }
+
+    /// Runs the cohort to its end. Returns the exit status: 0 when every process succeeded, the first
+    /// failure's status otherwise, 128 + the signal's number when stopped by one.
+    public func run() throws -> Int32 {
+        let ready = NSTemporaryDirectory() + "cohort-launch-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).json"
+        defer { try? FileManager.default.removeItem(atPath: ready) }
+        var common = ["--config", plan.configurationPath]
+        if let out = plan.output { common += ["--out", out] }
+        let coordinator = try start(name: "coordinator",
+                                    ["coordinator"] + common + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready])
+        // The coordinator writes its endpoints once bound (with the data and teacher loaded).
+        let deadline = Date() + plan.startTimeout
+        var endpoints: [String: String]?
+        while endpoints == nil {
+            if let data = FileManager.default.contents(atPath: ready) {
+                endpoints = try? JSONSerialization.jsonObject(with: data) as? [String: String]
+            }
+            if endpoints != nil { break }
+            if !coordinator.process.isRunning || StopSignal.current != nil || Date() >= deadline {
+                if coordinator.process.isRunning { say("the coordinator did not start within \(Int(plan.startTimeout)) s") }
+                return stopAll()
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let control = Launcher.local(endpoints!["coordinator"] ?? "")
+        let stream = Launcher.local(endpoints!["stream"] ?? "")
+        say("coordinator at \(control); log stream at \(stream) (watch it with: cohort monitor \(stream))")
+        for rank in 0..<plan.peerCount {
+            _ = try start(name: "peer \(rank)",
+                          ["peer"] + common + ["--rank", "\(rank)", "--coordinator", control, "--threads", "\(plan.peerThreads)"])
+        }
+        return supervise()
+    }
+
+    /// Waits for every child; stops the rest when one fails or a signal arrives.
+    private func supervise() -> Int32 {
+        while true {
+            if StopSignal.current != nil { return stopAll() }
+            if let failed = children.first(where: { !$0.process.isRunning && $0.process.terminationStatus != 0 }) {
+                say("\(failed.name) failed (exit status \(failed.process.terminationStatus)); stopping the others")
+                _ = stopAll()
+                return failed.process.terminationStatus
+            }
+            if children.allSatisfy({ !$0.process.isRunning }) { return 0 }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+    }
+
+    /// Sends SIGTERM to every running child (they stop cleanly), waits up to 15 s, then kills the rest.
+    private func stopAll() -> Int32 {
+        for c in children where c.process.isRunning { kill(c.process.processIdentifier, SIGTERM) }
+        let deadline = Date() + 15
+        while children.contains(where: { $0.process.isRunning }) && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        for c in children where c.process.isRunning {
+            say("\(c.name) did not stop; killing it")
+            kill(c.process.processIdentifier, SIGKILL)
+            c.process.waitUntilExit()
+        }
+        if let signal = StopSignal.current { return StopSignal.exitStatus(signal) }
+        return children.first { $0.process.terminationStatus != 0 }?.process.terminationStatus ?? 1
+    }
+
+    private func start(name: String, _ arguments: [String]) throws -> Child {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: plan.executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let prefix = "[\(name)] "
+        let pending = Mutex([UInt8]())
+        let lock = output
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let chunk = handle.availableData
+            let lines: [UInt8] = pending.withLock { buffer in
+                if chunk.isEmpty {  // end of file: flush a last unterminated line
+                    defer { buffer = [] }
+                    return buffer.isEmpty ? [] : buffer + [10]
+                }
+                buffer += chunk
+                guard let end = buffer.lastIndex(of: 10) else { return [] }
+                defer { buffer.removeSubrange(...end) }
+                return Array(buffer[...end])
+            }
+            if chunk.isEmpty { handle.readabilityHandler = nil }
+            guard !lines.isEmpty else { return }
+            var text = ""
+            for line in lines.split(separator: 10, omittingEmptySubsequences: false).dropLast() {
+                text += prefix + String(decoding: line, as: UTF8.self) + "\n"
+            }
+            lock.write(text)
+        }
+        try process.run()
+        let child = Child(name: name, process: process)
+        children.append(child)
+        return child
+    }
+
+    private func say(_ text: String) {
+        output.write("[launch] \(text)\n")
+    }
+
+    /// An endpoint a local process can connect to: a wildcard address becomes loopback.
+    static func local(_ endpoint: String) -> String {
+        endpoint.replacingOccurrences(of: "://0.0.0.0:", with: "://127.0.0.1:").replacingOccurrences(of: "://*:", with: "://127.0.0.1:")
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import Wire
+import ZeroMQ
+
+/// A subscriber to a coordinator's log stream (`cohort monitor`).
+public final class StreamSubscriber {
+    private let context: ZMQContext
+    private let socket: ZMQSocket
+
+    /// Connects to `endpoint` (ZeroMQ retries until the coordinator is there).
+    public init(endpoint: String) throws {
+        context = try ZMQContext()
+        socket = try ZMQSocket(context, type: .subscriber)
+        try socket.setLinger(milliseconds: 0)
+        try socket.setMaximumMessageSize(bytes: 16 << 20)
+        try socket.subscribe()
+        try socket.connect(endpoint)
+    }
+
+    /// The next event within `milliseconds`, `nil` if none came; undecodable messages are skipped.
+    public func next(milliseconds: Int) throws -> StreamEvent? {
+        let deadline = Date() + Double(milliseconds) / 1000
+        while true {
+            let wait = max(0, Int(deadline.timeIntervalSinceNow * 1000))
+            guard try socket.waitForMessage(milliseconds: wait), let frames = try socket.receive(dontWait: true) else { return nil }
+            if let event = try? StreamEvent.decode(frames) { return event }
+        }
+    }
+}
+
+/// Which records the monitor shows.
+public struct StreamFilter: Sendable {
+    /// Ranks to show (`nil`: all); the coordinator is shown when `coordinator` is set.
+    public var ranks: Set<Int>?
+    public var coordinator: Bool
+    /// The lowest level shown.
+    public var minimumLevel: String
+
+    public init(ranks: Set<Int>? = nil, coordinator: Bool = true, minimumLevel: String = "info") {
+        self.ranks = ranks; self.coordinator = coordinator; self.minimumLevel = minimumLevel
+    }
+
+    public func accepts(_ event: StreamEvent) -> Bool {
+        switch event {
+        case .log(let r):
+            guard LogRecord.severity(r.level) >= LogRecord.severity(minimumLevel) else { return false }
+            if let rank = r.rank { return ranks.map { $0.contains(rank) } ?? true }
+            return coordinator
+        case .status(let s):
+            return ranks.map { $0.contains(s.rank) } ?? true
+        case .end:
+            return true
+        }
+    }
+}
+
+/// The monitor's status view: one row per peer with its progress and when it was last heard of.
+public struct StatusTable: Sendable {
+    private var rows: [Int: (status: PeerStatus, heard: Date)] = [:]
+    private var lastHeard: [Int: Date] = [:]
+
+    public init() {}
+
+    /// Takes in an event received at `time`.
+    public mutating func update(_ event: StreamEvent, at time: Date = Date()) {
+        switch event {
+        case .status(let s):
+            rows[s.rank] = (s, time)
+            lastHeard[s.rank] = time
+        case .log(let r):
+            if let rank = r.rank { lastHeard[rank] = time }
+        case .end:
+            break
+        }
+    }
+
+    /// The table as text, ages measured at `now`.
+    public func render(now: Date = Date()) -> String {
+        let header = ["peer", "host", "model", "epoch", "step", "loss", "train acc", "test acc", "img/s", "exchange", "heard"]
+        var lines = [header]
+        for rank in Set(rows.keys).union(lastHeard.keys).sorted() {
+            let heard = lastHeard[rank].map { String(format: "%.0f s ago", now.timeIntervalSince($0)) } ?? "-"
+            guard let s = rows[rank]?.status else {
+                lines.append(["\(rank)", "-", "-", "-", "-", "-", "-", "-", "-", "-", heard])
+                continue
+            }
+            lines.append([
+                "\(rank)", s.host, s.model, "\(s.epoch + 1)/\(s.epochs)", "\(s.step + 1)/\(s.stepsPerEpoch)", String(format: "%.4f", s.loss),
+                String(format: "%.2f%%", 100 * s.accuracy), s.testAccuracy.map { String(format: "%.2f%%", 100 * $0) } ?? "-",
+                String(format: "%.0f", s.imagesPerSecond),
+                String(format: "%.1f ms (%.1f%%)", 1000 * s.exchangeSeconds, 100 * s.exchangeSeconds / max(s.stepSeconds, 1e-9)), heard,
+            ])
+        }
+        let widths = header.indices.map { c in lines.map { $0[c].count }.max()! }
+        return lines.map { row in
+            row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+}

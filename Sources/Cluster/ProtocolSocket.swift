@@ -1,0 +1,81 @@
+import Foundation
+import Logging
+import Wire
+import ZeroMQ
+
+/// A ZeroMQ socket that speaks the cohort protocol: sends ``Message``s (tensor data straight from the
+/// arrays' storage), receives and validates them, and logs and drops whatever fails validation.
+final class ProtocolSocket {
+    let socket: ZMQSocket
+    let codec: WireCodec
+    let logger: Logger
+    /// Whether frames start with the sender's routing id (a ROUTER socket).
+    let routed: Bool
+    /// Messages dropped because they failed validation.
+    private(set) var rejected = 0
+
+    init(_ socket: ZMQSocket, codec: WireCodec, logger: Logger, routed: Bool) {
+        self.socket = socket; self.codec = codec; self.logger = logger; self.routed = routed
+    }
+
+    /// Sends `message` (to `identity` on a ROUTER socket).
+    /// - Throws: ``ZeroMQError``: a timeout, or an unreachable identity on a ROUTER.
+    func send(_ message: Message, to identity: [UInt8]? = nil) throws {
+        precondition(routed == (identity != nil), "a ROUTER needs an identity, other sockets none")
+        let (head, tensors) = codec.encodeParts(message)
+        let prefix = identity.map { [$0] } ?? []
+        let bytes = prefix + head
+        try socket.send(count: bytes.count + tensors.count) { i, body in
+            i < bytes.count ? bytes[i].withUnsafeBytes(body) : tensors[i - bytes.count].values.withUnsafeBytes(body)
+        }
+    }
+
+    /// What ``receive(until:)`` returns.
+    enum Received {
+        case message(Message, from: [UInt8]?)
+        /// A message that failed validation (already logged and counted), with its sender.
+        case invalid(WireError, from: [UInt8]?)
+    }
+
+    /// The next message, waiting until `deadline` at most; `nil` when the deadline passed first.
+    func receive(until deadline: Date) throws -> Received? {
+        let wait = max(0, Int(deadline.timeIntervalSinceNow * 1000))
+        guard try socket.waitForMessage(milliseconds: wait), var frames = try socket.receive(dontWait: true) else { return nil }
+        var identity: [UInt8]?
+        if routed {
+            guard !frames.isEmpty else { return nil }
+            identity = frames.removeFirst()
+        }
+        do {
+            return .message(try codec.decode(frames), from: identity)
+        } catch let error as WireError {
+            rejected += 1
+            logger.warning("dropped a malformed message", metadata: ["reason": "\(error)", "from": "\(ProtocolSocket.describe(identity))"])
+            return .invalid(error, from: identity)
+        }
+    }
+
+    /// A routing id as printable text.
+    static func describe(_ identity: [UInt8]?) -> String {
+        guard let identity else { return "coordinator" }
+        return identity.map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// Checks a message's tensors against the names and shapes the configuration implies.
+/// - Returns: the tensors by name.
+/// - Throws: ``WireError/tensor(_:)`` naming the first tensor that is missing, unexpected or misshapen.
+func expectTensors(_ tensors: [TensorPayload], _ expected: [(name: String, shape: [Int])]) throws -> [String: TensorPayload] {
+    var byName: [String: TensorPayload] = [:]
+    for t in tensors {
+        guard byName[t.name] == nil else { throw WireError.tensor("\(t.name) appears twice") }
+        byName[t.name] = t
+    }
+    for (name, shape) in expected {
+        guard let t = byName[name] else { throw WireError.tensor("\(name) is missing") }
+        guard t.shape == shape else { throw WireError.tensor("\(name) has shape \(t.shape), expected \(shape)") }
+    }
+    let extra = Set(byName.keys).subtracting(expected.map(\.name))
+    guard extra.isEmpty else { throw WireError.tensor("unexpected \(extra.sorted().joined(separator: ", "))") }
+    return byName
+}

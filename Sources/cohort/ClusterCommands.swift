@@ -1,0 +1,188 @@
+import ArgumentParser
+import Foundation
+import Tensors
+import Data
+import Runtime
+import Cluster
+import Wire
+
+/// Loads a cohort configuration, applying an output override; turns its errors into CLI errors.
+func loadConfiguration(_ path: String, out: String?) throws -> CohortConfiguration {
+    var configuration: CohortConfiguration
+    do { configuration = try CohortConfiguration.load(path: path) } catch {
+        throw CLIError(message: "\(path): \(error)")
+    }
+    if let out { configuration.output = out }
+    return configuration
+}
+
+/// Runs `body`, turning the errors a user can act on into one clear line and a non-zero exit; a process
+/// stopped by a signal exits with 128 + the signal's number.
+func reportingErrors(_ config: String, _ body: () throws -> Void) throws {
+    do { try body() } catch let error as DataSetError {
+        throw CLIError(message: "\(error)")
+    } catch let error as ConfigurationError {
+        throw CLIError(message: "\(config): \(error)")
+    } catch CoordinatorError.stopped(let signal), PeerError.signal(let signal) {
+        throw ExitCode(StopSignal.exitStatus(signal))
+    } catch let error as CoordinatorError {
+        throw CLIError(message: "\(error)")
+    } catch let error as PeerError {
+        throw CLIError(message: "\(error)")
+    }
+}
+
+/// `cohort coordinator`: runs a distributed cohort's coordinator.
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Run the coordinator of a distributed cohort (and its teacher).",
+        discussion: """
+            Binds network.coordinator (peers connect there) and network.stream (the log stream), waits for \
+            every configured peer (cohort peer --rank R --coordinator ENDPOINT), drives the training step by \
+            step and writes OUTPUT/summary.json, OUTPUT/metrics.jsonl and OUTPUT/stream.jsonl. The peers \
+            write OUTPUT/peer-<rank>/ on their own hosts.
+            """)
+
+    @Option(help: "The cohort's YAML configuration (the same file on every host).") var config: String
+    @Option(help: "Override the configuration's output directory.") var out: String?
+    @Option(help: "Override network.coordinator, e.g. tcp://*:5570 to accept peers from other hosts.") var bind: String?
+    @Option(help: "Override network.stream.") var stream: String?
+    @Option(help: "Threads for the teacher.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Write the bound endpoints (JSON) to this file once listening.") var readyFile: String?
+
+    func run() throws {
+        var configuration = try loadConfiguration(config, out: out)
+        if let bind { configuration.network.coordinator = bind }
+        if let stream { configuration.network.stream = stream }
+        if FileManager.default.fileExists(atPath: configuration.output + "/summary.json") {
+            throw CLIError(message: "\(configuration.output) already holds a finished cohort run; choose another output")
+        }
+        Parallelism.setThreadCount(threads)
+        StopSignal.install()
+        try reportingErrors(config) {
+            let coordinator = try Coordinator(configuration: configuration)
+            if let readyFile { try coordinator.writeEndpoints(to: readyFile) }
+            let summary = try coordinator.run()
+            printSummary(summary, output: configuration.output)
+        }
+    }
+}
+
+/// `cohort peer`: runs one peer of a distributed cohort.
+struct PeerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "peer",
+        abstract: "Run one peer of a distributed cohort: train its network, exchanging outputs through the coordinator.",
+        discussion: """
+            Every host needs the data set and the same configuration file. Writes OUTPUT/peer-<rank>/ \
+            (metrics.jsonl, checkpoints/) on this host.
+            """)
+
+    @Option(help: "The cohort's YAML configuration (the same file on every host).") var config: String
+    @Option(help: "This peer's rank: its index in the configuration's peers list.") var rank: Int
+    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:5570 (default: network.coordinator).") var coordinator: String?
+    @Option(help: "Override the configuration's output directory.") var out: String?
+    @Option(help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    func run() throws {
+        let configuration = try loadConfiguration(config, out: out)
+        guard configuration.peers.indices.contains(rank) else {
+            throw ValidationError("--rank \(rank): the configuration has \(configuration.peers.count) peer(s), ranks 0...\(configuration.peers.count - 1)")
+        }
+        let endpoint = coordinator ?? configuration.network.coordinator
+        guard !endpoint.contains("://*:"), !endpoint.contains("://0.0.0.0:") else {
+            throw ValidationError("--coordinator: give the coordinator's address, e.g. tcp://HOST:PORT (network.coordinator is \(endpoint))")
+        }
+        Parallelism.setThreadCount(threads)
+        StopSignal.install()
+        try reportingErrors(config) {
+            try PeerNode(configuration: configuration, rank: rank, coordinator: endpoint).run()
+        }
+    }
+}
+
+/// `cohort monitor`: shows a coordinator's log stream live.
+struct MonitorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "monitor",
+        abstract: "Watch a running cohort: its peers' log records, or a status table with one row per peer.",
+        discussion: """
+            ENDPOINT is the coordinator's network.stream (cohort launch prints it). Exits when the run ends \
+            (status 0 if it finished, 1 if it failed).
+
+            Examples:
+              cohort monitor tcp://127.0.0.1:5571
+              cohort monitor tcp://10.0.0.1:5571 --peer 0 --peer 2 --level warning
+              cohort monitor tcp://127.0.0.1:5571 --status
+              cohort monitor tcp://127.0.0.1:5571 --json | jq 'select(.topic == "status")'
+            """)
+
+    @Argument(help: "The log stream's endpoint.") var endpoint: String
+    @Option(name: .customLong("peer"), help: "Show only this peer (repeatable).") var peers: [Int] = []
+    @Flag(help: "Hide the coordinator's own records.") var noCoordinator = false
+    @Option(help: "The lowest level shown: trace, debug, info, notice, warning, error, critical.") var level = "info"
+    @Flag(help: "One JSON object per event (records and statuses), for machines.") var json = false
+    @Flag(help: "A status table with one row per peer, redrawn every --interval seconds.") var status = false
+    @Option(help: "Seconds between redraws of --status.") var interval: Double = 1
+
+    func validate() throws {
+        guard LogRecord.levels.contains(level) else {
+            throw ValidationError("--level \(level): one of \(LogRecord.levels.joined(separator: ", "))")
+        }
+        guard interval > 0 else { throw ValidationError("--interval must be positive") }
+    }
+
+    func run() throws {
+        let subscriber = try StreamSubscriber(endpoint: endpoint)
+        let filter = StreamFilter(ranks: peers.isEmpty ? nil : Set(peers), coordinator: !noCoordinator, minimumLevel: level)
+        var table = StatusTable()
+        var lastDraw = Date.distantPast
+        let interactive = isatty(STDOUT_FILENO) == 1
+        var recent: [String] = []
+        StopSignal.install()
+        while StopSignal.current == nil {
+            let event = try subscriber.next(milliseconds: 200)
+            if let event, filter.accepts(event) {
+                if json {
+                    write(StreamPublisher.jsonLine(event.frames()) + "\n")
+                } else if status {
+                    table.update(event)
+                    if case .log(let r) = event, LogRecord.severity(r.level) >= LogRecord.severity("warning") {
+                        recent = Array((recent + [ConsoleSink.format(r)]).suffix(5))
+                    }
+                } else if case .log(let r) = event {
+                    write(ConsoleSink.format(r) + "\n")
+                }
+            }
+            if status, Date().timeIntervalSince(lastDraw) >= interval || event.map({ if case .end = $0 { true } else { false } }) == true {
+                lastDraw = Date()
+                write((interactive ? "\u{1B}[H\u{1B}[2J" : "") + table.render()
+                      + (recent.isEmpty ? "" : "\n\n" + recent.joined(separator: "\n")) + (interactive ? "\n" : "\n\n"))
+            }
+            if case .end(let end)? = event {
+                if !json { write(end.ok ? "run finished\n" : "run failed: \(end.reason)\n") }
+                throw ExitCode(end.ok ? 0 : 1)
+            }
+        }
+    }
+}
+
+/// Writes `text` to standard output at once (no buffering: the monitor's output is read live).
+private func write(_ text: String) {
+    FileHandle.standardOutput.write(Data(text.utf8))
+}
+
+func printSummary(_ summary: CohortSummary, output: String) {
+    for p in summary.peers {
+        print(String(format: "peer %d (%@): test top-1 %.2f%%", p.rank, p.model, 100 * p.test_top1))
+    }
+    print(String(format: "ensemble: test top-1 %.2f%%  (%d steps, %.0f s, %.0f images/s; wrote %@)",
+                 100 * summary.ensemble_top1, summary.steps, summary.seconds, summary.images_per_s, output))
+}
+
+/// The running `cohort` executable's path.
+var executablePath: String {
+    if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }
+    return Bundle.main.executablePath ?? CommandLine.arguments[0]
+}
