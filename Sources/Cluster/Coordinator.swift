@@ -136,7 +136,7 @@ public final class Coordinator {
                 try consider(hello, from: identity!)
             case .message(let message, let identity):
                 if let rank = rank(of: identity!) { handleCommon(message, from: rank) } else {
-                    logger.warning("dropped a \(message.type) message from an unknown sender", metadata: ["from": "\(ProtocolSocket.describe(identity))"])
+                    logger.warning("dropped a message from an unknown sender", metadata: ["type": "\(message.type)", "from": "\(ProtocolSocket.describe(identity))"])
                 }
             }
         }
@@ -306,7 +306,7 @@ public final class Coordinator {
                         try? control.send(.welcome(.init(accepted: false, reason: "the cohort has started without rank \(hello.rank)'s sender")),
                                           to: identity!)
                     }
-                    logger.warning("dropped a \(message.type) message from an unknown sender", metadata: ["from": "\(ProtocolSocket.describe(identity))"])
+                    logger.warning("dropped a message from an unknown sender", metadata: ["type": "\(message.type)", "from": "\(ProtocolSocket.describe(identity))"])
                     continue
                 }
                 lastHeard[rank] = Date()

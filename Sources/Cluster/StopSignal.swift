@@ -6,11 +6,16 @@ import Synchronization
 public enum StopSignal {
     private static let received = Atomic<Int32>(0)
 
-    /// Installs the handlers for SIGINT and SIGTERM.
+    /// Installs the handlers for SIGINT and SIGTERM, and unblocks both: a process inherits its parent's
+    /// signal mask, and some parents (test runners, supervisors) start children with them blocked.
     public static func install() {
+        var set = sigset_t()
+        sigemptyset(&set)
         for s in [SIGINT, SIGTERM] {
             signal(s) { number in StopSignal.received.store(number, ordering: .relaxed) }
+            sigaddset(&set, s)
         }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
     /// The signal received, if any.

@@ -64,3 +64,28 @@ import Testing
         }
     }
 }
+
+@Suite struct ConfigurationDigestTests {
+    @Test func sha256MatchesTheStandardVectors() {
+        #expect(SHA256.hex([]) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        let long = Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)
+        #expect(SHA256.hex(long) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+
+    /// The digest covers what shapes training, not what differs between hosts.
+    @Test func digestIgnoresHostLocalSettings() throws {
+        let base = "peers: [{model: resnet8}, {model: resnet8}]\n"
+        let digest = try CohortConfiguration.parse(base).digest
+        let local = try CohortConfiguration.parse(base + """
+            output: /elsewhere
+            data: {directory: /data/fmnist}
+            network: {coordinator: "tcp://*:6000", stream: "tcp://*:6001", timeout: 30}
+            """)
+        #expect(local.digest == digest && local.network.timeout == 30 && local.network.coordinator == "tcp://*:6000")
+        #expect(try CohortConfiguration.parse(base + "optimizer: {lr: 0.05}").digest != digest)
+        #expect(try CohortConfiguration.parse(base + "seed: 1").digest != digest)
+        #expect(try CohortConfiguration.parse("peers: [{model: resnet8}, {model: resnet14}]").digest != digest)
+        #expect(throws: ConfigurationError.self) { try CohortConfiguration.parse(base + "network: {coordinator: \"localhost:5\"}") }
+    }
+}

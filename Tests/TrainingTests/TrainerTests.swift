@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import Tensors
 import NN
@@ -113,18 +114,6 @@ func scratchDirectory(_ name: String) -> String {
         #expect(topKCorrect(logits: logits, labels: [1, 1]) == (1, 2))
         #expect(topKCorrect(logits: logits, labels: [2, 0]) == (1, 2))
     }
-}
-
-/// The `cohort` executable built beside the tests (`swift build` builds it; CI runs that first).
-func cohortExecutable() throws -> String {
-    let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("cohort").path,
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/debug/cohort").path,
-    ]
-    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        throw TrainingError.io("the cohort executable is not built (looked at \(candidates)); run `swift build` first")
-    }
-    return found
 }
 
 @Suite(.serialized) struct KillAndResumeTests {

@@ -13,13 +13,42 @@ import Testing
             .welcome(.init(accepted: false, reason: "rank 2 is taken")),
             .step(.init(epoch: 1, step: 7, globalStep: 476), teacher: [logits]),
             .outputs(.init(rank: 1, globalStep: 476), tensors: [embedding, logits]),
-            .others(.init(rank: 0, globalStep: 476), tensors: [TensorPayload(name: "rank1.logits", shape: [2, 3], values: logits.values)]),
+            .others(.init(rank: 0, globalStep: 476, waitSeconds: 0.25), tensors: [TensorPayload(name: "rank1.logits", shape: [2, 3], values: logits.values)]),
+            .evaluate(.init(epoch: 2, globalStep: 900)),
+            .evaluation(.init(rank: 1, epoch: 2), tensors: [logits]),
+            .log(.init(records: [record], status: finiteStatus)),
+            .log(.init(records: [])),
             .heartbeat(.init(rank: nil, sequence: 3)),
             .shutdown(.init(reason: "done")),
         ]
         for m in messages {
             #expect(try codec.decode(codec.encode(m)) == m, "\(m.type)")
         }
+    }
+
+    let record = LogRecord(time: 1_795_000_000.5, level: "warning", rank: 2, host: "node-a", label: "cohort.peer",
+                           message: "dropped a message", metadata: ["reason": "bad/shape"])
+    let status = PeerStatus(rank: 2, host: "node-a", model: "resnet8", epoch: 0, epochs: 3, step: 4, stepsPerEpoch: 10, globalStep: 5,
+                            loss: .nan, accuracy: 0.5, testAccuracy: nil, imagesPerSecond: 300, stepSeconds: 0.4,
+                            exchangeSeconds: 0.001, time: 1_795_000_001)
+
+    var finiteStatus: PeerStatus {
+        PeerStatus(rank: 2, host: "node-a", model: "resnet8", epoch: 0, epochs: 3, step: 4, stepsPerEpoch: 10, globalStep: 5, loss: 1.5,
+                   accuracy: 0.5, testAccuracy: 0.8, imagesPerSecond: 300, stepSeconds: 0.4, exchangeSeconds: 0.001, time: 1_795_000_001)
+    }
+
+    /// Log-stream events round-trip, a diverged (NaN) loss included; unknown topics are rejected.
+    @Test func streamEventsRoundTrip() throws {
+        for event in [StreamEvent.log(record), .end(StreamEnd(ok: false, reason: "stopped", time: 1))] {
+            #expect(try StreamEvent.decode(event.frames()) == event)
+        }
+        guard case .status(let decoded) = try StreamEvent.decode(StreamEvent.status(status).frames()) else {
+            Issue.record("not a status"); return
+        }
+        #expect(decoded.loss.isNaN && decoded.rank == 2 && decoded.testAccuracy == nil)
+        #expect(throws: WireError.unknownType("gossip")) { try StreamEvent.decode([Array("gossip".utf8), Array("{}".utf8)]) }
+        #expect(throws: WireError.self) { try StreamEvent.decode([Array("log".utf8), Array("{\"time\":1}".utf8)]) }
+        #expect(String(decoding: StreamEvent.log(record).frames()[1], as: UTF8.self).contains("bad/shape"), "slashes unescaped")
     }
 
     @Test func goldenBytes() {

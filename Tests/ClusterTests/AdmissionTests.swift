@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+import Runtime
+import Wire
+import ZeroMQ
+
+/// A coordinator (`cohort coordinator`) faced with strangers: malformed messages, another cohort's
+/// configuration, ranks that do not exist or are taken, the wrong model.
+@Suite(.serialized) struct AdmissionTests {
+    @Test func coordinatorAdmitsOnlyTheConfiguredPeersAndDropsMalformedMessages() throws {
+        let directory = scratch("admission")
+        let config = directory + "/cohort.yaml"
+        let text = cohortConfiguration()
+        try write(text, to: config)
+        let ready = directory + "/ready.json"
+        let coordinator = try CohortProcess(["coordinator", "--config", config, "--out", directory + "/run", "--threads", "1",
+                                             "--ready-file", ready])
+        defer { if coordinator.process.isRunning { kill(coordinator.process.processIdentifier, SIGKILL) } }
+        try #require(coordinator.waitForOutput(seconds: 120) { _ in FileManager.default.fileExists(atPath: ready) }, "\(coordinator.output)")
+        let endpoints = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ready))) as! [String: String]
+        let endpoint = try #require(endpoints["coordinator"])
+        let codec = WireCodec(digest: try CohortConfiguration.parse(text).digest)
+        let context = try ZMQContext()
+
+        /// Sends `frames` from a new connection and returns the decoded answer, if one comes within 5 s.
+        func exchange(_ frames: [[UInt8]]) throws -> Message? {
+            let socket = try ZMQSocket(context, type: .dealer)
+            try socket.setLinger(milliseconds: 0)
+            try socket.connect(endpoint)
+            try socket.send(frames)
+            guard try socket.waitForMessage(milliseconds: 5000), let answer = try socket.receive() else { return nil }
+            return try codec.decode(answer)
+        }
+        func refusal(_ frames: [[UInt8]]) throws -> String? {
+            guard case .welcome(let w)? = try exchange(frames), !w.accepted else { return nil }
+            return w.reason
+        }
+
+        #expect(try exchange([Array("not the protocol".utf8)]) == nil, "garbage gets no answer")
+        #expect(try exchange(codec.encode(.outputs(.init(rank: 0, globalStep: 0), tensors: []))) == nil, "no step from a stranger")
+        let otherCohort = WireCodec(digest: "0123").encode(.hello(.init(rank: 0, model: "resnet8")))
+        #expect(try refusal(otherCohort)?.contains("configuration digest 0123 differs") == true)
+        #expect(try refusal(codec.encode(.hello(.init(rank: 3, model: "resnet8"))))?.contains("rank 3 is not in this cohort") == true)
+        #expect(try refusal(codec.encode(.hello(.init(rank: 2, model: "resnet8"))))?.contains("runs resnet14") == true)
+        let first = try ZMQSocket(context, type: .dealer)
+        try first.setLinger(milliseconds: 0)
+        try first.connect(endpoint)
+        try first.send(codec.encode(.hello(.init(rank: 0, model: "resnet8", host: "test"))))
+        #expect(try first.waitForMessage(milliseconds: 5000))
+        #expect(try codec.decode(try first.receive()!) == .welcome(.init(accepted: true)))
+        #expect(try refusal(codec.encode(.hello(.init(rank: 0, model: "resnet8"))))?.contains("rank 0 has already joined") == true)
+
+        // A real peer process started with another configuration stops with a clear error.
+        let other = directory + "/other.yaml"
+        try write(text.replacingOccurrences(of: "seed: 3", with: "seed: 4"), to: other)
+        let peer = try CohortProcess(["peer", "--config", other, "--rank", "1", "--coordinator", endpoint, "--out", directory + "/other",
+                                      "--threads", "1"])
+        #expect(peer.finish(seconds: 120) == 1)
+        #expect(peer.output.contains("another configuration"), "\(peer.output)")
+
+        kill(coordinator.process.processIdentifier, SIGTERM)
+        #expect(coordinator.finish(seconds: 30) == 143, "\(coordinator.output)")
+        let stream = try String(contentsOfFile: directory + "/run/stream.jsonl", encoding: .utf8)
+        #expect(stream.contains("dropped a malformed message") && stream.contains("refused a peer") && stream.contains("peer 0 joined"))
+        #expect(stream.contains("dropped a message from an unknown sender"))
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import Testing
+import Runtime
+
+/// The distributed cohort run as processes (`cohort launch`, transport zmq), against the in-process one.
+@Suite(.serialized) struct DistributedCohortTests {
+    /// Equivalence: three MCL peers and a teacher with KD, CRCD and RRD, 20 steps, run once in one process
+    /// and once as a coordinator and three peer processes over ZeroMQ, train bit-identical networks, loss
+    /// states (memories, queues, heads) and momentum. The stream and the peers' metrics are complete.
+    @Test func multiProcessCohortTrainsExactlyTheInProcessNetworks() throws {
+        let directory = scratch("equivalence")
+        let config = directory + "/cohort.yaml"
+        try write(cohortConfiguration(), to: config)
+        // One thread per process in both runs: the same kernels split the same way.
+        let inproc = try CohortProcess(["launch", "--config", config, "--transport", "inproc", "--threads", "1", "--out", directory + "/inproc"])
+        #expect(inproc.finish() == 0, "\(inproc.output)")
+        let zmq = try CohortProcess(["launch", "--config", config, "--threads", "3", "--out", directory + "/zmq"])
+        #expect(zmq.finish() == 0, "\(zmq.output)")
+
+        for rank in 0..<3 {
+            for file in ["last.safetensors", "epoch-0002.state.safetensors", "epoch-0001.safetensors"] {
+                try expectIdentical(directory + "/inproc/peer-\(rank)/checkpoints/" + file, directory + "/zmq/peer-\(rank)/checkpoints/" + file)
+            }
+        }
+        let a = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: directory + "/inproc/summary.json")))
+        let b = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: directory + "/zmq/summary.json")))
+        #expect(a.steps == 20 && b.steps == 20 && b.transport == "zmq")
+        #expect(a.peers.map(\.test_top1) == b.peers.map(\.test_top1) && a.ensemble_top1 == b.ensemble_top1 && a.teacher_top1 == b.teacher_top1)
+
+        // Every process's output reached the terminal, prefixed.
+        for name in ["[coordinator]", "[peer 0]", "[peer 1]", "[peer 2]", "[launch]"] { #expect(zmq.output.contains(name), "\(name)") }
+        // The stream: records from the coordinator and every peer, every peer's status after every step, the end.
+        let stream = try jsonLines(directory + "/zmq/stream.jsonl")
+        for rank in 0..<3 {
+            #expect(stream.contains { $0["topic"] as? String == "log" && $0["rank"] as? Int == rank && $0["host"] != nil })
+            #expect(stream.filter { $0["topic"] as? String == "status" && $0["rank"] as? Int == rank }.count == 20)
+        }
+        #expect(stream.contains { $0["topic"] as? String == "log" && $0["rank"] == nil && ($0["message"] as? String)?.hasPrefix("epoch 2/2") == true })
+        #expect(stream.last?["topic"] as? String == "end" && stream.last?["ok"] as? Bool == true)
+        // Each peer's metrics time its exchange.
+        let steps = try jsonLines(directory + "/zmq/peer-1/metrics.jsonl").filter { $0["kind"] as? String == "step" }
+        #expect(steps.count == 20 && steps.allSatisfy { ($0["exchange_seconds"] as? Double ?? -1) >= 0 })
+    }
+
+    /// `cohort monitor` follows a running cohort: JSON events from every peer, a status table with a row
+    /// per peer, and it exits 0 when the run finishes.
+    @Test func monitorFollowsTheStreamUntilTheRunEnds() throws {
+        let directory = scratch("monitor")
+        let config = directory + "/cohort.yaml"
+        try write(cohortConfiguration(epochs: 2, trainLimit: 1280), to: config)
+        let launch = try CohortProcess(["launch", "--config", config, "--threads", "2", "--out", directory + "/run"])
+        var stream = ""
+        try #require(launch.waitForOutput(seconds: 120) { output in
+            guard let range = output.range(of: "log stream at ") else { return false }
+            stream = String(output[range.upperBound...].prefix { $0 != " " && $0 != "\n" })
+            return true
+        }, "\(launch.output)")
+        let json = try CohortProcess(["monitor", stream, "--json"])
+        let table = try CohortProcess(["monitor", stream, "--status", "--interval", "0.5"])
+        let filtered = try CohortProcess(["monitor", stream, "--peer", "2", "--no-coordinator"])
+        #expect(launch.finish() == 0, "\(launch.output)")
+        #expect(json.finish(seconds: 30) == 0 && table.finish(seconds: 30) == 0 && filtered.finish(seconds: 30) == 0)
+
+        let events = json.output.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        for rank in 0..<3 {
+            #expect(events.contains { $0["topic"] as? String == "status" && $0["rank"] as? Int == rank && $0["loss"] is Double }, "rank \(rank)")
+        }
+        #expect(events.last?["topic"] as? String == "end")
+        #expect(table.output.contains("peer  host") && table.output.contains("exchange") && table.output.contains("resnet14"))
+        #expect(table.output.hasSuffix("run finished\n"))
+        let lines = filtered.output.split(separator: "\n").dropLast()  // the last: "run finished"
+        #expect(!lines.isEmpty && lines.allSatisfy { $0.contains("peer 2@") }, "\(filtered.output)")
+    }
+
+    /// SIGTERM to `cohort launch` stops the coordinator and every peer; the stream says why; the exit
+    /// status is 128 + 15.
+    @Test func launchStopsEveryProcessOnSIGTERM() throws {
+        let directory = scratch("sigterm")
+        let config = directory + "/cohort.yaml"
+        try write(cohortConfiguration(epochs: 30, trainLimit: 6400), to: config)
+        let launch = try CohortProcess(["launch", "--config", config, "--threads", "2", "--out", directory + "/run"])
+        try #require(launch.waitForOutput(seconds: 120) { $0.contains("epoch 1/30 step") || $0.contains("status\":\"") || $0.contains("all 3 peer(s) joined") })
+        usleep(500_000)
+        kill(launch.process.processIdentifier, SIGTERM)
+        #expect(launch.finish(seconds: 60) == 143, "\(launch.output)")
+        // No process of this run is left.
+        let ps = Process()
+        ps.executableURL = URL(fileURLWithPath: "/bin/ps")
+        ps.arguments = ["-eo", "args"]
+        let pipe = Pipe()
+        ps.standardOutput = pipe
+        try ps.run()
+        let table = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        ps.waitUntilExit()
+        #expect(!table.contains(directory + "/run"), "left running: \(table)")
+        let stream = try jsonLines(directory + "/run/stream.jsonl")
+        #expect(stream.last?["topic"] as? String == "end" && stream.last?["ok"] as? Bool == false)
+        #expect((stream.last?["reason"] as? String)?.contains("signal") == true)
+        #expect(!FileManager.default.fileExists(atPath: directory + "/run/summary.json"))
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+import Synchronization
+import Testing
+import NN
+import Training
+import TestSupport
+
+func scratch(_ name: String) -> String {
+    let path = NSTemporaryDirectory() + "cohort-cluster-\(name)-\(getpid())"
+    try? FileManager.default.removeItem(atPath: path)
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// A `cohort` subcommand running in its own process, its output (stdout and stderr) collected live.
+final class CohortProcess {
+    /// Output text shared with the pipe's reader thread.
+    private final class Collected: Sendable {
+        let text = Mutex("")
+    }
+    let process: Process
+    private let collected = Collected()
+
+    init(_ arguments: [String]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: try cohortExecutable())
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let collected = self.collected
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty { handle.readabilityHandler = nil; return }
+            collected.text.withLock { $0 += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    var output: String { collected.text.withLock { $0 } }
+
+    /// Waits until `predicate` holds of the output so far, the process ends, or `seconds` pass.
+    @discardableResult
+    func waitForOutput(seconds: Double = 300, _ predicate: (String) -> Bool) -> Bool {
+        let deadline = Date() + seconds
+        while Date() < deadline {
+            if predicate(output) { return true }
+            if !process.isRunning { return predicate(output) }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// Waits for the process to end (at most `seconds`, then kills it) and returns its exit status.
+    func finish(seconds: Double = 600) -> Int32 {
+        let deadline = Date() + seconds
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        usleep(100_000)  // let the last output arrive
+        return process.terminationStatus
+    }
+}
+
+/// A resnet8 teacher from one short epoch, trained once for the suite.
+let teacherCheckpoint: String = {
+    var options = TrainingOptions()
+    options.model = "resnet8"; options.epochs = 1; options.batchSize = 64; options.trainLimit = 512; options.testLimit = 100
+    let directory = scratch("teacher")
+    _ = try! Trainer(options: options, outputDirectory: directory).run(resume: false, progress: ProgressReporter(interactive: false))
+    return directory + "/checkpoints/last.safetensors"
+}()
+
+/// A cohort of three peers with MCL and a teacher with KD, CRCD and RRD, on small slices of
+/// Fashion-MNIST, every endpoint on a free loopback port.
+func cohortConfiguration(epochs: Int = 2, trainLimit: Int = 640, extra: String = "") -> String {
+    """
+    data: {dataset: fashion-mnist, train_limit: \(trainLimit), test_limit: 300}
+    seed: 3
+    epochs: \(epochs)
+    batch_size: 64
+    peers: [{model: resnet8}, {model: resnet8}, {model: resnet14}]
+    mcl: {embedding_dim: 32}
+    teacher:
+      model: resnet8
+      checkpoint: \(teacherCheckpoint)
+      kd: {weight: 0.9}
+      crcd: {weight: 1, gradient_weight: 1, negatives: 32}
+      rrd: {weight: 1, keys: 256}
+    network: {coordinator: "tcp://127.0.0.1:*", stream: "tcp://127.0.0.1:*", timeout: 60, join_timeout: 60}
+    \(extra)
+    """
+}
+
+func write(_ text: String, to path: String) throws {
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+}
+
+/// The JSON objects of a JSON-lines file.
+func jsonLines(_ path: String) throws -> [[String: Any]] {
+    try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+}
+
+/// Expects two safetensors files to hold the same tensors, bit for bit.
+func expectIdentical(_ a: String, _ b: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let x = try SafeTensors.read(a), y = try SafeTensors.read(b)
+    #expect(x.names == y.names, sourceLocation: sourceLocation)
+    for name in x.names where y.entry(name) != nil {
+        if x.entry(name)!.dtype.isFloat {
+            #expect(try x.floats(name).scalars == y.floats(name).scalars, "\(name) differs: \(a) vs \(b)", sourceLocation: sourceLocation)
+        } else {
+            #expect(try x.integers(name) == y.integers(name), "\(name) differs: \(a) vs \(b)", sourceLocation: sourceLocation)
+        }
+    }
+}
