@@ -225,7 +225,8 @@ public final class Coordinator {
                     return true
                 }
                 let complete = Date()
-                for rank in 0..<n {
+                // Whoever is served first starts its backward pass first; rotate so no peer always waits longest.
+                for rank in (0..<n).map({ ($0 + globalStep) % n }) {
                     let others = (0..<n).filter { $0 != rank }.flatMap { r in
                         outputs[r].map { TensorPayload(name: "rank\(r).\($0.name)", shape: $0.shape, values: $0.values) }
                     }
