@@ -93,6 +93,8 @@ public final class PeerNode {
         } catch {
             logger.error("\(error)")
             flushLogs()
+            // Tell the coordinator, unless it is the one that stopped the run.
+            if case PeerError.stopped = error {} else { try? socket.send(.shutdown(.init(reason: "\(error)"))) }
             throw error
         }
     }

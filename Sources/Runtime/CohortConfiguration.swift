@@ -245,18 +245,9 @@ public struct CohortConfiguration: Sendable, Equatable {
     /// Whether the peers exchange embeddings (MCL on, more than one peer).
     public var mclActive: Bool { mcl.enabled && peers.count > 1 }
 
-    /// The SHA-256 of every setting that shapes the training (not the output directory, the data
-    /// directory, the teacher's checkpoint path or the network settings, which differ between hosts).
-    /// Peers and the coordinator exchange it with every message: a process started with another file is
-    /// refused.
-    public var digest: String {
-        var shared = self
-        shared.output = ""
-        shared.data.directory = nil
-        shared.teacher?.checkpoint = ""
-        shared.network = NetworkSettings()
-        return SHA256.hex(Array("cohort-configuration-v1 \(shared)".utf8))
-    }
+    /// The SHA-256 (hexadecimal) of ``canonicalSettings``. Peers and the coordinator exchange it with
+    /// every message: a process started with another configuration is refused.
+    public var digest: String { SHA256.hex(Array(canonicalSettings.utf8)) }
 
     /// The settings of one peer's SGD and schedule, in `cohort train`'s terms.
     var trainingOptions: TrainingOptions {

@@ -89,3 +89,22 @@ import Testing
         #expect(throws: ConfigurationError.self) { try CohortConfiguration.parse(base + "network: {coordinator: \"localhost:5\"}") }
     }
 }
+
+@Suite struct CanonicalSettingsTests {
+    /// The documented canonical text: sorted key=value lines, defaults included, floats as shortest decimals.
+    @Test func canonicalTextIsTheDocumentedOne() throws {
+        let c = try CohortConfiguration.parse("""
+            peers: [{model: resnet8}, {model: wrn_16_2}]
+            optimizer: {lr: 0.05}
+            teacher: {model: resnet20, checkpoint: /x.safetensors, kd: {temperature: 4}}
+            """)
+        let lines = c.canonicalSettings.split(separator: "\n").map(String.init)
+        #expect(lines == lines.sorted())
+        for line in ["optimizer.lr=0.05", "peers.1.model=wrn_16_2", "teacher.kd.temperature=4.0", "teacher.kd.weight=0.9",
+                     "data.train_limit=none", "mcl.tau=0.07", "sampler=m-per-class", "teacher.schedule=mimic"] {
+            #expect(lines.contains(line), "\(line)")
+        }
+        #expect(!c.canonicalSettings.contains("checkpoint") && !c.canonicalSettings.contains("teacher.crcd"))
+        #expect(c.digest == SHA256.hex(Array(c.canonicalSettings.utf8)))
+    }
+}
