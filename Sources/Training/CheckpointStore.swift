@@ -78,11 +78,11 @@ public struct CheckpointStore {
                 }
             }
         }
-        try state.write(to: directory + "/" + name + ".state.safetensors")
+        try state.write(to: directory + "/" + name + ".state.safetensors", checksum: true)
         metadata["training_state"] = name + ".state.safetensors"
         let weights = model.safeTensors(metadata: metadata)
-        try weights.write(to: directory + "/" + name + ".safetensors")
-        try weights.write(to: lastPath)
+        try weights.write(to: directory + "/" + name + ".safetensors", checksum: true)
+        try weights.write(to: lastPath, checksum: true)
         if !atEpochEnd { removeOlderStepCheckpoints(keeping: name) }
     }
 

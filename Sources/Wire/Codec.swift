@@ -130,7 +130,12 @@ public struct WireCodec: Sendable {
             guard descriptor.shape.allSatisfy({ $0 >= 0 }), descriptor.shape.count <= 8 else {
                 throw WireError.tensor("\(descriptor.name): bad shape \(descriptor.shape)")
             }
-            let count = descriptor.shape.reduce(1, *)
+            var count = 1
+            for n in descriptor.shape {
+                let (product, overflow) = count.multipliedReportingOverflow(by: n)
+                guard !overflow, product <= maximumBytes / 4 else { throw WireError.tensor("\(descriptor.name): shape \(descriptor.shape) is too large") }
+                count = product
+            }
             guard frame.count == count * 4 else {
                 throw WireError.tensor("\(descriptor.name): shape \(descriptor.shape) needs \(count * 4) bytes, frame has \(frame.count)")
             }

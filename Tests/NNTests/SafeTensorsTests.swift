@@ -20,6 +20,28 @@ import Tensors
         #expect(throws: SafeTensorsError.missing("x")) { try back.floats("x") }
     }
 
+    /// A checkpoint's recorded CRC-32 catches a flipped bit in its tensor data (zlib's CRC-32: "123456789" -> cbf43926).
+    @Test func checksumDetectsCorruptData() throws {
+        #expect(Array("123456789".utf8).withUnsafeBytes { CRC32.checksum($0) } == 0xCBF4_3926)
+        var file = SafeTensors(metadata: ["epoch": "1"])
+        file.add("w", floats: Tensor([1, 2, 3, 4], shape: [4]))
+        var bytes = file.encoded(checksum: true)
+        let back = try SafeTensors.decode(bytes)
+        #expect(back.metadata[SafeTensors.checksumKey] != nil)
+        #expect(try back.floats("w").scalars == [1, 2, 3, 4])
+        bytes[bytes.count - 3] ^= 0x10
+        #expect(throws: SafeTensorsError.self) { try SafeTensors.decode(bytes) }
+        #expect(try SafeTensors.decode(file.encoded()).metadata[SafeTensors.checksumKey] == nil, "no checksum unless asked")
+    }
+
+    /// A header whose shape overflows Int is rejected, not trapped on.
+    @Test func overflowingShapeIsRejected() {
+        let header = #"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}"#
+        var bytes = Data([UInt8(header.utf8.count), 0, 0, 0, 0, 0, 0, 0])
+        bytes.append(Data(header.utf8))
+        #expect(throws: SafeTensorsError.self) { try SafeTensors.decode(bytes) }
+    }
+
     @Test func goldenBytes() {
         var file = SafeTensors()
         file.add("a", floats: Tensor([1, 2], shape: [2]))

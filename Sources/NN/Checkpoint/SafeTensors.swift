@@ -103,9 +103,18 @@ public struct SafeTensors: Sendable {
 
     /// The file's bytes. The header lists the metadata first and the tensors in insertion order, and is
     /// padded with spaces to a multiple of 8 bytes, as the reference implementation does.
-    public func encoded() -> Data {
+    ///
+    /// - Parameter checksum: also record the CRC-32 of the tensor data in the metadata (`crc32`, 8 hex
+    ///   digits), which ``decode(_:)`` then verifies: a flipped bit in a checkpoint is detected, not loaded.
+    public func encoded(checksum: Bool = false) -> Data {
         var header = "{"
         var parts: [String] = []
+        var metadata = self.metadata
+        if checksum {
+            var crc: UInt32 = 0
+            for name in names { entries[name]!.bytes.withUnsafeBytes { crc = CRC32.checksum($0, continuing: crc) } }
+            metadata[Self.checksumKey] = String(format: "%08x", crc)
+        }
         if !metadata.isEmpty {
             let fields = metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }
             parts.append("\"__metadata__\":{\(fields.joined(separator: ","))}")
@@ -178,8 +187,12 @@ public struct SafeTensors: Sendable {
             }
             let shape = shapeValues.map(\.intValue)
             let begin = offsets[0].intValue, end = offsets[1].intValue
-            guard shape.allSatisfy({ $0 >= 0 }), begin >= 0, begin <= end, end <= bufferSize,
-                  end - begin == shape.reduce(1, *) * dtype.size else {
+            let count = shape.reduce(Optional(1)) { product, n in product.flatMap { p in
+                let (r, overflow) = p.multipliedReportingOverflow(by: n)
+                return overflow ? nil : r
+            } }
+            guard shape.allSatisfy({ $0 >= 0 }), begin >= 0, begin <= end, end <= bufferSize, let count,
+                  end - begin == count * dtype.size else {
                 throw SafeTensorsError.malformed("entry \(name): offsets [\(begin), \(end)) do not fit shape \(shape) of \(dtypeName) in a \(bufferSize)-byte buffer")
             }
             spans.append((begin, end, name))
@@ -188,6 +201,13 @@ public struct SafeTensors: Sendable {
         }
         // Names in file order (by offset).
         file.names = spans.sorted { ($0.0, $0.2) < ($1.0, $1.2) }.map(\.2)
+        if let expected = file.metadata[checksumKey] {
+            var crc: UInt32 = 0
+            for name in file.names { file.entries[name]!.bytes.withUnsafeBytes { crc = CRC32.checksum($0, continuing: crc) } }
+            guard String(format: "%08x", crc) == expected else {
+                throw SafeTensorsError.malformed("checksum mismatch: the tensor data has CRC-32 \(String(format: "%08x", crc)), the header records \(expected) (the file is corrupt)")
+            }
+        }
         return file
     }
 
@@ -220,7 +240,10 @@ public struct SafeTensors: Sendable {
     }
 
     /// Writes the file atomically (see ``AtomicFile``).
-    public func write(to path: String) throws { try AtomicFile.write(encoded(), to: path) }
+    public func write(to path: String, checksum: Bool = false) throws { try AtomicFile.write(encoded(checksum: checksum), to: path) }
+
+    /// The metadata key of the data checksum.
+    public static let checksumKey = "crc32"
 }
 
 /// Why a safetensors file could not be used.
