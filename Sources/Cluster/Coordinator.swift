@@ -11,9 +11,8 @@ import ZeroMQ
 /// Why a coordinator stopped before the run finished.
 public enum CoordinatorError: Error, CustomStringConvertible {
     case joinTimeout(missing: [Int], seconds: Double, endpoint: String)
-    case silent(ranks: [Int], awaiting: String, seconds: Double)
-    case unreachable(rank: Int, error: ZeroMQError)
-    case peerStopped(rank: Int, reason: String)
+    case nobodyPresent(seconds: Double)
+    case insecureBind(endpoint: String)
     case stopped(signal: Int32)
 
     public var description: String {
@@ -21,10 +20,10 @@ public enum CoordinatorError: Error, CustomStringConvertible {
         case .joinTimeout(let missing, let seconds, let endpoint):
             "peer(s) \(missing.map(String.init).joined(separator: ", ")) did not join within \(Int(seconds)) s; start them with "
                 + "cohort peer --config FILE --rank R --coordinator \(endpoint) (network.join_timeout sets the wait)"
-        case .silent(let ranks, let awaiting, let seconds):
-            "peer(s) \(ranks.map(String.init).joined(separator: ", ")) sent nothing for \(Int(seconds)) s while the coordinator awaited \(awaiting) (network.timeout)"
-        case .unreachable(let rank, let error): "peer \(rank) is unreachable: \(error)"
-        case .peerStopped(let rank, let reason): "peer \(rank) stopped: \(reason)"
+        case .nobodyPresent(let seconds): "no peer has been present for \(Int(seconds)) s (network.join_timeout)"
+        case .insecureBind(let endpoint):
+            "\(endpoint) is reachable from other hosts but the configuration has no security keys: add them (cohort keygen, "
+                + "security in docs/configuration.md) or pass --insecure"
         case .stopped(let signal): "stopped by signal \(signal)"
         }
     }
@@ -34,11 +33,21 @@ public enum CoordinatorError: Error, CustomStringConvertible {
 ///
 /// It binds a ROUTER socket for the peers and a PUB socket for the log stream, admits the configured
 /// peers, and drives the cohort step by step: the teacher's outputs for the step's batch go to every
-/// peer with `step`; each peer's `outputs` come back; every peer gets the others' with `others`. At
-/// each epoch's end it gathers the peers' test-set logits and scores each peer and the ensemble. It
-/// writes the cohort's `metrics.jsonl`, `summary.json` and `stream.jsonl`; the peers write their own
-/// `peer-<rank>/` directories. The protocol: `docs/protocol.md`.
+/// present peer with `step`; each peer's `outputs` come back; every peer gets the others' with `others`.
+/// At each epoch's end it gathers the peers' test-set logits and scores each peer and the ensemble; every
+/// `checkpoint_every` steps and epoch it has every member checkpoint at the same step. A peer that misses
+/// its heartbeats (or does not deliver within `network.timeout`) is marked absent and the cohort goes on
+/// with the others; a peer that says hello again rejoins at the next step. Restarted with `resume`, it
+/// continues from its newest state and from where the peers are. The protocol: `docs/protocol.md`.
 public final class Coordinator {
+    /// A configured rank's standing.
+    enum Membership: Equatable {
+        case absent
+        /// Admitted; takes part from the next step.
+        case joining
+        case present
+    }
+
     public let configuration: CohortConfiguration
     public let logger: Logger
     /// The resolved endpoints (a port of `*` replaced by the port bound).
@@ -47,46 +56,94 @@ public final class Coordinator {
     let publisher: StreamPublisher
     let context: ZMQContext
     let control: ProtocolSocket
+    let zap: ZAPHandler?
+    let keys: CohortKeys?
     let data: CohortData
     let teacher: TeacherRunner?
     let directory: CohortRunDirectory
+    private var membership: [Membership]
     private var members: [[UInt8]?]
     private var hosts: [String]
     private var lastHeard: [Date]
+    private var resumeSteps: [Int]
     private var statuses: [PeerStatus?]
+    private var state = CoordinatorState()
+    private var training = false
 
     /// Loads the data and the teacher, binds both endpoints and creates the run directory.
-    /// - Parameter console: where the coordinator's own records are printed (info and above).
-    public init(configuration: CohortConfiguration, console: any LogSink = ConsoleSink()) throws {
+    /// - Parameters:
+    ///   - keyPath: the coordinator's secret key file, required when the configuration has `security`.
+    ///   - insecure: allow binding beyond loopback without keys.
+    ///   - console: where the coordinator's own records are printed (info and above).
+    public init(configuration: CohortConfiguration, keyPath: String? = nil, insecure: Bool = false,
+                console: any LogSink = ConsoleSink()) throws {
         self.configuration = configuration
         let n = configuration.peers.count
+        membership = Array(repeating: .absent, count: n)
         members = Array(repeating: nil, count: n)
         hosts = Array(repeating: "?", count: n)
         lastHeard = Array(repeating: Date(), count: n)
+        resumeSteps = Array(repeating: 0, count: n)
         statuses = Array(repeating: nil, count: n)
+        state.lastEvaluation = Array(repeating: nil, count: n)
+        let network = configuration.network
+        if configuration.security == nil && !insecure {
+            for endpoint in [network.coordinator, network.stream] where !Self.isLocal(endpoint) {
+                throw CoordinatorError.insecureBind(endpoint: endpoint)
+            }
+        }
+        if let security = configuration.security {
+            guard let keyPath else { throw SecurityError(description: "the configuration has security keys: give the coordinator its secret key (--key)") }
+            keys = try CohortKeys(settings: security, secretKeyPath: keyPath)
+            guard keys!.coordinator == keys!.own.publicKey else {
+                throw SecurityError(description: "\(keyPath) is not the coordinator's key (security.coordinator_key)")
+            }
+        } else {
+            keys = nil
+        }
         directory = try CohortRunDirectory(output: configuration.output)
-        context = try ZMQContext()
-        let publisher = try StreamPublisher(context: context, endpoint: configuration.network.stream,
-                                            file: configuration.output + "/stream.jsonl")
-        self.publisher = publisher
+        let context = try ZMQContext()
+        self.context = context
         let host = ProcessInfo.processInfo.hostName
+        // The stream's logger must exist before the ZAP handler, which logs denials to it.
+        let publisher = try StreamPublisher(context: context, file: configuration.output + "/stream.jsonl")
+        self.publisher = publisher
         var logger = Logger(label: "cohort.coordinator") { label in
             CohortLogHandler(label: label, rank: nil, host: host, level: .debug,
                              sink: FanOutSink([(console, .info), (publisher, .debug)]))
         }
         logger.logLevel = .debug
         self.logger = logger
+        let keys = self.keys
+        zap = try keys.map { try ZAPHandler(context: context, keys: $0, logger: logger) }
+        try publisher.bind(network.stream, curveSecretKey: keys?.own.secretKey)
         let codec = WireCodec(digest: configuration.digest)
         let socket = try ZMQSocket(context, type: .router)
         try socket.setRouterMandatory(true)
         try socket.setLinger(milliseconds: 2000)
-        try socket.setSendTimeout(milliseconds: Int(configuration.network.timeout * 1000))
+        try socket.setSendTimeout(milliseconds: Int(network.timeout * 1000))
         try socket.setMaximumMessageSize(bytes: Int64(codec.maximumBytes))
-        try socket.bind(configuration.network.coordinator)
+        try socket.setHeartbeat(intervalMilliseconds: Int(network.heartbeatInterval * 1000),
+                                timeoutMilliseconds: Int(network.heartbeatTimeout * 1000))
+        if let keys {
+            try socket.makeCurveServer(secretKey: keys.own.secretKey)
+            try socket.setZAPDomain(ZAPHandler.controlDomain)
+        }
+        try socket.bind(network.coordinator)
         controlEndpoint = socket.lastEndpoint
         control = ProtocolSocket(socket, codec: codec, logger: logger, routed: true)
         data = try CohortData(configuration: configuration)
         teacher = try configuration.teacher.map { try TeacherRunner(settings: $0, dataSet: configuration.data.dataSet) }
+    }
+
+    deinit { zap?.stop() }
+
+    /// Whether `endpoint` is reachable from this host only (loopback or IPC).
+    static func isLocal(_ endpoint: String) -> Bool {
+        if endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") { return true }
+        guard endpoint.hasPrefix("tcp://") else { return false }
+        let host = endpoint.dropFirst("tcp://".count).split(separator: ":").dropLast().joined(separator: ":")
+        return host.hasPrefix("127.") || host == "localhost" || host == "[::1]"
     }
 
     /// Writes the resolved endpoints to `path` (JSON `{"coordinator": ..., "stream": ...}`), atomically:
@@ -96,12 +153,14 @@ public final class Coordinator {
         try AtomicFile.write(Data(text.utf8), to: path)
     }
 
-    /// Admits the peers, trains every epoch, tells the peers to stop and writes `summary.json`.
-    /// On failure the peers are told to stop with the reason, the stream ends with it, and it is thrown.
-    public func run() throws -> CohortSummary {
+    /// Admits the peers, trains every epoch (with `resume`: from the newest cohort checkpoint and where
+    /// the peers are), tells the peers to stop and writes `summary.json`. On failure the peers are told
+    /// to stop with the reason, the stream ends with it, and it is thrown.
+    public func run(resume: Bool = false) throws -> CohortSummary {
         defer { publisher.close() }
         do {
-            try admit()
+            if resume { restoreState() }
+            try admit(requireAll: !resume)
             let summary = try train()
             broadcast(.shutdown(.init(reason: "finished")))
             logger.info("finished", metadata: ["summary": "\(configuration.output)/summary.json"])
@@ -115,61 +174,140 @@ public final class Coordinator {
         }
     }
 
-    // MARK: Admission
-
-    private func admit() throws {
-        let n = configuration.peers.count
-        logger.info("waiting for \(n) peer(s)", metadata: ["endpoint": "\(controlEndpoint)", "stream": "\(streamEndpoint)",
-                                                         "digest": "\(configuration.digest.prefix(12))"])
-        let deadline = Date() + configuration.network.joinTimeout
-        while members.contains(where: { $0 == nil }) {
-            try checkStop()
-            if Date() >= deadline {
-                throw CoordinatorError.joinTimeout(missing: members.indices.filter { members[$0] == nil },
-                                                   seconds: configuration.network.joinTimeout, endpoint: controlEndpoint)
-            }
-            guard let received = try control.receive(until: min(deadline, Date() + 0.25)) else { continue }
-            switch received {
-            case .invalid(let error, let identity):
-                refuseStranger(error, identity: identity!)
-            case .message(.hello(let hello), let identity):
-                try consider(hello, from: identity!)
-            case .message(let message, let identity):
-                if let rank = rank(of: identity!) { handleCommon(message, from: rank) } else {
-                    logger.warning("dropped a message from an unknown sender", metadata: ["type": "\(message.type)", "from": "\(ProtocolSocket.describe(identity))"])
-                }
-            }
+    private func restoreState() {
+        let (newest, skipped) = CoordinatorState.newest(output: configuration.output)
+        for s in skipped { logger.warning("passed over a cohort checkpoint", metadata: ["why": "\(s)"]) }
+        guard var restored = newest else {
+            logger.notice("no cohort checkpoint to resume from; starting at step 0")
+            return
         }
-        logger.info("all \(n) peer(s) joined", metadata: ["hosts": "\(Set(hosts).sorted().joined(separator: ","))"])
+        if restored.lastEvaluation.count != configuration.peers.count {
+            restored.lastEvaluation = Array(repeating: nil, count: configuration.peers.count)
+        }
+        state = restored
+        logger.notice("resumed", metadata: ["global_step": "\(state.globalStep)", "epochs_evaluated": "\(state.evaluatedEpochs)"])
     }
 
-    /// Admits `hello`'s sender, or refuses it with the reason.
-    private func consider(_ hello: Message.Hello, from identity: [UInt8]) throws {
+    // MARK: Admission
+
+    /// Waits for every configured peer (`requireAll`), or on resume for every peer or, after
+    /// `network.join_timeout`, for any.
+    private func admit(requireAll: Bool) throws {
         let n = configuration.peers.count
+        logger.info("waiting for \(n) peer(s)", metadata: ["endpoint": "\(controlEndpoint)", "stream": "\(streamEndpoint)",
+                                                         "digest": "\(configuration.digest)", "secure": "\(keys != nil)"])
+        let deadline = Date() + configuration.network.joinTimeout
+        while membership.contains(where: { $0 == .absent }) {
+            try checkStop()
+            if Date() >= deadline {
+                let missing = membership.indices.filter { membership[$0] == .absent }
+                if requireAll || missing.count == n {
+                    throw CoordinatorError.joinTimeout(missing: missing, seconds: configuration.network.joinTimeout, endpoint: controlEndpoint)
+                }
+                logger.error("going on without absent peers", metadata: ["absent": "\(missing)"])
+                break
+            }
+            if let (rank, message) = try receiveOne(until: min(deadline, Date() + 0.25)) {
+                logger.warning("dropped an unexpected \(message.type) message", metadata: ["rank": "\(rank)", "awaiting": "peers to join"])
+            }
+        }
+        for r in membership.indices where membership[r] == .joining { membership[r] = .present }
+        logger.info("\(membership.filter { $0 == .present }.count) of \(n) peer(s) joined",
+                    metadata: ["hosts": "\(Set(hosts).sorted().joined(separator: ","))"])
+    }
+
+    /// Receives one message and handles what can come at any time: hellos, heartbeats, log batches,
+    /// strangers. Returns any other message from a member, with its rank.
+    private func receiveOne(until deadline: Date) throws -> (Int, Message)? {
+        guard let received = try control.receive(until: deadline) else { return nil }
+        switch received {
+        case .invalid(let error, let identity):
+            if let rank = rank(of: identity!) { lastHeard[rank] = Date() } else { refuseStranger(error, identity: identity!) }
+            return nil
+        case .message(.hello(let hello), let identity, let user):
+            consider(hello, from: identity!, user: user)
+            return nil
+        case .message(.heartbeat(let beat), let identity, let user):
+            guard let rank = beat.rank, configuration.peers.indices.contains(rank), keys == nil || user == "peer-\(rank)" else {
+                logger.warning("dropped a heartbeat that does not come from the rank it names",
+                               metadata: ["rank": "\(beat.rank.map(String.init) ?? "none")", "user": "\(user ?? "none")"])
+                return nil
+            }
+            // Answered for members only: a peer this coordinator has not admitted (it was marked absent, or
+            // this is a restarted coordinator) hears nothing, concludes it lost the coordinator, and rejoins.
+            guard membership[rank] != .absent else { return nil }
+            lastHeard[rank] = Date()
+            try? control.send(.heartbeat(.init(rank: nil, sequence: beat.sequence)), to: identity!)
+            return nil
+        case .message(let message, let identity, _):
+            guard let rank = rank(of: identity!) else {
+                logger.warning("dropped a message from an unknown sender", metadata: ["type": "\(message.type)", "from": "\(ProtocolSocket.describe(identity))"])
+                return nil
+            }
+            lastHeard[rank] = Date()
+            switch message {
+            case .log(let batch):
+                for record in batch.records {
+                    // The peer's rank and host as admitted, whatever the record claims.
+                    publisher.publish(.log(LogRecord(time: record.time, level: record.level, rank: rank, host: hosts[rank], label: record.label,
+                                                     message: record.message, metadata: record.metadata)))
+                }
+                if let status = batch.status, status.rank == rank {
+                    statuses[rank] = status
+                    publisher.publish(.status(status))
+                }
+                return nil
+            case .shutdown(let s):
+                markAbsent(rank, "it stopped: \(s.reason)")
+                return nil
+            default:
+                return (rank, message)
+            }
+        }
+    }
+
+    /// Admits `hello`'s sender (again, when it rejoins), or refuses it with the reason.
+    private func consider(_ hello: Message.Hello, from identity: [UInt8], user: String?) {
+        let n = configuration.peers.count
+        let r = hello.rank
         var reason: String?
-        if !(0..<n).contains(hello.rank) {
-            reason = "rank \(hello.rank) is not in this cohort of \(n) peer(s) (ranks 0...\(n - 1))"
-        } else if configuration.peers[hello.rank].model != hello.model {
-            reason = "rank \(hello.rank) runs \(configuration.peers[hello.rank].model) in this cohort, not \(hello.model)"
-        } else if let taken = members[hello.rank], taken != identity {
-            reason = "rank \(hello.rank) has already joined (from \(hosts[hello.rank]))"
+        if !(0..<n).contains(r) {
+            reason = "rank \(r) is not in this cohort of \(n) peer(s) (ranks 0...\(n - 1))"
+        } else if configuration.peers[r].model != hello.model {
+            reason = "rank \(r) runs \(configuration.peers[r].model) in this cohort, not \(hello.model)"
+        } else if keys != nil && user != "peer-\(r)" {
+            reason = "this connection's key is not peer \(r)'s"
         }
         if let reason {
-            logger.warning("refused a peer", metadata: ["rank": "\(hello.rank)", "host": "\(hello.host ?? "?")", "reason": "\(reason)"])
+            logger.warning("refused a peer", metadata: ["rank": "\(r)", "host": "\(hello.host ?? "?")", "reason": "\(reason)"])
             try? control.send(.welcome(.init(accepted: false, reason: reason)), to: identity)
             return
         }
-        members[hello.rank] = identity
-        hosts[hello.rank] = hello.host ?? "?"
-        lastHeard[hello.rank] = Date()
-        try send(.welcome(.init(accepted: true)), to: hello.rank)
-        logger.info("peer \(hello.rank) joined", metadata: ["host": "\(hosts[hello.rank])", "model": "\(hello.model)"])
+        if members[r] == identity && membership[r] != .absent {
+            try? control.send(.welcome(.init(accepted: true)), to: identity)  // a repeated hello
+            return
+        }
+        if membership[r] != .absent {
+            logger.warning("peer \(r) joined again from a new connection; the old one is dropped", metadata: ["host": "\(hello.host ?? "?")"])
+        } else if training {
+            logger.notice("peer \(r) rejoins at the next step", metadata: ["host": "\(hello.host ?? "?")", "steps_done": "\(hello.resumeStep ?? 0)"])
+        }
+        members[r] = identity
+        membership[r] = .joining
+        hosts[r] = hello.host ?? "?"
+        lastHeard[r] = Date()
+        resumeSteps[r] = hello.resumeStep ?? 0
+        do { try control.send(.welcome(.init(accepted: true)), to: identity) } catch {
+            markAbsent(r, "unreachable: \(error)")
+            return
+        }
+        logger.info("peer \(r) joined", metadata: ["host": "\(hosts[r])", "model": "\(hello.model)"])
     }
 
     /// Answers a sender whose message failed validation: a peer started with another configuration
     /// learns why it is refused.
     private func refuseStranger(_ error: WireError, identity: [UInt8]) {
-        guard rank(of: identity) == nil, case .configuration(let expected, let found) = error else { return }
+        guard case .configuration(let expected, let found) = error else { return }
         try? control.send(.welcome(.init(accepted: false, reason:
             "configuration digest \(found) differs from this cohort's \(expected): start every process with the same configuration file")),
                           to: identity)
@@ -177,87 +315,156 @@ public final class Coordinator {
 
     private func rank(of identity: [UInt8]) -> Int? { members.firstIndex { $0 == identity } }
 
+    /// Takes `rank` out of the cohort until it says hello again; loudly.
+    private func markAbsent(_ rank: Int, _ why: String) {
+        guard membership[rank] != .absent else { return }
+        membership[rank] = .absent
+        members[rank] = nil
+        let present = membership.indices.filter { membership[$0] != .absent }
+        logger.error("peer \(rank) is absent: \(why); the cohort goes on with peer(s) \(present.map(String.init).joined(separator: ", "))",
+                     metadata: ["rank": "\(rank)"])
+    }
+
+    private var presentRanks: [Int] { membership.indices.filter { membership[$0] == .present } }
+
+    /// Makes joining peers present; with none present, waits (up to `network.join_timeout`) for one.
+    private func promote() throws {
+        let deadline = Date() + configuration.network.joinTimeout
+        while true {
+            for r in membership.indices where membership[r] == .joining { membership[r] = .present }
+            if !presentRanks.isEmpty { return }
+            try checkStop()
+            guard Date() < deadline else { throw CoordinatorError.nobodyPresent(seconds: configuration.network.joinTimeout) }
+            _ = try receiveOne(until: Date() + 0.25)
+        }
+    }
+
     // MARK: Training
 
     private func train() throws -> CohortSummary {
         let n = configuration.peers.count
         let kind = configuration.data.dataSet
         let classes = kind.classCount
-        let teacherTop1 = teacher.map { evaluate($0.model, on: data.testSet, batchSize: configuration.evaluationBatchSize).top1 }
-        if let teacherTop1 { logger.info(Logger.Message(stringLiteral: String(format: "teacher %@: test top-1 %.2f%%", configuration.teacher!.model, 100 * teacherTop1))) }
-        logger.info("cohort of \(n) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(kind.rawValue): \(data.trainSet.count) images, \(data.stepsPerEpoch) steps/epoch, \(configuration.epochs) epochs")
-        let started = Date()
-        var globalStep = 0, images = 0
-        var lastReport = Date()
-        var evaluation = CohortEvaluation(peers: [], ensembleTop1: 0, ensembleTop5: 0)
-        let dimension = configuration.mcl.embeddingDimension
-        for epoch in 0..<configuration.epochs {
-            let batches = data.sampler.batches(epoch: epoch)
-            let loader = teacher == nil ? nil : data.loader(epoch: epoch)
-            for (step, indices) in batches.enumerated() {
-                try checkStop()
-                let b = indices.count
-                var teacherTensors: [TensorPayload] = []
-                if let teacher, let batch = loader?.next() {
-                    precondition(batch.step == step && batch.size == b, "the teacher's loader follows the sampler")
-                    let t = teacher.outputs(for: batch)
-                    teacherTensors = [TensorPayload(name: "feature", shape: [b, t.featureCount], values: t.feature),
-                                      TensorPayload(name: "logits", shape: [b, t.classCount], values: t.logits),
-                                      TensorPayload(name: "gradient_element", shape: [b, t.featureCount], values: t.gradientElement)]
-                }
-                try broadcastOrFail(.step(.init(epoch: epoch, step: step, globalStep: globalStep), teacher: teacherTensors))
-                var expected: [(name: String, shape: [Int])] = [("logits", [b, classes])]
-                if configuration.mclActive { expected.insert(("embedding", [b, dimension]), at: 0) }
-                var outputs = [[TensorPayload]](repeating: [], count: n)
-                var arrival = [Date](repeating: Date(), count: n)
-                let awaited = globalStep
-                try gather("the outputs of step \(globalStep)") { rank, message in
-                    guard case .outputs(let body, let tensors) = message, body.globalStep == awaited else { return false }
-                    do {
-                        guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
-                        let byName = try expectTensors(tensors, expected)
-                        outputs[rank] = expected.map { byName[$0.name]! }
-                    } catch {
-                        logger.warning("dropped invalid outputs", metadata: ["rank": "\(rank)", "reason": "\(error)"])
-                        return false
-                    }
-                    arrival[rank] = Date()
-                    return true
-                }
-                let complete = Date()
-                // Whoever is served first starts its backward pass first; rotate so no peer always waits longest.
-                for rank in (0..<n).map({ ($0 + globalStep) % n }) {
-                    let others = (0..<n).filter { $0 != rank }.flatMap { r in
-                        outputs[r].map { TensorPayload(name: "rank\(r).\($0.name)", shape: $0.shape, values: $0.values) }
-                    }
-                    try send(.others(.init(rank: rank, globalStep: globalStep, waitSeconds: complete.timeIntervalSince(arrival[rank])),
-                                     tensors: others), to: rank)
-                }
-                globalStep += 1
-                images += b
-                if Date().timeIntervalSince(lastReport) >= 10 || step + 1 == batches.count {
-                    lastReport = Date()
-                    reportProgress(epoch: epoch, step: step, globalStep: globalStep, images: images, started: started)
-                }
-            }
-            evaluation = try gatherEvaluation(epoch: epoch, globalStep: globalStep)
-            directory.recordEpoch(epoch, globalStep: globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
-            logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
+        let spe = data.stepsPerEpoch
+        let total = configuration.epochs * spe
+        training = true
+        if state.teacherTop1 == nil, let teacher {
+            state.teacherTop1 = evaluate(teacher.model, on: data.testSet, batchSize: configuration.evaluationBatchSize).top1
         }
-        let summary = CohortSummary(configuration: configuration, evaluation: evaluation, teacherTop1: teacherTop1, steps: globalStep,
-                                    seconds: Date().timeIntervalSince(started), images: images, transport: "zmq")
+        if let t = state.teacherTop1 { logger.info(Logger.Message(stringLiteral: String(format: "teacher %@: test top-1 %.2f%%", configuration.teacher!.model, 100 * t))) }
+        // Continue from the cohort checkpoint, or from further on when the peers are (a restarted coordinator).
+        let start = min(total, max(state.globalStep, presentRanks.map { resumeSteps[$0] }.max() ?? 0))
+        if start > 0 { logger.notice("continuing at step \(start)", metadata: ["checkpoint_step": "\(state.globalStep)"]) }
+        state.globalStep = start
+        logger.info("cohort of \(n) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(kind.rawValue): \(data.trainSet.count) images, \(spe) steps/epoch, \(configuration.epochs) epochs")
+        let started = Date() - state.elapsedSeconds
+        var lastReport = Date()
+        let dimension = configuration.mcl.embeddingDimension
+        var loader: (epoch: Int, loader: BatchLoader)?
+        // An epoch whose end the previous coordinator did not get to evaluate.
+        if start > 0, start % spe == 0, state.evaluatedEpochs < start / spe {
+            try endEpoch(start / spe - 1, started: started)
+        }
+        while state.globalStep < total {
+            let globalStep = state.globalStep
+            let epoch = globalStep / spe, step = globalStep % spe
+            try checkStop()
+            try promote()
+            let participants = presentRanks
+            let b = data.sampler.batches(epoch: epoch)[step].count
+            var teacherTensors: [TensorPayload] = []
+            if let teacher {
+                if loader?.epoch != epoch { loader = (epoch, data.loader(epoch: epoch, startStep: step)) }
+                let batch = loader!.loader.next()!
+                precondition(batch.step == step && batch.size == b, "the teacher's loader follows the sampler")
+                let t = teacher.outputs(for: batch)
+                teacherTensors = [TensorPayload(name: "feature", shape: [b, t.featureCount], values: t.feature),
+                                  TensorPayload(name: "logits", shape: [b, t.classCount], values: t.logits),
+                                  TensorPayload(name: "gradient_element", shape: [b, t.featureCount], values: t.gradientElement)]
+            }
+            send(.step(.init(epoch: epoch, step: step, globalStep: globalStep), teacher: teacherTensors), to: participants)
+            var expected: [(name: String, shape: [Int])] = [("logits", [b, classes])]
+            if configuration.mclActive { expected.insert(("embedding", [b, dimension]), at: 0) }
+            var outputs = [[TensorPayload]](repeating: [], count: n)
+            var arrival = [Date](repeating: Date(), count: n)
+            let delivered = try gather("the outputs of step \(globalStep)", from: participants) { rank, message in
+                guard case .outputs(let body, let tensors) = message, body.globalStep == globalStep else { return false }
+                do {
+                    guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
+                    let byName = try expectTensors(tensors, expected)
+                    outputs[rank] = expected.map { byName[$0.name]! }
+                } catch {
+                    logger.warning("dropped invalid outputs", metadata: ["rank": "\(rank)", "reason": "\(error)"])
+                    return false
+                }
+                arrival[rank] = Date()
+                return true
+            }
+            let complete = Date()
+            // Whoever is served first starts its backward pass first; rotate so no peer always waits longest.
+            for i in delivered.indices {
+                let rank = delivered[(i + globalStep) % delivered.count]
+                let ranks = delivered.filter { $0 != rank }
+                let others = ranks.flatMap { r in outputs[r].map { TensorPayload(name: "rank\(r).\($0.name)", shape: $0.shape, values: $0.values) } }
+                send(.others(.init(rank: rank, globalStep: globalStep, ranks: ranks, waitSeconds: complete.timeIntervalSince(arrival[rank])),
+                             tensors: others), to: [rank])
+            }
+            directory.recordStep(globalStep + 1, present: delivered)
+            state.globalStep = globalStep + 1
+            state.images += b
+            if state.globalStep % spe == 0 {
+                try endEpoch(epoch, started: started)
+            } else if configuration.checkpointEvery > 0, state.globalStep % configuration.checkpointEvery == 0 {
+                send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
+                saveState(started: started)
+            }
+            if Date().timeIntervalSince(lastReport) >= 10 {
+                lastReport = Date()
+                reportProgress(epoch: epoch, step: step, started: started)
+            }
+        }
+        let last = CohortEvaluation(peers: state.lastEvaluation.map { $0 ?? EvaluationResult(top1: 0, top5: 0, loss: 0, count: 0) },
+                                    ensembleTop1: state.ensembleTop1, ensembleTop5: state.ensembleTop5)
+        let summary = CohortSummary(configuration: configuration, evaluation: last, teacherTop1: state.teacherTop1, steps: state.globalStep,
+                                    seconds: Date().timeIntervalSince(started), images: state.images, transport: "zmq")
         try directory.writeSummary(summary)
         return summary
     }
 
-    /// Asks every peer to evaluate and checkpoint, and scores their test-set logits.
-    private func gatherEvaluation(epoch: Int, globalStep: Int) throws -> CohortEvaluation {
-        let n = configuration.peers.count
+    /// An epoch's end: every present peer evaluates and checkpoints; the cohort's scores are recorded and
+    /// its state saved. After the last epoch, absent peers are awaited (`network.join_timeout`) so that
+    /// the summary covers everyone.
+    private func endEpoch(_ epoch: Int, started: Date) throws {
+        if epoch == configuration.epochs - 1 {
+            let deadline = Date() + configuration.network.joinTimeout
+            while membership.contains(.absent) && Date() < deadline {
+                try checkStop()
+                _ = try receiveOne(until: Date() + 0.25)
+            }
+        }
+        try promote()
+        let evaluation = try gatherEvaluation(epoch: epoch)
+        state.evaluatedEpochs = epoch + 1
+        directory.recordEpoch(epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
+        logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
+        saveState(started: started)
+    }
+
+    private func saveState(started: Date) {
+        state.elapsedSeconds = Date().timeIntervalSince(started)
+        do { try state.save(output: configuration.output) } catch {
+            logger.error("could not write the cohort checkpoint", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Asks every present peer to evaluate and checkpoint, and scores their test-set logits.
+    private func gatherEvaluation(epoch: Int) throws -> CohortEvaluation {
         let classes = configuration.data.dataSet.classCount
-        try broadcastOrFail(.evaluate(.init(epoch: epoch, globalStep: globalStep)))
-        var logits = [[Float]](repeating: [], count: n)
+        let participants = presentRanks
+        send(.evaluate(.init(epoch: epoch, globalStep: state.globalStep)), to: participants)
+        var logits = [[Float]](repeating: [], count: configuration.peers.count)
         let expected: [(name: String, shape: [Int])] = [("logits", [data.testSet.count, classes])]
-        try gather("the test-set logits of epoch \(epoch + 1)") { rank, message in
+        let delivered = try gather("the test-set logits of epoch \(epoch + 1)", from: participants) { rank, message in
             guard case .evaluation(let body, let tensors) = message, body.epoch == epoch else { return false }
             do {
                 guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
@@ -268,14 +475,22 @@ public final class Coordinator {
             }
             return true
         }
-        return evaluateCohort(logits: logits, labels: data.testSet.labels, classCount: classes)
+        let scored = evaluateCohort(logits: delivered.map { logits[$0] }, labels: data.testSet.labels, classCount: classes)
+        for (i, r) in delivered.enumerated() { state.lastEvaluation[r] = scored.peers[i] }
+        state.ensembleTop1 = scored.ensembleTop1
+        state.ensembleTop5 = scored.ensembleTop5
+        if delivered.count < configuration.peers.count {
+            logger.error("the ensemble of epoch \(epoch + 1) has only peer(s) \(delivered.map(String.init).joined(separator: ", "))")
+        }
+        return CohortEvaluation(peers: state.lastEvaluation.map { $0 ?? EvaluationResult(top1: 0, top5: 0, loss: 0, count: 0) },
+                                ensembleTop1: scored.ensembleTop1, ensembleTop5: scored.ensembleTop5)
     }
 
-    private func reportProgress(epoch: Int, step: Int, globalStep: Int, images: Int, started: Date) {
-        let rate = Double(images) / max(Date().timeIntervalSince(started), 1e-9)
+    private func reportProgress(epoch: Int, step: Int, started: Date) {
+        let rate = Double(state.images) / max(Date().timeIntervalSince(started), 1e-9)
         let total = configuration.epochs * data.stepsPerEpoch
-        let eta = Double(total - globalStep) * Double(configuration.batchSize) / max(rate, 1e-9)
-        let peers = statuses.compactMap { $0 }.map { String(format: "p%d %.3f/%.0f%%", $0.rank, $0.loss, 100 * $0.accuracy) }
+        let eta = Double(total - state.globalStep) * Double(configuration.batchSize) / max(rate, 1e-9)
+        let peers = presentRanks.compactMap { statuses[$0] }.map { String(format: "p%d %.3f/%.0f%%", $0.rank, $0.loss, 100 * $0.accuracy) }
         logger.info(Logger.Message(stringLiteral: String(format: "epoch %d/%d step %d/%d  %@  %.0f img/s  ETA %@", epoch + 1,
                                                          configuration.epochs, step + 1, data.stepsPerEpoch,
                                                          peers.joined(separator: "  "), rate, ProgressReporter.duration(eta))))
@@ -283,75 +498,47 @@ public final class Coordinator {
 
     // MARK: Messaging
 
-    /// Receives until `handle` has accepted one message from every peer. Log records and statuses are
-    /// published on the way; whatever `handle` declines is logged and dropped. Throws when a peer whose
-    /// answer is awaited stays silent for `network.timeout` seconds, or on a stop signal.
-    private func gather(_ awaiting: String, _ handle: (Int, Message) throws -> Bool) throws {
-        var pending = Set(0..<configuration.peers.count)
+    /// Receives until `handle` has accepted one message from every rank of `ranks` still present.
+    /// A rank silent for `network.heartbeat_timeout`, or that has not delivered within `network.timeout`,
+    /// is marked absent. Returns the ranks that delivered, ascending.
+    private func gather(_ awaiting: String, from ranks: [Int], _ handle: (Int, Message) -> Bool) throws -> [Int] {
+        var pending = Set(ranks)
+        var delivered: [Int] = []
         let since = Date()
-        let timeout = configuration.network.timeout
+        let network = configuration.network
         while !pending.isEmpty {
             try checkStop()
-            let deadline = pending.map { max(lastHeard[$0], since) + timeout }.min()!
-            if Date() >= deadline {
-                throw CoordinatorError.silent(ranks: pending.filter { max(lastHeard[$0], since) + timeout <= Date() }.sorted(),
-                                              awaiting: awaiting, seconds: timeout)
-            }
-            guard let received = try control.receive(until: min(deadline, Date() + 0.25)) else { continue }
-            switch received {
-            case .invalid(let error, let identity):
-                if let rank = rank(of: identity!) { lastHeard[rank] = Date() } else { refuseStranger(error, identity: identity!) }
-            case .message(let message, let identity):
-                guard let rank = rank(of: identity!) else {
-                    if case .hello(let hello) = message {
-                        try? control.send(.welcome(.init(accepted: false, reason: "the cohort has started without rank \(hello.rank)'s sender")),
-                                          to: identity!)
-                    }
-                    logger.warning("dropped a message from an unknown sender", metadata: ["type": "\(message.type)", "from": "\(ProtocolSocket.describe(identity))"])
-                    continue
-                }
-                lastHeard[rank] = Date()
-                if handleCommon(message, from: rank) { continue }
-                if case .shutdown(let s) = message { throw CoordinatorError.peerStopped(rank: rank, reason: s.reason) }
-                if pending.contains(rank), try handle(rank, message) {
-                    pending.remove(rank)
-                } else {
-                    logger.warning("dropped an unexpected \(message.type) message", metadata: ["rank": "\(rank)", "awaiting": "\(awaiting)"])
+            for r in pending.sorted() {
+                if membership[r] != .present {
+                    pending.remove(r)
+                } else if Date().timeIntervalSince(lastHeard[r]) > network.heartbeatTimeout {
+                    markAbsent(r, "nothing heard for \(Int(network.heartbeatTimeout)) s (network.heartbeat_timeout) while awaiting \(awaiting)")
+                    pending.remove(r)
+                } else if Date().timeIntervalSince(since) > network.timeout {
+                    markAbsent(r, "it did not deliver \(awaiting) within \(Int(network.timeout)) s (network.timeout)")
+                    pending.remove(r)
                 }
             }
-        }
-    }
-
-    /// Log batches and heartbeats, at any time. Returns whether `message` was one.
-    @discardableResult
-    private func handleCommon(_ message: Message, from rank: Int) -> Bool {
-        switch message {
-        case .log(let batch):
-            for record in batch.records {
-                // The peer's rank and host as admitted, whatever the record claims.
-                publisher.publish(.log(LogRecord(time: record.time, level: record.level, rank: rank, host: hosts[rank], label: record.label,
-                                                 message: record.message, metadata: record.metadata)))
+            guard !pending.isEmpty else { break }
+            guard let (rank, message) = try receiveOne(until: Date() + 0.25) else { continue }
+            if pending.contains(rank), handle(rank, message) {
+                pending.remove(rank)
+                delivered.append(rank)
+            } else {
+                logger.warning("dropped an unexpected \(message.type) message", metadata: ["rank": "\(rank)", "awaiting": "\(awaiting)"])
             }
-            if let status = batch.status, status.rank == rank {
-                statuses[rank] = status
-                publisher.publish(.status(status))
+        }
+        return delivered.sorted()
+    }
+
+    /// Sends `message` to each of `ranks`; a rank that cannot be reached is marked absent.
+    private func send(_ message: Message, to ranks: [Int]) {
+        for rank in ranks {
+            guard let identity = members[rank] else { continue }
+            do { try control.send(message, to: identity) } catch {
+                markAbsent(rank, "unreachable (\(error))")
             }
-            return true
-        case .heartbeat:
-            return true
-        default:
-            return false
         }
-    }
-
-    private func send(_ message: Message, to rank: Int) throws {
-        do { try control.send(message, to: members[rank]!) } catch let error as ZeroMQError {
-            throw CoordinatorError.unreachable(rank: rank, error: error)
-        }
-    }
-
-    private func broadcastOrFail(_ message: Message) throws {
-        for rank in members.indices { try send(message, to: rank) }
     }
 
     /// Sends `message` to every admitted peer, ignoring failures (used when stopping).

@@ -18,6 +18,10 @@ public final class Launcher {
         public var threads: Int
         /// Seconds to wait for the coordinator to bind its endpoints.
         public var startTimeout: Double = 600
+        /// How often each process may be restarted after it crashed (with `--resume`).
+        public var maxRestarts = 3
+        /// A directory with `coordinator.key` and `peer-<rank>.key` (cohort keygen), for a secured cohort.
+        public var keys: String?
 
         public init(executable: String, configurationPath: String, peerCount: Int, hasTeacher: Bool, output: String?, threads: Int) {
             self.executable = executable; self.configurationPath = configurationPath; self.peerCount = peerCount
@@ -30,10 +34,14 @@ public final class Launcher {
         public var coordinatorThreads: Int { hasTeacher ? peerThreads : 1 }
     }
 
-    /// A started process and the name its lines carry.
+    /// A started process, the name its lines carry, how to start it again, and how often it was.
     private struct Child {
         let name: String
-        let process: Process
+        var process: Process
+        let arguments: [String]
+        var restarts = 0
+        /// Ended after the run finished: not restarted, not waited for.
+        var settled = false
     }
 
     /// Writes whole lines to standard error, one writer at a time.
@@ -55,8 +63,9 @@ public final class Launcher {
         defer { try? FileManager.default.removeItem(atPath: ready) }
         var common = ["--config", plan.configurationPath]
         if let out = plan.output { common += ["--out", out] }
+        func key(_ name: String) -> [String] { plan.keys.map { ["--key", $0 + "/" + name + ".key"] } ?? [] }
         let coordinator = try start(name: "coordinator",
-                                    ["coordinator"] + common + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready])
+                                    ["coordinator"] + common + key("coordinator") + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready])
         // The coordinator writes its endpoints once bound (with the data and teacher loaded).
         let deadline = Date() + plan.startTimeout
         var endpoints: [String: String]?
@@ -74,23 +83,51 @@ public final class Launcher {
         let control = Launcher.local(endpoints!["coordinator"] ?? "")
         let stream = Launcher.local(endpoints!["stream"] ?? "")
         say("coordinator at \(control); log stream at \(stream) (watch it with: cohort monitor \(stream))")
+        // A restarted coordinator binds the same endpoints again, so the peers find it where it was.
+        children[0] = Child(name: "coordinator", process: coordinator.process,
+                            arguments: ["coordinator"] + common + key("coordinator") + ["--threads", "\(plan.coordinatorThreads)",
+                                        "--bind", endpoints!["coordinator"] ?? "", "--stream", endpoints!["stream"] ?? "", "--resume"])
         for rank in 0..<plan.peerCount {
-            _ = try start(name: "peer \(rank)",
-                          ["peer"] + common + ["--rank", "\(rank)", "--coordinator", control, "--threads", "\(plan.peerThreads)"])
+            let arguments = ["peer"] + common + key("peer-\(rank)") + ["--rank", "\(rank)", "--coordinator", control,
+                                                                      "--threads", "\(plan.peerThreads)"]
+            let child = try start(name: "peer \(rank)", arguments)
+            children[children.count - 1] = Child(name: child.name, process: child.process, arguments: arguments + ["--resume"])
         }
         return supervise()
     }
 
-    /// Waits for every child; stops the rest when one fails or a signal arrives.
+    /// Waits for every child; restarts one that crashed (up to `maxRestarts` times), stops the rest when
+    /// one fails for good or a signal arrives.
     private func supervise() -> Int32 {
+        var coordinatorFinished = false
         while true {
             if StopSignal.current != nil { return stopAll() }
-            if let failed = children.first(where: { !$0.process.isRunning && $0.process.terminationStatus != 0 }) {
-                say("\(failed.name) failed (exit status \(failed.process.terminationStatus)); stopping the others")
-                _ = stopAll()
-                return failed.process.terminationStatus
+            for i in children.indices where !children[i].settled && !children[i].process.isRunning && children[i].process.terminationStatus != 0 {
+                let c = children[i]
+                let how = c.process.terminationReason == .uncaughtSignal ? "killed by signal" : "exit status"
+                if coordinatorFinished {
+                    say("\(c.name) ended with \(how) \(c.process.terminationStatus) after the run finished")
+                    children[i].settled = true
+                    continue
+                }
+                guard c.restarts < plan.maxRestarts else {
+                    say("\(c.name) failed (\(how) \(c.process.terminationStatus)) after \(c.restarts) restart(s); stopping the others")
+                    _ = stopAll()
+                    return c.process.terminationStatus
+                }
+                say("\(c.name) failed (\(how) \(c.process.terminationStatus)); restarting it with --resume (\(c.restarts + 1) of \(plan.maxRestarts))")
+                do {
+                    let process = try spawn(name: c.name, c.arguments)
+                    children[i].process = process
+                    children[i].restarts += 1
+                } catch {
+                    say("cannot restart \(c.name): \(error)")
+                    _ = stopAll()
+                    return 1
+                }
             }
-            if children.allSatisfy({ !$0.process.isRunning }) { return 0 }
+            if !children[0].process.isRunning && children[0].process.terminationStatus == 0 { coordinatorFinished = true }
+            if children.allSatisfy({ !$0.process.isRunning && ($0.settled || $0.process.terminationStatus == 0) }) { return 0 }
             Thread.sleep(forTimeInterval: 0.1)
         }
     }
@@ -110,6 +147,12 @@ public final class Launcher {
     }
 
     private func start(name: String, _ arguments: [String]) throws -> Child {
+        let child = Child(name: name, process: try spawn(name: name, arguments), arguments: arguments)
+        children.append(child)
+        return child
+    }
+
+    private func spawn(name: String, _ arguments: [String]) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: plan.executable)
         process.arguments = arguments
@@ -140,9 +183,7 @@ public final class Launcher {
             lock.write(text)
         }
         try process.run()
-        let child = Child(name: name, process: process)
-        children.append(child)
-        return child
+        return process
     }
 
     private func say(_ text: String) {

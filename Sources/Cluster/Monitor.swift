@@ -7,12 +7,14 @@ public final class StreamSubscriber {
     private let context: ZMQContext
     private let socket: ZMQSocket
 
-    /// Connects to `endpoint` (ZeroMQ retries until the coordinator is there).
-    public init(endpoint: String) throws {
+    /// Connects to `endpoint` (ZeroMQ retries until the coordinator is there); with `keys` (this
+    /// monitor's pair, the coordinator's public key) over CURVE.
+    public init(endpoint: String, keys: (own: CurveKeyPair, server: String)? = nil) throws {
         context = try ZMQContext()
         socket = try ZMQSocket(context, type: .subscriber)
         try socket.setLinger(milliseconds: 0)
         try socket.setMaximumMessageSize(bytes: 16 << 20)
+        if let keys { try socket.makeCurveClient(serverKey: keys.server, keys: keys.own) }
         try socket.subscribe()
         try socket.connect(endpoint)
     }

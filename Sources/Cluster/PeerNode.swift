@@ -12,20 +12,22 @@ public enum PeerError: Error, CustomStringConvertible {
     case refused(reason: String)
     case otherConfiguration(WireError)
     case noCoordinator(endpoint: String, seconds: Double)
-    case coordinatorSilent(seconds: Double, awaiting: String)
     case outOfStep(String)
     case stopped(reason: String)
     case signal(Int32)
+    case diverged(DivergenceError)
+    case resume(String)
 
     public var description: String {
         switch self {
         case .refused(let reason): "the coordinator refused this peer: \(reason)"
         case .otherConfiguration(let error): "the coordinator runs another configuration (\(error)); start every process with the same file"
         case .noCoordinator(let endpoint, let seconds): "no coordinator answered at \(endpoint) within \(Int(seconds)) s (network.join_timeout)"
-        case .coordinatorSilent(let seconds, let awaiting): "the coordinator sent nothing for \(Int(seconds)) s while this peer awaited \(awaiting) (network.timeout)"
         case .outOfStep(let why): "out of step with the coordinator: \(why)"
         case .stopped(let reason): "stopped by the coordinator: \(reason)"
         case .signal(let s): "stopped by signal \(s)"
+        case .diverged(let e): "\(e)"
+        case .resume(let why): "cannot resume: \(why)"
         }
     }
 }
@@ -33,6 +35,10 @@ public enum PeerError: Error, CustomStringConvertible {
 /// One peer process of a distributed cohort (`cohort peer`): trains its network with ``PeerTrainer``
 /// on the batches every member derives from the shared seed, exchanging outputs through the
 /// coordinator, and writes `OUTPUT/peer-<rank>/` (metrics, checkpoints) like the in-process cohort.
+///
+/// It survives the coordinator: when the coordinator stops answering (heartbeats), the peer drops the
+/// step in flight and rejoins — with the coordinator back, or a restarted one — keeping its state.
+/// Started with `resume`, it loads its newest valid checkpoint and rejoins at the cohort's next step.
 public final class PeerNode {
     public let rank: Int
     public let configuration: CohortConfiguration
@@ -44,17 +50,26 @@ public final class PeerNode {
     let trainer: PeerTrainer
     let directory: PeerRunDirectory
     let teacherFeatureCount: Int?
+    let keys: CohortKeys?
+    let codec: WireCodec
     private let context: ZMQContext
-    private let socket: ProtocolSocket
-    private var loader: (epoch: Int, loader: BatchLoader)?
+    private var socket: ProtocolSocket
+    private var heartbeat: HeartbeatThread?
+    private var loader: (epoch: Int, next: Int, loader: BatchLoader)?
+    /// Steps this peer's state has trained.
+    private var done = 0
     private var lastHeard = Date()
     private var lastTestTop1: Double?
     private var imagesSince = (count: 0, since: Date())
 
-    /// Loads the data, builds the network and connects (without waiting) to `coordinator`.
-    /// - Parameter console: where this peer's records are printed (info and above); every record at
-    ///   info and above also goes to the coordinator's log stream.
-    public init(configuration: CohortConfiguration, rank: Int, coordinator: String, console: any LogSink = ConsoleSink()) throws {
+    /// Loads the data, builds the network (from its newest checkpoint with `resume`) and connects
+    /// (without waiting) to `coordinator`.
+    /// - Parameters:
+    ///   - keyPath: this peer's secret key file, required when the configuration has `security`.
+    ///   - console: where this peer's records are printed (info and above); every record at info and
+    ///     above also goes to the coordinator's log stream.
+    public init(configuration: CohortConfiguration, rank: Int, coordinator: String, resume: Bool = false, keyPath: String? = nil,
+                console: any LogSink = ConsoleSink()) throws {
         precondition(configuration.peers.indices.contains(rank), "rank \(rank) is checked by the caller")
         self.rank = rank
         self.configuration = configuration
@@ -66,6 +81,15 @@ public final class PeerNode {
         logger = Logger(label: "cohort.peer") { label in
             CohortLogHandler(label: label, rank: rank, host: host, level: .info, sink: FanOutSink([(console, .info), (logs, .info)]))
         }
+        if let security = configuration.security {
+            guard let keyPath else { throw SecurityError(description: "the configuration has security keys: give this peer its secret key (--key)") }
+            keys = try CohortKeys(settings: security, secretKeyPath: keyPath)
+            guard keys!.peers[rank] == keys!.own.publicKey else {
+                throw SecurityError(description: "\(keyPath) is not the key of peer \(rank) (security.peer_keys[\(rank)])")
+            }
+        } else {
+            keys = nil
+        }
         data = try CohortData(configuration: configuration)
         let kind = configuration.data.dataSet
         teacherFeatureCount = configuration.teacher.map {
@@ -74,19 +98,45 @@ public final class PeerNode {
         trainer = PeerTrainer(rank: rank, configuration: configuration, dataCount: data.trainSet.count,
                               teacherFeatureCount: teacherFeatureCount, stepsPerEpoch: data.stepsPerEpoch)
         directory = try PeerRunDirectory(output: configuration.output, rank: rank)
+        codec = WireCodec(digest: configuration.digest)
         context = try ZMQContext()
-        let codec = WireCodec(digest: configuration.digest)
+        socket = try Self.connect(context: context, endpoint: coordinator, codec: codec, keys: keys, timeout: configuration.network.timeout,
+                                  logger: logger)
+        if resume { try restore() }
+    }
+
+    private static func connect(context: ZMQContext, endpoint: String, codec: WireCodec, keys: CohortKeys?, timeout: Double,
+                                logger: Logger) throws -> ProtocolSocket {
         let dealer = try ZMQSocket(context, type: .dealer)
         try dealer.setLinger(milliseconds: 2000)
-        try dealer.setSendTimeout(milliseconds: Int(configuration.network.timeout * 1000))
+        try dealer.setSendTimeout(milliseconds: Int(timeout * 1000))
         try dealer.setMaximumMessageSize(bytes: Int64(codec.maximumBytes))
-        try dealer.connect(coordinator)
-        socket = ProtocolSocket(dealer, codec: codec, logger: logger, routed: false)
+        if let keys { try dealer.makeCurveClient(serverKey: keys.coordinator, keys: keys.own) }
+        try dealer.connect(endpoint)
+        return ProtocolSocket(dealer, codec: codec, logger: logger, routed: false)
+    }
+
+    /// Loads the newest checkpoint that reads back whole; corrupt ones are reported and passed over.
+    private func restore() throws {
+        let (loaded, skipped) = directory.newestCheckpoint()
+        for s in skipped { logger.warning("passed over a checkpoint", metadata: ["why": "\(s)"]) }
+        guard let loaded else {
+            logger.info("no checkpoint to resume from; starting from the initial weights")
+            return
+        }
+        do { try trainer.restore(weights: loaded.weights, state: loaded.state) } catch {
+            throw PeerError.resume("\(loaded.path): \(error)")
+        }
+        done = loaded.position.globalStep
+        logger.notice("resumed", metadata: ["checkpoint": "\(loaded.path)", "global_step": "\(done)"])
     }
 
     /// Joins the cohort and trains until the coordinator says the run is finished.
     /// - Throws: ``PeerError`` when refused, out of step, stopped or left without a coordinator.
     public func run() throws {
+        heartbeat = try HeartbeatThread(context: context, endpoint: coordinatorEndpoint, rank: rank, codec: codec,
+                                        interval: configuration.network.heartbeatInterval, keys: keys)
+        defer { heartbeat?.stop() }
         do {
             try join()
             try serve()
@@ -99,23 +149,30 @@ public final class PeerNode {
         }
     }
 
+    /// Says hello until the coordinator welcomes this peer (within `network.join_timeout`).
     private func join() throws {
-        logger.info("joining", metadata: ["coordinator": "\(coordinatorEndpoint)", "model": "\(trainer.architecture.rawValue)"])
-        try socket.send(.hello(.init(rank: rank, model: configuration.peers[rank].model, host: host)))
+        logger.info("joining", metadata: ["coordinator": "\(coordinatorEndpoint)", "model": "\(trainer.architecture.rawValue)",
+                                          "steps_done": "\(done)"])
         let deadline = Date() + configuration.network.joinTimeout
+        var nextHello = Date()
         while true {
             try checkStop()
             guard Date() < deadline else { throw PeerError.noCoordinator(endpoint: coordinatorEndpoint, seconds: configuration.network.joinTimeout) }
-            switch try socket.receive(until: min(deadline, Date() + 0.25)) {
-            case .message(.welcome(let w), _)?:
+            if Date() >= nextHello {
+                try? socket.send(.hello(.init(rank: rank, model: configuration.peers[rank].model, host: host, resumeStep: done)))
+                nextHello = Date() + max(2, configuration.network.heartbeatInterval * 2)
+            }
+            switch try socket.receive(until: min(nextHello, Date() + 0.25)) {
+            case .message(.welcome(let w), _, _)?:
                 guard w.accepted else { throw PeerError.refused(reason: w.reason ?? "no reason given") }
                 lastHeard = Date()
+                heartbeat?.touch()
                 logger.info("joined the cohort")
                 flushLogs()
                 return
             case .invalid(let error, _)?:
                 if case .configuration = error { throw PeerError.otherConfiguration(error) }
-            case .message(let m, _)?:
+            case .message(let m, _, _)?:
                 logger.warning("dropped a \(m.type) message while joining")
             case nil:
                 continue
@@ -123,15 +180,28 @@ public final class PeerNode {
         }
     }
 
+    /// After losing the coordinator: a fresh connection (nothing stale queued), then hello again.
+    private func rejoin(_ why: String) throws {
+        logger.warning("lost the coordinator; rejoining", metadata: ["why": "\(why)", "steps_done": "\(done)"])
+        socket = try Self.connect(context: context, endpoint: coordinatorEndpoint, codec: codec, keys: keys,
+                                  timeout: configuration.network.timeout, logger: logger)
+        try join()
+    }
+
     private func serve() throws {
         while true {
             let waitStarted = Date()
-            let message = try next(awaiting: "the next step")
+            guard let message = try next(awaiting: "the next step") else {
+                try rejoin("no heartbeat from the coordinator for \(Int(configuration.network.heartbeatTimeout)) s")
+                continue
+            }
             switch message {
             case .step(let step, let teacher):
                 try trainStep(step, teacher: teacher, idle: Date().timeIntervalSince(waitStarted))
             case .evaluate(let e):
                 try evaluate(e)
+            case .checkpoint(let c):
+                try checkpoint(c)
             case .shutdown(let s):
                 if s.reason == "finished" {
                     logger.info("the cohort finished")
@@ -145,6 +215,18 @@ public final class PeerNode {
         }
     }
 
+    /// The batch of `step`, from a loader positioned there (a new one after a jump: resume, rejoin).
+    private func batch(for step: Message.Step) throws -> Batch {
+        if loader == nil || loader!.epoch != step.epoch || loader!.next != step.step {
+            loader = (step.epoch, step.step, data.loader(epoch: step.epoch, startStep: step.step))
+        }
+        guard let batch = loader!.loader.next(), batch.step == step.step else {
+            throw PeerError.outOfStep("the coordinator asked for step \(step.step) of epoch \(step.epoch); the local sampler disagrees")
+        }
+        loader!.next = step.step + 1
+        return batch
+    }
+
     /// One training step: forward, send the outputs, receive the others', finish the step.
     private func trainStep(_ step: Message.Step, teacher tensors: [TensorPayload], idle: Double) throws {
         let started = Date()
@@ -152,10 +234,13 @@ public final class PeerNode {
         guard step.epoch < configuration.epochs, step.step < spe, step.globalStep == step.epoch * spe + step.step else {
             throw PeerError.outOfStep("step \(step.step) of epoch \(step.epoch) as global step \(step.globalStep) does not fit \(configuration.epochs) epochs of \(spe) steps")
         }
-        if loader?.epoch != step.epoch { loader = (step.epoch, data.loader(epoch: step.epoch, startStep: step.step)) }
-        guard let batch = loader!.loader.next(), batch.step == step.step else {
-            throw PeerError.outOfStep("the coordinator asked for step \(step.step) of epoch \(step.epoch); the local sampler disagrees")
+        guard step.globalStep >= done else {
+            throw PeerError.outOfStep("the coordinator is at step \(step.globalStep), this peer's state has trained \(done) steps")
         }
+        if step.globalStep > done {
+            logger.warning("skipping ahead to the cohort's step", metadata: ["steps_done": "\(done)", "cohort_step": "\(step.globalStep)"])
+        }
+        let batch = try batch(for: step)
         let b = batch.size
         let kind = configuration.data.dataSet
         var teacherOutputs: TeacherOutputs?
@@ -174,14 +259,23 @@ public final class PeerNode {
         var others: [PeerOutputs] = []
         var waited = 0.0
         while true {
-            let message = try next(awaiting: "the others' outputs of step \(step.globalStep)")
+            guard let message = try next(awaiting: "the others' outputs of step \(step.globalStep)", patience: 2 * configuration.network.timeout) else {
+                // The coordinator went away, or dropped this peer from the step: the step is abandoned.
+                try rejoin("no others' outputs for step \(step.globalStep)")
+                return
+            }
+            if case .step = message {
+                // The cohort moved on without this peer (it was marked absent): rejoin properly.
+                try rejoin("the cohort moved on while this peer awaited step \(step.globalStep)'s outputs")
+                return
+            }
             guard case .others(let body, let tensors) = message, body.globalStep == step.globalStep, body.rank == rank else {
                 if case .shutdown(let s) = message { throw PeerError.stopped(reason: s.reason) }
                 logger.warning("dropped an unexpected \(message.type) message", metadata: ["awaiting": "others of step \(step.globalStep)"])
                 continue
             }
             do {
-                others = try unpackOthers(tensors, batchSize: b)
+                others = try unpackOthers(tensors, ranks: body.ranks, batchSize: b)
             } catch {
                 logger.warning("dropped invalid others", metadata: ["reason": "\(error)"])
                 continue
@@ -191,29 +285,42 @@ public final class PeerNode {
         }
         let exchange = max(0, Date().timeIntervalSince(sent) - waited)
         let position = TrainingPosition(epoch: step.epoch, stepInEpoch: step.step, globalStep: step.globalStep, elapsedSeconds: 0)
-        var terms = trainer.finish(others: others, teacher: teacherOutputs, position: position, totalSteps: configuration.epochs * spe)
+        var terms: [String: Double]
+        do {
+            terms = try trainer.finish(others: others, teacher: teacherOutputs, position: position, totalSteps: configuration.epochs * spe)
+        } catch {
+            throw PeerError.diverged(error)
+        }
+        done = step.globalStep + 1
+        if terms["skipped"] != nil {
+            logger.error("skipped a step: the loss or a gradient was not finite", metadata: ["global_step": "\(done)",
+                                                                                           "in_a_row": "\(trainer.consecutiveSkippedSteps)"])
+        }
         let stepSeconds = Date().timeIntervalSince(started) - waited
         terms["exchange_seconds"] = exchange
         terms["step_seconds"] = stepSeconds
         terms["idle_seconds"] = idle + waited
-        directory.recordStep(epoch: step.epoch, step: step.step, globalStep: step.globalStep + 1, batchSize: b, terms: terms)
+        terms["peers_present"] = Double(others.count + 1)
+        directory.recordStep(epoch: step.epoch, step: step.step, globalStep: done, batchSize: b, terms: terms)
         imagesSince.count += b
         let rate = Double(imagesSince.count) / max(Date().timeIntervalSince(imagesSince.since), 1e-9)
         if Date().timeIntervalSince(imagesSince.since) > 30 { imagesSince = (0, Date()) }
         let status = PeerStatus(rank: rank, host: host, model: configuration.peers[rank].model, epoch: step.epoch, epochs: configuration.epochs,
-                                step: step.step, stepsPerEpoch: spe, globalStep: step.globalStep + 1,
+                                step: step.step, stepsPerEpoch: spe, globalStep: done,
                                 loss: directory.runningMean("total"), accuracy: directory.runningMean("accuracy"),
                                 testAccuracy: lastTestTop1, imagesPerSecond: rate, stepSeconds: stepSeconds, exchangeSeconds: exchange,
                                 time: Date().timeIntervalSince1970)
-        logger.debug("step", metadata: ["global_step": "\(step.globalStep + 1)", "loss": "\(terms["total"]!)"])
         flushLogs(status: status)
     }
 
-    /// The other members' outputs, in rank order, checked against the shapes the configuration implies.
-    private func unpackOthers(_ tensors: [TensorPayload], batchSize b: Int) throws -> [PeerOutputs] {
+    /// The other present members' outputs, in rank order, checked against the shapes the configuration implies.
+    private func unpackOthers(_ tensors: [TensorPayload], ranks: [Int], batchSize b: Int) throws -> [PeerOutputs] {
         let classes = configuration.data.dataSet.classCount
         let d = configuration.mcl.embeddingDimension
-        let ranks = configuration.peers.indices.filter { $0 != rank }
+        guard ranks == ranks.sorted(), Set(ranks).count == ranks.count, !ranks.contains(rank),
+              ranks.allSatisfy({ configuration.peers.indices.contains($0) }) else {
+            throw WireError.header("ranks \(ranks) are not distinct other ranks of this cohort, ascending")
+        }
         var expected: [(name: String, shape: [Int])] = []
         for r in ranks {
             if configuration.mclActive { expected.append(("rank\(r).embedding", [b, d])) }
@@ -226,6 +333,11 @@ public final class PeerNode {
         }
     }
 
+    private var shape: [Int] {
+        let kind = configuration.data.dataSet
+        return [kind.channels, kind.height, kind.width]
+    }
+
     /// Epoch end: test-set logits to the coordinator, then this peer's epoch line and checkpoint.
     private func evaluate(_ e: Message.Evaluate) throws {
         let kind = configuration.data.dataSet
@@ -234,22 +346,34 @@ public final class PeerNode {
                                     tensors: [TensorPayload(name: "logits", shape: [data.testSet.count, kind.classCount], values: logits)]))
         let test = score(logits: logits, labels: data.testSet.labels, classCount: kind.classCount)
         lastTestTop1 = test.top1
-        let position = TrainingPosition(epoch: e.epoch + 1, stepInEpoch: 0, globalStep: e.globalStep, elapsedSeconds: 0)
-        try directory.endEpoch(trainer, test: test, position: position, shape: [kind.channels, kind.height, kind.width])
+        let position = TrainingPosition(epoch: e.epoch + 1, stepInEpoch: 0, globalStep: done, elapsedSeconds: 0)
+        try directory.endEpoch(trainer, test: test, position: position, shape: shape)
         logger.info(Logger.Message(stringLiteral: String(format: "epoch %d/%d: test top-1 %.2f%%, checkpoint written", e.epoch + 1,
                                                          configuration.epochs, 100 * test.top1)))
         flushLogs()
     }
 
-    /// The next message from the coordinator; throws if it stays silent for `network.timeout`.
-    private func next(awaiting: String) throws -> Message {
-        let timeout = configuration.network.timeout
+    /// A cohort checkpoint between epoch ends.
+    private func checkpoint(_ c: Message.Checkpoint) throws {
+        let spe = data.stepsPerEpoch
+        try directory.saveCheckpoint(trainer, position: TrainingPosition(epoch: done / spe, stepInEpoch: done % spe, globalStep: done,
+                                                                         elapsedSeconds: 0), shape: shape)
+        if done != c.globalStep {
+            logger.warning("checkpoint written at this peer's own step", metadata: ["steps_done": "\(done)", "cohort_step": "\(c.globalStep)"])
+        }
+    }
+
+    /// The next message from the coordinator; `nil` when the coordinator seems lost: no heartbeat answer
+    /// for `network.heartbeat_timeout` (or nothing at all for `patience` seconds, when given).
+    private func next(awaiting: String, patience: Double? = nil) throws -> Message? {
+        let since = Date()
         while true {
             try checkStop()
-            let deadline = lastHeard + timeout
-            guard Date() < deadline else { throw PeerError.coordinatorSilent(seconds: timeout, awaiting: awaiting) }
-            switch try socket.receive(until: min(deadline, Date() + 0.25)) {
-            case .message(let message, _)?:
+            let alive = max(lastHeard, heartbeat?.lastAnswered ?? lastHeard)
+            if Date().timeIntervalSince(alive) > configuration.network.heartbeatTimeout { return nil }
+            if let patience, Date().timeIntervalSince(max(since, lastHeard)) > patience { return nil }
+            switch try socket.receive(until: Date() + 0.25) {
+            case .message(let message, _, _)?:
                 lastHeard = Date()
                 if case .heartbeat = message { continue }
                 return message

@@ -32,7 +32,8 @@ final class ProtocolSocket {
 
     /// What ``receive(until:)`` returns.
     enum Received {
-        case message(Message, from: [UInt8]?)
+        /// A valid message, with its sender's routing id (on a ROUTER) and ZAP user id (with CURVE).
+        case message(Message, from: [UInt8]?, user: String?)
         /// A message that failed validation (already logged and counted), with its sender.
         case invalid(WireError, from: [UInt8]?)
     }
@@ -40,14 +41,15 @@ final class ProtocolSocket {
     /// The next message, waiting until `deadline` at most; `nil` when the deadline passed first.
     func receive(until deadline: Date) throws -> Received? {
         let wait = max(0, Int(deadline.timeIntervalSinceNow * 1000))
-        guard try socket.waitForMessage(milliseconds: wait), var frames = try socket.receive(dontWait: true) else { return nil }
+        guard try socket.waitForMessage(milliseconds: wait), let received = try socket.receiveWithSender(dontWait: true) else { return nil }
+        var frames = received.frames
         var identity: [UInt8]?
         if routed {
             guard !frames.isEmpty else { return nil }
             identity = frames.removeFirst()
         }
         do {
-            return .message(try codec.decode(frames), from: identity)
+            return .message(try codec.decode(frames), from: identity, user: received.userID)
         } catch let error as WireError {
             rejected += 1
             logger.warning("dropped a malformed message", metadata: ["reason": "\(error)", "from": "\(ProtocolSocket.describe(identity))"])

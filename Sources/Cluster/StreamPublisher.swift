@@ -9,19 +9,16 @@ public final class StreamPublisher: LogSink {
     private struct State {
         let socket: ZMQSocket
         let file: FileHandle?
+        var endpoint = ""
     }
     private let state: Mutex<State?>
-    /// The endpoint the stream is bound to, resolved (a port of `*` becomes the actual port).
-    public let endpoint: String
 
-    /// Binds `endpoint`; writes the stream to `file` too, when given.
-    public init(context: ZMQContext, endpoint: String, file: String?) throws {
+    /// Creates the PUB socket (``bind(_:curveSecretKey:)`` binds it) and opens `file` for appending.
+    public init(context: ZMQContext, file: String?) throws {
         let socket = try ZMQSocket(context, type: .publisher)
         try socket.setLinger(milliseconds: 1000)
         // A slow subscriber must not hold the coordinator up: beyond this many queued messages, drop.
         try socket.setSendHighWaterMark(100_000)
-        try socket.bind(endpoint)
-        self.endpoint = socket.lastEndpoint
         var handle: FileHandle?
         if let file {
             if !FileManager.default.fileExists(atPath: file) { _ = FileManager.default.createFile(atPath: file, contents: nil) }
@@ -31,6 +28,23 @@ public final class StreamPublisher: LogSink {
         state = Mutex(State(socket: socket, file: handle))
     }
 
+    /// Binds `endpoint`, as a CURVE server with `curveSecretKey` when given (subscribers are then
+    /// authenticated by the ZAP handler in the stream's domain). Events before the bind go to the file only.
+    public func bind(_ endpoint: String, curveSecretKey: String?) throws {
+        try state.withLock { s in
+            guard let socket = s?.socket else { return }
+            if let curveSecretKey {
+                try socket.makeCurveServer(secretKey: curveSecretKey)
+                try socket.setZAPDomain(ZAPHandler.streamDomain)
+            }
+            try socket.bind(endpoint)
+            s?.endpoint = socket.lastEndpoint
+        }
+    }
+
+    /// The endpoint the stream is bound to, resolved (a port of `*` becomes the actual port).
+    public var endpoint: String { state.withLock { $0?.endpoint ?? "" } }
+
     public func emit(_ record: LogRecord) { publish(.log(record)) }
 
     /// Publishes `event` and writes its line to the stream file.
@@ -38,7 +52,7 @@ public final class StreamPublisher: LogSink {
         let frames = event.frames()
         state.withLock { s in
             guard let s else { return }
-            try? s.socket.send(frames, dontWait: true)
+            if !s.endpoint.isEmpty { try? s.socket.send(frames, dontWait: true) }
             s.file?.write(Data((StreamPublisher.jsonLine(frames) + "\n").utf8))
         }
     }

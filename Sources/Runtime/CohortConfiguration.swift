@@ -69,8 +69,21 @@ public struct CohortConfiguration: Sendable, Equatable {
         public var stream = "tcp://127.0.0.1:5571"
         /// Seconds a peer or the coordinator may stay silent while it is awaited before the run is stopped.
         public var timeout: Double = 120
-        /// Seconds the coordinator waits for every peer to join.
+        /// Seconds the coordinator waits for every peer to join (and a peer for a coordinator to answer).
         public var joinTimeout: Double = 300
+        /// Seconds between heartbeats, both ways.
+        public var heartbeatInterval: Double = 1
+        /// Seconds without a heartbeat after which a peer is marked absent (and a peer deems the
+        /// coordinator lost and tries to rejoin).
+        public var heartbeatTimeout: Double = 10
+    }
+
+    /// CURVE keys: the coordinator's public key and the public keys admitted, one per peer (by rank) and
+    /// any number of monitors. Paths to files written by `cohort keygen`.
+    public struct SecuritySettings: Sendable, Equatable {
+        public var coordinatorKey: String
+        public var peerKeys: [String]
+        public var monitorKeys: [String] = []
     }
 
     public var data = DataSettings()
@@ -92,6 +105,10 @@ public struct CohortConfiguration: Sendable, Equatable {
     public var output = "runs/cohort"
     public var evaluationBatchSize = 500
     public var network = NetworkSettings()
+    /// CURVE security; `nil`: plain TCP (loopback only, unless the processes are started with --insecure).
+    public var security: SecuritySettings?
+    /// Steps between cohort checkpoints (besides every epoch's end); 0: epochs only.
+    public var checkpointEvery = 0
 
     public init() {}
 
@@ -109,7 +126,7 @@ public struct CohortConfiguration: Sendable, Equatable {
         var c = CohortConfiguration()
         let top = try ConfigurationNode.parse(text).mapping(allowed: [
             "data", "seed", "epochs", "batch_size", "sampler", "optimizer", "schedule", "peers", "mcl", "teacher",
-            "output", "evaluation_batch_size", "network"])
+            "output", "evaluation_batch_size", "network", "security", "checkpoint_every"])
         if let d = top["data"] {
             let m = try d.mapping(allowed: ["dataset", "directory", "train_limit", "test_limit"])
             if let v = m["dataset"] {
@@ -129,7 +146,7 @@ public struct CohortConfiguration: Sendable, Equatable {
         if let v = top["evaluation_batch_size"] { c.evaluationBatchSize = try v.int(1...100_000) }
         if let v = top["output"] { c.output = try v.string() }
         if let n = top["network"] {
-            let m = try n.mapping(allowed: ["coordinator", "stream", "timeout", "join_timeout"])
+            let m = try n.mapping(allowed: ["coordinator", "stream", "timeout", "join_timeout", "heartbeat_interval", "heartbeat_timeout"])
             for (key, keyPath) in [("coordinator", \NetworkSettings.coordinator), ("stream", \NetworkSettings.stream)] {
                 guard let v = m[key] else { continue }
                 let endpoint = try v.string()
@@ -141,6 +158,24 @@ public struct CohortConfiguration: Sendable, Equatable {
             }
             if let v = m["timeout"] { c.network.timeout = Double(try v.float(minimum: 0.1)) }
             if let v = m["join_timeout"] { c.network.joinTimeout = Double(try v.float(minimum: 0.1)) }
+            if let v = m["heartbeat_interval"] { c.network.heartbeatInterval = Double(try v.float(minimum: 0.01)) }
+            if let v = m["heartbeat_timeout"] { c.network.heartbeatTimeout = Double(try v.float(minimum: 0.1)) }
+            if c.network.heartbeatTimeout <= 2 * c.network.heartbeatInterval {
+                throw ConfigurationError.badValue(path: "network.heartbeat_timeout", expected: "more than twice network.heartbeat_interval (\(c.network.heartbeatInterval))",
+                                                  found: "\(c.network.heartbeatTimeout)")
+            }
+        }
+        if let v = top["checkpoint_every"] { c.checkpointEvery = try v.int(0...Int.max) }
+        if let n = top["security"] {
+            let m = try n.mapping(allowed: ["coordinator_key", "peer_keys", "monitor_keys"])
+            guard let coordinator = m["coordinator_key"] else {
+                throw ConfigurationError.missing(path: "security.coordinator_key", expected: "the coordinator's public key file (cohort keygen)")
+            }
+            guard let peers = m["peer_keys"] else {
+                throw ConfigurationError.missing(path: "security.peer_keys", expected: "one public key file per peer, in rank order (cohort keygen)")
+            }
+            c.security = SecuritySettings(coordinatorKey: try coordinator.string(), peerKeys: try peers.list().map { try $0.string() },
+                                          monitorKeys: try m["monitor_keys"]?.list().map { try $0.string() } ?? [])
         }
         if let o = top["optimizer"] {
             let m = try o.mapping(allowed: ["lr", "momentum", "weight_decay", "nesterov"])
@@ -175,6 +210,9 @@ public struct CohortConfiguration: Sendable, Equatable {
             c.peers.append(Peer(model: name))
         }
         guard !c.peers.isEmpty else { throw ConfigurationError.badValue(path: "peers", expected: "at least one peer", found: "an empty list") }
+        if let keys = c.security?.peerKeys, keys.count != c.peers.count {
+            throw ConfigurationError.badValue(path: "security.peer_keys", expected: "one key per peer (\(c.peers.count))", found: "\(keys.count)")
+        }
         if let v = top["mcl"] {
             let m = try v.mapping(allowed: ["enabled", "tau", "temperature", "embedding_dim", "weights"])
             if let x = m["enabled"] { c.mcl.enabled = try x.bool() }

@@ -49,7 +49,7 @@ public final class InProcessCohort {
                 let teacherOutputs = teacher?.outputs(for: batch)
                 let outputs = peers.map { $0.forward(batch) }
                 for p in peers {
-                    let terms = p.finish(others: outputs.filter { $0.rank != p.rank }, teacher: teacherOutputs,
+                    let terms = try p.finish(others: outputs.filter { $0.rank != p.rank }, teacher: teacherOutputs,
                                          position: position, totalSteps: totalSteps)
                     peerDirectories[p.rank].recordStep(epoch: epoch, step: batch.step, globalStep: position.globalStep + 1,
                                                        batchSize: batch.size, terms: terms)

@@ -43,6 +43,16 @@ public struct TeacherOutputs: Sendable {
     public var gradientElementTensor: Tensor { Tensor(gradientElement, shape: [batchSize, featureCount]) }
 }
 
+/// A peer whose loss or gradients stayed non-finite for several steps in a row.
+public struct DivergenceError: Error, CustomStringConvertible {
+    public let rank: Int
+    public let globalStep: Int
+    public let steps: Int
+    public var description: String {
+        "peer \(rank) diverged: the loss or a gradient was not finite in \(steps) steps in a row (up to step \(globalStep + 1)); lower optimizer.lr or the loss weights"
+    }
+}
+
 /// The teacher: a trained network in evaluation mode, run without gradients.
 public final class TeacherRunner {
     public let model: any Classifier
@@ -92,6 +102,10 @@ public final class PeerTrainer {
     let configuration: CohortConfiguration
     let schedule: any LearningRateSchedule
     private var pending: (batch: Batch, feature: Tensor, logits: Tensor, embedding: Tensor?)?
+    /// Steps skipped in a row because their loss or gradient was not finite.
+    public private(set) var consecutiveSkippedSteps = 0
+    /// Skipped steps in a row after which the peer gives up.
+    public static let maximumSkippedSteps = 5
 
     /// - Parameters:
     ///   - dataCount: training-set size (rows of the CRCD memories).
@@ -200,7 +214,10 @@ public final class PeerTrainer {
 
     /// Completes the step begun by ``forward(_:)``: forms the loss from the other members' and the
     /// teacher's outputs, back-propagates and updates. Returns every loss term (unweighted) and the total.
-    public func finish(others: [PeerOutputs], teacher: TeacherOutputs?, position: TrainingPosition, totalSteps: Int) -> [String: Double] {
+    /// A step whose loss or gradient is not finite is skipped (and reported as `skipped` in the terms);
+    /// ``maximumSkippedSteps`` in a row throw ``DivergenceError``.
+    public func finish(others: [PeerOutputs], teacher: TeacherOutputs?, position: TrainingPosition,
+                       totalSteps: Int) throws(DivergenceError) -> [String: Double] {
         guard let (batch, feature, logits, embedding) = pending else { preconditionFailure("finish() without forward()") }
         pending = nil
         var terms: [String: Double] = [:]
@@ -263,8 +280,23 @@ public final class PeerTrainer {
         terms["total"] = Double(total.item)
         optimizer.learningRate = schedule.learningRate(at: position.globalStep)
         optimizer.zeroGrad()
-        total.backward()
-        optimizer.step()
+        var finite = total.item.isFinite
+        if finite {
+            total.backward()
+            finite = optimizer.gradientsAreFinite
+        }
+        if finite {
+            optimizer.step()
+            consecutiveSkippedSteps = 0
+        } else {
+            // A non-finite loss or gradient: skip the update (weights and momentum untouched), report it.
+            optimizer.zeroGrad()
+            consecutiveSkippedSteps += 1
+            terms["skipped"] = 1
+            if consecutiveSkippedSteps >= Self.maximumSkippedSteps {
+                throw DivergenceError(rank: rank, globalStep: position.globalStep, steps: consecutiveSkippedSteps)
+            }
+        }
         terms["accuracy"] = Double(topKCorrect(logits: logits, labels: batch.labels).top1) / Double(batch.size)
         terms["lr"] = Double(optimizer.learningRate)
         return terms

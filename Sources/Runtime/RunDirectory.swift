@@ -30,6 +30,20 @@ public final class PeerRunDirectory {
     /// The epoch's running mean of `term` so far (per sample).
     public func runningMean(_ term: String) -> Double { running[term, default: 0] / Double(max(seen, 1)) }
 
+    /// Writes a step checkpoint of `peer` at `position` (a cohort checkpoint between epoch ends).
+    public func saveCheckpoint(_ peer: PeerTrainer, position: TrainingPosition, shape: [Int]) throws {
+        try checkpoints.save(model: peer.model, architecture: peer.architecture.rawValue, inputShape: shape, optimizer: peer.optimizer,
+                             settings: "{\"rank\":\(peer.rank),\"model\":\"\(peer.architecture.rawValue)\"}", position: position,
+                             atEpochEnd: false, extraState: peer.lossState)
+    }
+
+    /// The newest checkpoint that reads back whole (checksums verified), and what was passed over.
+    public func newestCheckpoint() -> (CheckpointStore.Loaded?, skipped: [String]) {
+        var skipped: [String] = []
+        let loaded = checkpoints.newest(skipped: &skipped)
+        return (loaded, skipped)
+    }
+
     /// Ends an epoch: writes its line with `test` and the epoch's means, and checkpoints `peer` at
     /// `position` (the start of the next epoch).
     public func endEpoch(_ peer: PeerTrainer, test: EvaluationResult, position: TrainingPosition, shape: [Int]) throws {
@@ -54,6 +68,11 @@ public final class CohortRunDirectory {
         path = output
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         metrics = try MetricsLog(path: output + "/metrics.jsonl")
+    }
+
+    /// Records which peers took part in a step (`globalStep` counts the step itself).
+    public func recordStep(_ globalStep: Int, present: [Int]) {
+        metrics.write(["kind": "step", "global_step": globalStep, "present": present])
     }
 
     public func recordEpoch(_ epoch: Int, globalStep: Int, evaluation: CohortEvaluation, seconds: Double) {

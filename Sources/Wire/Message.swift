@@ -15,6 +15,8 @@ public enum Message: Sendable, Equatable {
     case others(Others, tensors: [TensorPayload])
     /// Coordinator -> peers: evaluate on the test set at the end of `epoch` and checkpoint.
     case evaluate(Evaluate)
+    /// Coordinator -> peers: write a checkpoint now (a cohort checkpoint: every member at the same step).
+    case checkpoint(Checkpoint)
     /// Peer -> coordinator: this peer's test-set logits (`logits`, [test count, classes]).
     case evaluation(Evaluation, tensors: [TensorPayload])
     /// Peer -> coordinator: log records and the peer's latest status, for the log stream.
@@ -29,7 +31,11 @@ public enum Message: Sendable, Equatable {
         public let model: String
         /// The peer's host name, for logs and the monitor.
         public let host: String?
-        public init(rank: Int, model: String, host: String? = nil) { self.rank = rank; self.model = model; self.host = host }
+        /// Steps the peer's state has trained (a restarted or rejoining peer's position); absent: 0.
+        public let resumeStep: Int?
+        public init(rank: Int, model: String, host: String? = nil, resumeStep: Int? = nil) {
+            self.rank = rank; self.model = model; self.host = host; self.resumeStep = resumeStep
+        }
     }
     public struct Welcome: Codable, Sendable, Equatable {
         public let accepted: Bool
@@ -51,17 +57,24 @@ public enum Message: Sendable, Equatable {
         /// The receiver's rank.
         public let rank: Int
         public let globalStep: Int
+        /// The other ranks present in this step, ascending: the tensors are theirs.
+        public let ranks: [Int]
         /// How long the coordinator held the receiver's outputs waiting for slower peers, in seconds: the
         /// receiver subtracts it from its own send-to-receive time to get the exchange's own cost.
         public let waitSeconds: Double
-        public init(rank: Int, globalStep: Int, waitSeconds: Double) {
-            self.rank = rank; self.globalStep = globalStep; self.waitSeconds = waitSeconds
+        public init(rank: Int, globalStep: Int, ranks: [Int], waitSeconds: Double) {
+            self.rank = rank; self.globalStep = globalStep; self.ranks = ranks; self.waitSeconds = waitSeconds
         }
     }
     public struct Evaluate: Codable, Sendable, Equatable {
         public let epoch: Int
         public let globalStep: Int
         public init(epoch: Int, globalStep: Int) { self.epoch = epoch; self.globalStep = globalStep }
+    }
+    public struct Checkpoint: Codable, Sendable, Equatable {
+        /// Steps trained: the checkpoint's position.
+        public let globalStep: Int
+        public init(globalStep: Int) { self.globalStep = globalStep }
     }
     public struct Evaluation: Codable, Sendable, Equatable {
         public let rank: Int
@@ -92,6 +105,7 @@ public enum Message: Sendable, Equatable {
         case .outputs: "outputs"
         case .others: "others"
         case .evaluate: "evaluate"
+        case .checkpoint: "checkpoint"
         case .evaluation: "evaluation"
         case .log: "log"
         case .heartbeat: "heartbeat"

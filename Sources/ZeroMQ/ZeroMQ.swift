@@ -50,11 +50,21 @@ public struct CurveKeyPair: Sendable, Equatable {
     public let publicKey: String
     public let secretKey: String
 
+    public init(publicKey: String, secretKey: String) { self.publicKey = publicKey; self.secretKey = secretKey }
+
     /// A fresh key pair (libzmq's `zmq_curve_keypair`).
     public static func generate() throws -> CurveKeyPair {
         var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
         guard zmq_curve_keypair(&pub, &sec) == 0 else { throw ZeroMQError.last("zmq_curve_keypair") }
         return CurveKeyPair(publicKey: text(pub), secretKey: text(sec))
+    }
+
+    /// A 32-byte binary key (as a ZAP request carries it) in Z85 text.
+    public static func z85(_ binary: [UInt8]) -> String? {
+        guard binary.count == 32 else { return nil }
+        var out = [CChar](repeating: 0, count: 41)
+        guard zmq_z85_encode(&out, binary, 32) != nil else { return nil }
+        return text(out)
     }
 
     /// The public key belonging to a Z85 secret key.
@@ -209,7 +219,14 @@ public final class ZMQSocket {
     /// Receives one whole multipart message.
     /// - Returns: the frames, or `nil` when the receive timed out (or would block with `dontWait`).
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
+        try receiveWithSender(dontWait: dontWait)?.frames
+    }
+
+    /// Receives one whole multipart message with the user id the ZAP handler gave its connection (with
+    /// CURVE: who holds the client key), `nil` on connections that were not authenticated.
+    public func receiveWithSender(dontWait: Bool = false) throws -> (frames: [[UInt8]], userID: String?)? {
         var frames: [[UInt8]] = []
+        var userID: String?
         var message = zmq_msg_t()
         zmq_msg_init(&message)
         defer { zmq_msg_close(&message) }
@@ -222,9 +239,10 @@ public final class ZMQSocket {
                 throw error
             }
             let data = zmq_msg_data(&message)
+            if frames.isEmpty, let property = zmq_msg_gets(&message, "User-Id") { userID = String(cString: property) }
             frames.append(n == 0 ? [] : Array(UnsafeRawBufferPointer(start: data, count: Int(n))))
         } while zmq_msg_more(&message) == 1
-        return frames
+        return (frames, userID)
     }
 
     /// Whether a message can be received within `milliseconds` (-1: wait forever).

@@ -29,6 +29,10 @@ func reportingErrors(_ config: String, _ body: () throws -> Void) throws {
         throw CLIError(message: "\(error)")
     } catch let error as PeerError {
         throw CLIError(message: "\(error)")
+    } catch let error as SecurityError {
+        throw CLIError(message: "\(error)")
+    } catch let error as DivergenceError {
+        throw CLIError(message: "\(error)")
     }
 }
 
@@ -50,6 +54,9 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Override network.stream.") var stream: String?
     @Option(help: "Threads for the teacher.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Write the bound endpoints (JSON) to this file once listening.") var readyFile: String?
+    @Option(help: "The coordinator's secret key file (cohort keygen), when the configuration has security keys.") var key: String?
+    @Flag(help: "Continue from the newest cohort checkpoint in the output directory, and from where the peers are.") var resume = false
+    @Flag(help: "Allow binding beyond loopback without CURVE keys (anyone who can reach the ports can join).") var insecure = false
 
     func run() throws {
         var configuration = try loadConfiguration(config, out: out)
@@ -61,9 +68,9 @@ struct CoordinatorCommand: ParsableCommand {
         Parallelism.setThreadCount(threads)
         StopSignal.install()
         try reportingErrors(config) {
-            let coordinator = try Coordinator(configuration: configuration)
+            let coordinator = try Coordinator(configuration: configuration, keyPath: key, insecure: insecure)
             if let readyFile { try coordinator.writeEndpoints(to: readyFile) }
-            let summary = try coordinator.run()
+            let summary = try coordinator.run(resume: resume)
             printSummary(summary, output: configuration.output)
         }
     }
@@ -84,6 +91,8 @@ struct PeerCommand: ParsableCommand {
     @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:5570 (default: network.coordinator).") var coordinator: String?
     @Option(help: "Override the configuration's output directory.") var out: String?
     @Option(help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "This peer's secret key file (cohort keygen), when the configuration has security keys.") var key: String?
+    @Flag(help: "Start from this peer's newest valid checkpoint and rejoin the cohort at its next step.") var resume = false
 
     func run() throws {
         let configuration = try loadConfiguration(config, out: out)
@@ -97,7 +106,7 @@ struct PeerCommand: ParsableCommand {
         Parallelism.setThreadCount(threads)
         StopSignal.install()
         try reportingErrors(config) {
-            try PeerNode(configuration: configuration, rank: rank, coordinator: endpoint).run()
+            try PeerNode(configuration: configuration, rank: rank, coordinator: endpoint, resume: resume, keyPath: key).run()
         }
     }
 }
@@ -125,6 +134,8 @@ struct MonitorCommand: ParsableCommand {
     @Flag(help: "One JSON object per event (records and statuses), for machines.") var json = false
     @Flag(help: "A status table with one row per peer, redrawn every --interval seconds.") var status = false
     @Option(help: "Seconds between redraws of --status.") var interval: Double = 1
+    @Option(help: "This monitor's secret key file (cohort keygen), for a secured stream.") var key: String?
+    @Option(help: "The coordinator's public key file, for a secured stream.") var serverKey: String?
 
     func validate() throws {
         guard LogRecord.levels.contains(level) else {
@@ -134,7 +145,13 @@ struct MonitorCommand: ParsableCommand {
     }
 
     func run() throws {
-        let subscriber = try StreamSubscriber(endpoint: endpoint)
+        guard (key == nil) == (serverKey == nil) else { throw ValidationError("--key and --server-key go together") }
+        let subscriber: StreamSubscriber
+        do {
+            subscriber = try StreamSubscriber(endpoint: endpoint, keys: try key.map { (try KeyFile.readPair($0), try KeyFile.readKey(serverKey!)) })
+        } catch let error as SecurityError {
+            throw CLIError(message: "\(error)")
+        }
         let filter = StreamFilter(ranks: peers.isEmpty ? nil : Set(peers), coordinator: !noCoordinator, minimumLevel: level)
         var table = StatusTable()
         var lastDraw = Date.distantPast
@@ -185,4 +202,38 @@ func printSummary(_ summary: CohortSummary, output: String) {
 var executablePath: String {
     if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }
     return Bundle.main.executablePath ?? CommandLine.arguments[0]
+}
+
+/// `cohort keygen`: writes CURVE key pairs.
+struct KeygenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keygen",
+        abstract: "Write CURVE key pairs (NAME.key, secret, owner-only; NAME.pub, public) for a secured cohort.",
+        discussion: """
+            Example, for a coordinator, three peers and a monitor:
+              cohort keygen --out keys coordinator peer-0 peer-1 peer-2 monitor
+            then in the configuration:
+              security: {coordinator_key: keys/coordinator.pub, peer_keys: [keys/peer-0.pub, keys/peer-1.pub, keys/peer-2.pub],
+                         monitor_keys: [keys/monitor.pub]}
+            and give each process its secret key: --key keys/peer-1.key. Copy only the .pub files to other hosts.
+            """)
+
+    @Option(help: "Directory for the key files.") var out = "keys"
+    @Argument(help: "Names of the key pairs.") var names: [String]
+
+    func validate() throws {
+        guard !names.isEmpty else { throw ValidationError("name at least one key pair, e.g. coordinator peer-0 peer-1") }
+        for name in names where name.isEmpty || name.contains("/") { throw ValidationError("\(name): a key name is a plain file name") }
+    }
+
+    func run() throws {
+        for name in names {
+            do {
+                let pair = try KeyFile.generate(name: name, in: out)
+                print("\(out)/\(name).key  \(out)/\(name).pub  \(pair.publicKey)")
+            } catch let error as SecurityError {
+                throw CLIError(message: "\(error)")
+            }
+        }
+    }
 }

@@ -22,10 +22,13 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "How the peers talk: zmq (one process each) or inproc (all in this process).") var transport = "zmq"
     @Option(help: "Override the configuration's output directory.") var out: String?
     @Option(help: "Cores to use (shared among the processes with zmq).") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Restarts allowed per process after a crash (each resumes from its newest checkpoint).") var maxRestarts = 3
+    @Option(help: "Directory with coordinator.key and peer-<rank>.key (cohort keygen), for a secured cohort.") var keys: String?
 
     func validate() throws {
         guard ["zmq", "inproc"].contains(transport) else { throw ValidationError("--transport \(transport): zmq or inproc") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
     }
 
     func run() throws {
@@ -41,8 +44,10 @@ struct LaunchCommand: ParsableCommand {
             return
         }
         StopSignal.install()
-        let plan = Launcher.Plan(executable: executablePath, configurationPath: config, peerCount: configuration.peers.count,
+        var plan = Launcher.Plan(executable: executablePath, configurationPath: config, peerCount: configuration.peers.count,
                                  hasTeacher: configuration.teacher != nil, output: out, threads: threads)
+        plan.maxRestarts = maxRestarts
+        plan.keys = keys
         let status = try Launcher(plan: plan).run()
         if status != 0 { throw ExitCode(status) }
     }

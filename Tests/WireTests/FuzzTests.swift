@@ -29,7 +29,7 @@ import Testing
                 TensorPayload(name: "embedding", shape: [4, 8], values: (0..<32).map { Float($0) / 7 }),
                 TensorPayload(name: "logits", shape: [4, 10], values: (0..<40).map { Float($0) - 20 })])),
             codec.encode(.hello(.init(rank: 0, model: "resnet8", host: "a"))),
-            codec.encode(.others(.init(rank: 0, globalStep: 3, waitSeconds: 0.5), tensors: [
+            codec.encode(.others(.init(rank: 0, globalStep: 3, ranks: [1], waitSeconds: 0.5), tensors: [
                 TensorPayload(name: "rank1.logits", shape: [2, 10], values: [Float](repeating: 1, count: 20))])),
             codec.encode(.log(.init(records: [LogRecord(time: 1, level: "info", rank: 0, host: "h", label: "l", message: "m")]))),
         ]

@@ -68,6 +68,20 @@ public final class SGD {
         }
     }
 
+    /// Whether every gradient is finite (no NaN or infinity): checked before a step, so a diverged batch
+    /// cannot poison the weights or the momentum.
+    public var gradientsAreFinite: Bool {
+        for (_, p) in parameters {
+            guard let g = p.grad else { continue }
+            // The sum of a finite vector times zero is zero; any NaN or infinity makes it NaN.
+            var acc: Float = 0
+            let d = g.data
+            for i in 0..<g.count { acc += d[i] * 0 }
+            if acc != 0 || acc.isNaN { return false }
+        }
+        return true
+    }
+
     /// Clears every parameter's gradient.
     public func zeroGrad() {
         for (_, p) in parameters { p.grad = nil }

@@ -1,0 +1,62 @@
+import Foundation
+import NN
+import Training
+
+/// The coordinator's part of a cohort checkpoint, `OUTPUT/coordinator/state-<step>.json`: where the run
+/// stands and what it has measured. Written atomically with a CRC-32 of its JSON on a second line; the
+/// newest three are kept, and a corrupt or partial one is passed over for the one before.
+struct CoordinatorState: Codable, Equatable {
+    /// Steps the cohort has trained.
+    var globalStep = 0
+    /// Epochs evaluated (their ends are behind the run).
+    var evaluatedEpochs = 0
+    var elapsedSeconds = 0.0
+    var images = 0
+    var teacherTop1: Double?
+    /// Each rank's last test scores.
+    var lastEvaluation: [EvaluationResult?] = []
+    var ensembleTop1 = 0.0
+    var ensembleTop5 = 0.0
+
+    static func directory(_ output: String) -> String { output + "/coordinator" }
+
+    /// Writes this state as `state-<globalStep>.json` and removes all but the newest three.
+    func save(output: String) throws {
+        let directory = Self.directory(output)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let json = try encoder.encode(self)
+        let crc = json.withUnsafeBytes { CRC32.checksum($0) }
+        var content = json
+        content.append(Data(String(format: "\n%08x\n", crc).utf8))
+        try AtomicFile.write(content, to: directory + "/" + String(format: "state-%09d.json", globalStep))
+        for old in Self.files(directory).dropLast(3) { try? FileManager.default.removeItem(atPath: directory + "/" + old) }
+    }
+
+    private static func files(_ directory: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("state-") && $0.hasSuffix(".json") }.sorted()
+    }
+
+    /// The newest state that reads back whole, and what was passed over (corrupt or partial files).
+    static func newest(output: String) -> (CoordinatorState?, skipped: [String]) {
+        let directory = Self.directory(output)
+        var skipped: [String] = []
+        for name in files(directory).reversed() {
+            let path = directory + "/" + name
+            do { return (try read(path), skipped) } catch { skipped.append("\(path): \(error)") }
+        }
+        return (nil, skipped)
+    }
+
+    static func read(_ path: String) throws -> CoordinatorState {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        guard lines.count >= 2, let recorded = UInt32(String(decoding: lines[1], as: UTF8.self), radix: 16) else {
+            throw SafeTensorsError.malformed("no checksum line (a partial file)")
+        }
+        let json = Data(lines[0])
+        let crc = json.withUnsafeBytes { CRC32.checksum($0) }
+        guard crc == recorded else { throw SafeTensorsError.malformed(String(format: "checksum %08x, recorded %08x (corrupt)", crc, recorded)) }
+        return try JSONDecoder().decode(CoordinatorState.self, from: json)
+    }
+}
