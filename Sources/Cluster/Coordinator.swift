@@ -288,7 +288,8 @@ public final class Coordinator {
             return
         }
         if membership[r] != .absent {
-            logger.warning("peer \(r) joined again from a new connection; the old one is dropped", metadata: ["host": "\(hello.host ?? "?")"])
+            logger.warning("peer \(r) joined again from a new connection; the old one is dropped\(training ? " and it rejoins at the next step" : "")",
+                           metadata: ["host": "\(hello.host ?? "?")", "steps_done": "\(hello.resumeStep ?? 0)"])
         } else if training {
             logger.notice("peer \(r) rejoins at the next step", metadata: ["host": "\(hello.host ?? "?")", "steps_done": "\(hello.resumeStep ?? 0)"])
         }

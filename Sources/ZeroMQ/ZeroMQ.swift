@@ -239,7 +239,7 @@ public final class ZMQSocket {
                 throw error
             }
             let data = zmq_msg_data(&message)
-            if frames.isEmpty, let property = zmq_msg_gets(&message, "User-Id") { userID = String(cString: property) }
+            if userID == nil, let property = zmq_msg_gets(&message, "User-Id") { userID = String(cString: property) }
             frames.append(n == 0 ? [] : Array(UnsafeRawBufferPointer(start: data, count: Int(n))))
         } while zmq_msg_more(&message) == 1
         return (frames, userID)

@@ -114,3 +114,22 @@ func expectIdentical(_ a: String, _ b: String, sourceLocation: SourceLocation = 
         }
     }
 }
+
+/// Process ids whose command line contains every one of `parts` (read from /proc).
+func processes(matching parts: [String]) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> Int32? in
+        guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return nil }
+        let line = String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+        return parts.allSatisfy { line.contains($0) } ? pid : nil
+    }
+}
+
+/// Steps the cohort has completed so far, from the coordinator's metrics.
+func cohortSteps(_ run: String) -> Int {
+    ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n")
+        .filter { $0.contains("\"kind\":\"step\"") }.compactMap { line -> Int? in
+            guard let r = line.range(of: "\"global_step\":") else { return nil }
+            return Int(line[r.upperBound...].prefix { $0.isNumber })
+        }.max() ?? 0
+}

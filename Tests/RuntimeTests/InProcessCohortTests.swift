@@ -103,4 +103,25 @@ import Training
         let (a, b) = try Parallelism.withThreadCount(1) { (try run("repro-a"), try run("repro-b")) }
         #expect(a.peers.map(\.test_top1) == b.peers.map(\.test_top1) && a.ensemble_top1 == b.ensemble_top1)
     }
+
+    /// A diverging peer (an absurd learning rate): its non-finite steps are skipped — the weights stay
+    /// finite — and reported; five in a row stop the run with a clear error.
+    @Test func divergingPeerSkipsStepsThenStops() throws {
+        let out = scratch("diverge")
+        let c = try CohortConfiguration.parse("""
+            data: {dataset: fashion-mnist, train_limit: 1024, test_limit: 100}
+            epochs: 1
+            batch_size: 32
+            optimizer: {lr: 1.0e+30, nesterov: false, momentum: 0}
+            peers: [{model: resnet8}, {model: resnet8}]
+            output: \(out)
+            """)
+        let cohort = try InProcessCohort(configuration: c)
+        #expect(throws: DivergenceError.self) { try cohort.run(progress: ProgressReporter(interactive: false)) }
+        let lines = try String(contentsOfFile: out + "/peer-0/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(lines.filter { $0.contains("\"skipped\"") }.count >= 1)
+        for peer in cohort.peers {
+            #expect(peer.model.namedParameters().allSatisfy { $0.1.scalars.allSatisfy(\.isFinite) }, "peer \(peer.rank)'s weights stay finite")
+        }
+    }
 }

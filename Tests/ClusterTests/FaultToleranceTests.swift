@@ -1,0 +1,72 @@
+import Foundation
+import Testing
+import NN
+import Runtime
+@testable import Cluster
+
+/// A shortened chaos run: SIGKILL a peer, the coordinator and another peer at different points of a
+/// supervised cohort (`cohort launch`); the run finishes, every peer is in the summary, every checkpoint
+/// on disk reads back whole (checksums), and the absences and rejoins are on record.
+@Suite(.serialized) struct FaultToleranceTests {
+    @Test func cohortSurvivesKilledPeersAndCoordinator() throws {
+        let directory = scratch("chaos")
+        let config = directory + "/cohort.yaml"
+        try write(cohortConfiguration(epochs: 3, trainLimit: 1920, extra: "checkpoint_every: 5").replacingOccurrences(
+            of: "timeout: 60, join_timeout: 60", with: "timeout: 30, join_timeout: 60, heartbeat_interval: 0.5, heartbeat_timeout: 3"), to: config)
+        let run = directory + "/run"
+        let launch = try CohortProcess(["launch", "--config", config, "--threads", "2", "--out", run])
+        // 30 steps an epoch, 90 in all: kill peer 1 after step 12, the coordinator after 40, peer 2 after 65.
+        for (after, victim) in [(12, ["peer", "--rank 1"]), (40, ["cohort coordinator"]), (65, ["peer", "--rank 2"])] {
+            let deadline = Date() + 300
+            while cohortSteps(run) < after && launch.process.isRunning && Date() < deadline { usleep(20_000) }
+            let pids = processes(matching: victim + [config])
+            try #require(pids.count == 1, "\(victim): \(pids) — \(launch.output)")
+            kill(pids[0], SIGKILL)
+        }
+        #expect(launch.finish() == 0, "\(launch.output)")
+
+        let summary = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json")))
+        #expect(summary.steps == 90 && summary.peers.count == 3 && summary.peers.allSatisfy { $0.test_top1 > 0.3 }, "\(summary)")
+        for name in ["peer 1 failed (killed by signal 9); restarting", "coordinator failed (killed by signal 9); restarting",
+                     "peer 2 failed (killed by signal 9); restarting", "resumed", "lost the coordinator; rejoining"] {
+            #expect(launch.output.contains(name), "\(name)")
+        }
+        // Every checkpoint on disk reads back whole, its checksum verified.
+        var files = 0
+        for rank in 0..<3 {
+            let checkpoints = run + "/peer-\(rank)/checkpoints"
+            for file in try FileManager.default.contentsOfDirectory(atPath: checkpoints) where file.hasSuffix(".safetensors") {
+                let st = try SafeTensors.read(checkpoints + "/" + file)
+                #expect(st.metadata[SafeTensors.checksumKey] != nil, "\(file)")
+                files += 1
+            }
+        }
+        for file in try FileManager.default.contentsOfDirectory(atPath: run + "/coordinator") {
+            _ = try CoordinatorState.read(run + "/coordinator/" + file)
+            files += 1
+        }
+        #expect(files >= 3 * 5 + 1)
+        // The cohort went on without the killed peers for some steps, and says so.
+        let present = try jsonLines(run + "/metrics.jsonl").filter { $0["kind"] as? String == "step" }.compactMap { $0["present"] as? [Int] }
+        #expect(present.contains { $0.count < 3 } && present.last == [0, 1, 2])
+        let stream = try String(contentsOfFile: run + "/stream.jsonl", encoding: .utf8)
+        #expect((stream.contains("is absent") || stream.contains("joined again from a new connection")) && stream.contains("rejoins at the next step"))
+    }
+
+    /// A corrupt newest cohort checkpoint is reported and the one before it used.
+    @Test func corruptCoordinatorStateFallsBackToThePreviousOne() throws {
+        let output = scratch("state")
+        var a = CoordinatorState()
+        a.globalStep = 10
+        try a.save(output: output)
+        var b = a
+        b.globalStep = 20
+        try b.save(output: output)
+        let newest = CoordinatorState.directory(output) + "/state-000000020.json"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: newest))
+        bytes[5] ^= 0x01
+        try bytes.write(to: URL(fileURLWithPath: newest))
+        let (state, skipped) = CoordinatorState.newest(output: output)
+        #expect(state?.globalStep == 10 && skipped.count == 1 && skipped[0].contains("checksum"))
+    }
+}
