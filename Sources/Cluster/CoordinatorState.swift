@@ -60,3 +60,25 @@ struct CoordinatorState: Codable, Equatable {
         return try JSONDecoder().decode(CoordinatorState.self, from: json)
     }
 }
+
+/// Checks cohort checkpoint files: Cohort checkpoints (`.safetensors`, their CRC-32 verified) and the
+/// coordinator's states (`coordinator/state-*.json`). Returns each file with `nil` when it reads back
+/// whole, or the reason it does not.
+public func verifyCheckpoints(under directory: String) -> [(path: String, problem: String?)] {
+    let files = (FileManager.default.enumerator(atPath: directory)?.allObjects as? [String] ?? []).sorted()
+    return files.compactMap { file in
+        let path = directory + "/" + file
+        do {
+            if file.hasSuffix(".safetensors") {
+                _ = try SafeTensors.read(path)
+            } else if file.hasSuffix(".json"), (file as NSString).lastPathComponent.hasPrefix("state-") {
+                _ = try CoordinatorState.read(path)
+            } else {
+                return nil
+            }
+            return (path, nil)
+        } catch {
+            return (path, "\(error)")
+        }
+    }
+}

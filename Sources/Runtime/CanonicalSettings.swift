@@ -5,8 +5,9 @@ extension CohortConfiguration {
     /// Keys are the YAML key paths (peers as `peers.<index>.model`); every value is the effective one,
     /// defaults included; numbers of the float settings print as the shortest decimal that reads back
     /// as the same 32-bit float; absent optional parts (no teacher, no KD) have no lines; an absent
-    /// limit prints `none`. The output directory, the data directory, the teacher's checkpoint path and
-    /// the network settings are left out: they differ between hosts without changing the training.
+    /// limit prints `none`. The output directory, the data directory, the teacher's checkpoint path, the
+    /// network and security settings and `checkpoint_every` are left out: they differ between hosts, or
+    /// do not change the training.
     public var canonicalSettings: String {
         var lines: [(String, String)] = [
             ("data.dataset", data.dataSet.rawValue), ("data.train_limit", data.trainLimit.map(String.init) ?? "none"),

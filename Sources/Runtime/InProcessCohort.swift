@@ -84,6 +84,9 @@ public final class InProcessCohort {
 
 /// "epoch 2/3: peer 0 (resnet8) 88.10%, peer 1 (resnet8) 87.95%; ensemble 89.02%"
 public func epochReport(epoch: Int, configuration: CohortConfiguration, evaluation: CohortEvaluation) -> String {
-    let perPeer = configuration.peers.enumerated().map { String(format: "peer %d (%@) %.2f%%", $0.offset, $0.element.model, 100 * evaluation.peers[$0.offset].top1) }
+    let perPeer = configuration.peers.enumerated().map { rank, peer in
+        evaluation.peers[rank].count == 0 ? "peer \(rank) (\(peer.model)) absent"
+            : String(format: "peer %d (%@) %.2f%%", rank, peer.model, 100 * evaluation.peers[rank].top1)
+    }
     return String(format: "epoch %d/%d: %@; ensemble %.2f%%", epoch + 1, configuration.epochs, perPeer.joined(separator: ", "), 100 * evaluation.ensembleTop1)
 }

@@ -237,3 +237,24 @@ struct KeygenCommand: ParsableCommand {
         }
     }
 }
+
+/// `cohort verify`: checks that every checkpoint under a directory reads back whole.
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check every checkpoint under a run directory: checksums, completeness. Exits 1 if any is corrupt.")
+
+    @Argument(help: "Run directories (or any directories holding checkpoints).") var directories: [String]
+
+    func run() throws {
+        var checked = 0, bad = 0
+        for directory in directories {
+            for (path, problem) in verifyCheckpoints(under: directory) {
+                checked += 1
+                if let problem { bad += 1; print("CORRUPT \(path): \(problem)") }
+            }
+        }
+        print("\(checked) checkpoint file(s) checked, \(bad) corrupt")
+        if bad > 0 || checked == 0 { throw ExitCode(1) }
+    }
+}

@@ -8,10 +8,15 @@
 # process exited 0, summary.json was written, and the stream carries every peer's records from its own
 # host. Needs root (ip netns) and the fashion-mnist data set.
 #
-# Usage: Tests/MultiHost/netns-cohort.sh [path/to/cohort]     (default .build/debug/cohort)
+# With `partition`, it also cuts peer 1's link (its veth, down) for longer than the heartbeat timeout once
+# the run is under way, then restores it: the coordinator marks the peer absent and goes on, the peer
+# rejoins by itself when the link is back, and the run completes.
+#
+# Usage: Tests/MultiHost/netns-cohort.sh [path/to/cohort] [basic|partition]   (defaults .build/debug/cohort, basic)
 set -euo pipefail
 
 COHORT=$(realpath "${1:-.build/debug/cohort}")
+SCENARIO=${2:-basic}
 PEERS=3
 TAG=c$$                                 # interface and namespace names stay under 15 characters
 WORK=$(mktemp -d /tmp/cohort-netns.XXXXXX)
@@ -54,8 +59,12 @@ on_host() {
 echo "netns-cohort: training a small teacher"
 "$COHORT" train --model resnet8 --epochs 1 --train-limit 512 --test-limit 200 --batch 64 --threads 2 --out "$WORK/teacher" > "$WORK/teacher.log" 2>&1
 
+# Every endpoint is reachable from the other hosts, so the cohort runs with CURVE keys.
+"$COHORT" keygen --out "$WORK/keys" coordinator peer-0 peer-1 peer-2 monitor > /dev/null
+K="$WORK/keys"
+
 cat > "$WORK/cohort.yaml" <<YAML
-data: {dataset: fashion-mnist, train_limit: 640, test_limit: 300}
+data: {dataset: fashion-mnist, train_limit: $([ "$SCENARIO" = partition ] && echo 2560 || echo 640), test_limit: 300}
 seed: 5
 epochs: 2
 batch_size: 64
@@ -67,28 +76,49 @@ teacher:
   kd: {weight: 0.9}
   crcd: {weight: 1, gradient_weight: 1, negatives: 64}
   rrd: {weight: 1, keys: 256}
-network: {coordinator: "$COORDINATOR", stream: "$STREAM", timeout: 120, join_timeout: 120}
+network: {coordinator: "$COORDINATOR", stream: "$STREAM", timeout: 20, join_timeout: 120, heartbeat_interval: 0.5, heartbeat_timeout: 3}
+security:
+  coordinator_key: $K/coordinator.pub
+  peer_keys: [$K/peer-0.pub, $K/peer-1.pub, $K/peer-2.pub]
+  monitor_keys: [$K/monitor.pub]
 output: $WORK/run
 YAML
 
 echo "netns-cohort: coordinator on node-0 ($COORDINATOR), $PEERS peers on node-1..node-$PEERS"
-on_host 0 "$COHORT" coordinator --config "$WORK/cohort.yaml" --threads 1 > "$WORK/coordinator.log" 2>&1 &
+on_host 0 "$COHORT" coordinator --config "$WORK/cohort.yaml" --key "$K/coordinator.key" --threads 1 > "$WORK/coordinator.log" 2>&1 &
 coordinator=$!; pids+=("$coordinator")
-"$COHORT" monitor "$STREAM" --json > "$WORK/monitor.jsonl" 2> "$WORK/monitor.err" &
+"$COHORT" monitor "$STREAM" --json --key "$K/monitor.key" --server-key "$K/coordinator.pub" > "$WORK/monitor.jsonl" 2> "$WORK/monitor.err" &
 monitor=$!; pids+=("$monitor")
 peer_pids=()
 for r in $(seq 0 $((PEERS - 1))); do
-    on_host $((r + 1)) "$COHORT" peer --config "$WORK/cohort.yaml" --rank "$r" --coordinator "$COORDINATOR" --threads 1 \
+    on_host $((r + 1)) "$COHORT" peer --config "$WORK/cohort.yaml" --rank "$r" --coordinator "$COORDINATOR" --key "$K/peer-$r.key" --threads 1 \
         > "$WORK/peer-$r.log" 2>&1 &
     peer_pids+=($!); pids+=($!)
 done
+
+if [ "$SCENARIO" = partition ]; then
+    # Once 15 steps are done, cut peer 1 (node-2) off for 8 s: longer than the 3 s heartbeat timeout.
+    for _ in $(seq 1200); do
+        kill -0 "$coordinator" 2>/dev/null || break
+        [ "$(grep -c '"kind":"step"' "$WORK/run/metrics.jsonl" 2>/dev/null || echo 0)" -ge 15 ] && break
+        sleep 0.1
+    done
+    echo "netns-cohort: cutting node-2's link for 8 s"
+    ip link set "${TAG}v2" down
+    sleep 8
+    ip link set "${TAG}v2" up
+    echo "netns-cohort: node-2's link restored"
+fi
 
 status=0
 wait "$coordinator" || { echo "netns-cohort: coordinator failed"; status=1; }
 for r in $(seq 0 $((PEERS - 1))); do
     wait "${peer_pids[$r]}" || { echo "netns-cohort: peer $r failed"; status=1; }
 done
-wait "$monitor" || { echo "netns-cohort: monitor did not see the run finish"; status=1; }
+# The monitor ends with the stream; give it a few seconds after the coordinator, then stop it.
+for _ in $(seq 50); do kill -0 "$monitor" 2>/dev/null || break; sleep 0.1; done
+kill "$monitor" 2>/dev/null && { echo "netns-cohort: monitor did not see the run finish"; status=1; }
+wait "$monitor" 2>/dev/null || true
 
 cat "$WORK/coordinator.log"
 [ -f "$WORK/run/summary.json" ] || { echo "netns-cohort: no summary.json"; status=1; }
@@ -98,11 +128,20 @@ for r in $(seq 0 $((PEERS - 1))); do
     grep -q "peer $r joined.*host=$host" "$WORK/coordinator.log" || { echo "netns-cohort: peer $r did not join from $host"; status=1; }
     [ -f "$WORK/run/peer-$r/checkpoints/last.safetensors" ] || { echo "netns-cohort: peer $r wrote no checkpoint"; status=1; }
 done
+if [ "$SCENARIO" = partition ]; then
+    grep -q "peer 1 is absent" "$WORK/coordinator.log" || { echo "netns-cohort: peer 1 was not marked absent"; status=1; }
+    grep -q "peer 1 rejoins at the next step\|peer 1 joined again" "$WORK/run/stream.jsonl" || { echo "netns-cohort: peer 1 did not rejoin"; status=1; }
+    grep -q "lost the coordinator; rejoining" "$WORK/peer-1.log" || { echo "netns-cohort: peer 1 did not notice the partition"; status=1; }
+    grep -q '"present":\[0,2\]' "$WORK/run/metrics.jsonl" || { echo "netns-cohort: no step without peer 1"; status=1; }
+    tail -n 1 "$WORK/run/metrics.jsonl" | grep -q '"kind":"epoch"' || true
+    grep '"kind":"step"' "$WORK/run/metrics.jsonl" | tail -n 1 | grep -q '"present":\[0,1,2\]' || { echo "netns-cohort: peer 1 not back by the end"; status=1; }
+fi
 grep -q '"topic":"status"' "$WORK/monitor.jsonl" || { echo "netns-cohort: the monitor (root namespace) saw no status"; status=1; }
 tail -n 1 "$WORK/monitor.jsonl" | grep -q '"topic":"end".*"ok":true' || { echo "netns-cohort: the monitor saw no successful end"; status=1; }
 
 if [ $status = 0 ]; then
-    echo "netns-cohort: passed ($PEERS peers on $PEERS hosts, $(grep -c '"topic":"status"' "$WORK/monitor.jsonl") statuses seen by the monitor)"
+    echo "netns-cohort: $SCENARIO passed ($PEERS peers on $PEERS hosts, $(grep -c '"topic":"status"' "$WORK/monitor.jsonl") statuses seen by the monitor)"
+    [ "$SCENARIO" = partition ] && grep -E "absent|rejoin|joined again" "$WORK/coordinator.log"
     rm -rf "$WORK"
 else
     for r in $(seq 0 $((PEERS - 1))); do echo "--- peer $r"; tail -n 20 "$WORK/peer-$r.log"; done
