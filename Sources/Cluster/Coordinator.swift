@@ -362,6 +362,7 @@ public final class Coordinator {
         var lastReport = Date()
         let dimension = configuration.mcl.embeddingDimension
         var loader: (epoch: Int, loader: BatchLoader)?
+        var batches: (epoch: Int, sizes: [Int])?
         // An epoch whose end the previous coordinator did not get to evaluate.
         if start > 0, start % spe == 0, state.evaluatedEpochs < start / spe {
             try endEpoch(start / spe - 1, started: started)
@@ -372,7 +373,8 @@ public final class Coordinator {
             try checkStop()
             try promote()
             let participants = presentRanks
-            let b = data.sampler.batches(epoch: epoch)[step].count
+            if batches?.epoch != epoch { batches = (epoch, data.sampler.batches(epoch: epoch).map(\.count)) }
+            let b = batches!.sizes[step]
             var teacherTensors: [TensorPayload] = []
             if let teacher {
                 if loader?.epoch != epoch { loader = (epoch, data.loader(epoch: epoch, startStep: step)) }
