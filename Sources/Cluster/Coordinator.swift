@@ -159,8 +159,10 @@ public final class Coordinator {
     public func run(resume: Bool = false) throws -> CohortSummary {
         defer { publisher.close() }
         do {
-            if resume { restoreState() }
-            try admit(requireAll: !resume)
+            // Resuming from a cohort checkpoint, the cohort may go on without peers that do not come back;
+            // a fresh start (also `resume` with nothing to resume) waits for every peer.
+            let restored = resume && restoreState()
+            try admit(requireAll: !restored)
             let summary = try train()
             broadcast(.shutdown(.init(reason: "finished")))
             logger.info("finished", metadata: ["summary": "\(configuration.output)/summary.json"])
@@ -174,18 +176,20 @@ public final class Coordinator {
         }
     }
 
-    private func restoreState() {
+    /// Loads the newest valid cohort checkpoint; whether there was one.
+    private func restoreState() -> Bool {
         let (newest, skipped) = CoordinatorState.newest(output: configuration.output)
         for s in skipped { logger.warning("passed over a cohort checkpoint", metadata: ["why": "\(s)"]) }
         guard var restored = newest else {
             logger.notice("no cohort checkpoint to resume from; starting at step 0")
-            return
+            return false
         }
         if restored.lastEvaluation.count != configuration.peers.count {
             restored.lastEvaluation = Array(repeating: nil, count: configuration.peers.count)
         }
         state = restored
         logger.notice("resumed", metadata: ["global_step": "\(state.globalStep)", "epochs_evaluated": "\(state.evaluatedEpochs)"])
+        return true
     }
 
     // MARK: Admission
