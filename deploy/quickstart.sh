@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # From a fresh Debian machine with Swift to a real cohort: installs what is missing, builds Cohort (release),
-# trains a resnet20 teacher on Fashion-MNIST for one epoch, then runs a cohort of two resnet8 peers that
-# learn from each other (MCL) and from the teacher (KD, CRCD, RRD) as a coordinator and one process per peer
-# on this machine, and prints each peer's and the ensemble's test accuracy. About 10 minutes on 2 cores.
+# trains a resnet20 teacher on Fashion-MNIST (all 60,000 training images, one epoch), then runs a cohort of
+# two resnet8 peers that learn from each other (MCL) and from the teacher (KD, CRCD with the gradient
+# element, RRD) for one epoch over 30,000 of the images, as a coordinator and one process per peer on this
+# machine, and prints each peer's, the ensemble's and the teacher's test accuracy (all 10,000 test images).
+# About 7 minutes on 2 cores.
 #
 # Everything goes to runs/quickstart (the teacher is reused when run again). Watch the cohort live from
 # another terminal with the `cohort monitor` command it prints.
@@ -22,7 +24,7 @@ fi
 mkdir -p "$OUT"
 cat > "$OUT/cohort.yaml" <<YAML
 # Written by deploy/quickstart.sh; every key: docs/configuration.md.
-data: {dataset: fashion-mnist}
+data: {dataset: fashion-mnist, train_limit: 30000}
 seed: 0
 epochs: 1
 batch_size: 128

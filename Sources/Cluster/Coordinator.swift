@@ -162,6 +162,10 @@ public final class Coordinator {
             // Resuming from a cohort checkpoint, the cohort may go on without peers that do not come back;
             // a fresh start (also `resume` with nothing to resume) waits for every peer.
             let restored = resume && restoreState()
+            // Before admitting anyone: a long evaluation must not happen while peers await heartbeat answers.
+            if state.teacherTop1 == nil, let teacher {
+                state.teacherTop1 = evaluate(teacher.model, on: data.testSet, batchSize: configuration.evaluationBatchSize).top1
+            }
             try admit(requireAll: !restored)
             let summary = try train()
             broadcast(.shutdown(.init(reason: "finished")))
@@ -353,9 +357,6 @@ public final class Coordinator {
         let spe = data.stepsPerEpoch
         let total = configuration.epochs * spe
         training = true
-        if state.teacherTop1 == nil, let teacher {
-            state.teacherTop1 = evaluate(teacher.model, on: data.testSet, batchSize: configuration.evaluationBatchSize).top1
-        }
         if let t = state.teacherTop1 { logger.info(Logger.Message(stringLiteral: String(format: "teacher %@: test top-1 %.2f%%", configuration.teacher!.model, 100 * t))) }
         // Continue from the cohort checkpoint, or from further on when the peers are (a restarted coordinator).
         let start = min(total, max(state.globalStep, presentRanks.map { resumeSteps[$0] }.max() ?? 0))
@@ -406,6 +407,12 @@ public final class Coordinator {
                 }
                 arrival[rank] = Date()
                 return true
+            }
+            guard !delivered.isEmpty else {
+                // Nobody delivered (every participant turned out absent): the step is run again with
+                // whoever rejoins, its batch assembled anew.
+                loader = nil
+                continue
             }
             let complete = Date()
             // Whoever is served first starts its backward pass first; rotate so no peer always waits longest.
