@@ -41,8 +41,10 @@ let package = Package(
         .target(name: "Wire"),
         // zlib, for gzip-compressed IDX files.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // Hand-vectorised C kernels: an AVX-512 sgemm and CRCD's per-entry loop (optimised in debug too).
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Float32 tensors, reverse-mode autograd, and the kernels under them.
-        .target(name: "Tensors", dependencies: ["CBLAS"], swiftSettings: kernelSettings + optimisedInDebug),
+        .target(name: "Tensors", dependencies: ["CBLAS", "CKernels"], swiftSettings: kernelSettings + optimisedInDebug),
         // Modules, layers, models, optimizers and learning-rate schedules.
         .target(name: "NN", dependencies: ["Tensors"], swiftSettings: optimisedInDebug),
         // Data sets, augmentation, deterministic samplers and the background batch loader.
@@ -50,7 +52,7 @@ let package = Package(
         // Single-network training, evaluation, metrics and run directories (`cohort train`).
         .target(name: "Training", dependencies: ["NN", "Data"]),
         // The distillation losses: MCL, CRCD, RRD, KD, with their memories and queues.
-        .target(name: "Distill", dependencies: ["NN"], swiftSettings: optimisedInDebug),
+        .target(name: "Distill", dependencies: ["NN", "CKernels"], swiftSettings: optimisedInDebug),
         // The cohort: configuration, the per-peer trainer, the teacher, the in-process cohort.
         .target(name: "Runtime", dependencies: ["Training", "Distill", .product(name: "Yams", package: "Yams")]),
         // The distributed cohort: coordinator, peer processes, the log stream and monitor, the launcher.

@@ -1,8 +1,14 @@
 import CBLAS
+import CKernels
 
-/// Single-precision matrix products through OpenBLAS.
+/// Single-precision matrix products: Cohort's own AVX-512 kernel where the CPU has it, OpenBLAS otherwise
+/// (or when `COHORT_GEMM=blas` is set, for comparisons).
 public enum Gemm {
+    /// Whether products run on Cohort's AVX-512 kernel in this process.
+    public static var usesOwnKernel: Bool { cohort_sgemm_supported() != 0 }
+
     /// `C = alpha * op(A) op(B) + beta * C`, row-major, where `op(A)` is `m x k` and `op(B)` is `k x n`.
+    /// With `beta == 0`, `C`'s old contents are not read.
     ///
     /// - Parameters:
     ///   - transposeA: `A` is stored `k x m` and used transposed.
@@ -16,20 +22,24 @@ public enum Gemm {
         lda: Int? = nil, ldb: Int? = nil, ldc: Int? = nil
     ) {
         guard m > 0, n > 0 else { return }
+        let ldc = ldc ?? n
         guard k > 0 else {
             if beta == 0 {
-                for row in 0..<m { (c + row * (ldc ?? n)).update(repeating: 0, count: n) }
+                for row in 0..<m { (c + row * ldc).update(repeating: 0, count: n) }
             } else if beta != 1 {
-                for row in 0..<m { Vector.scale(c + row * (ldc ?? n), by: beta, count: n) }
+                for row in 0..<m { Vector.scale(c + row * ldc, by: beta, count: n) }
             }
+            return
+        }
+        let lda = lda ?? (transposeA ? m : k), ldb = ldb ?? (transposeB ? k : n)
+        if cohort_sgemm(transposeA ? 1 : 0, transposeB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) != 0 {
             return
         }
         cblas_sgemm(CblasRowMajor,
                     transposeA ? CblasTrans : CblasNoTrans,
                     transposeB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha,
-                    a, Int32(lda ?? (transposeA ? m : k)),
-                    b, Int32(ldb ?? (transposeB ? k : n)),
-                    beta, c, Int32(ldc ?? n))
+                    a, Int32(lda), b, Int32(ldb),
+                    beta, c, Int32(ldc))
     }
 }

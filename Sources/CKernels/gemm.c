@@ -1,0 +1,246 @@
+// Cohort's single-precision matrix product for AVX-512 CPUs.
+//
+// The classic blocked scheme (Goto; BLIS's five loops): op(B) is packed into kc x NR column panels that
+// live in L1 while the packed mc x kc block of op(A), in MR-row panels, streams from L2 through an 8 x 32
+// register tile (16 zmm accumulators). Edge tiles go through a small scratch tile. Every product is
+// single-threaded and deterministic: the order of the k sums depends only on the shapes.
+
+#include "CKernels.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+enum { MR = 8, NR = 32, KC = 256, MC = 256, NC = 2048 };
+
+#define AVX512 __attribute__((target("avx512f")))
+
+static int supported;
+static pthread_once_t support_once = PTHREAD_ONCE_INIT;
+
+static void detect(void) {
+    __builtin_cpu_init();
+    const char *choice = getenv("COHORT_GEMM");
+    supported = __builtin_cpu_supports("avx512f") && !(choice && strcmp(choice, "blas") == 0);
+}
+
+int cohort_sgemm_supported(void) {
+    pthread_once(&support_once, detect);
+    return supported;
+}
+
+// Per-thread packing buffers, freed when the thread exits.
+typedef struct { float *a, *b; } PackBuffers;
+static pthread_key_t buffers_key;
+static pthread_once_t buffers_once = PTHREAD_ONCE_INIT;
+
+static void free_buffers(void *pointer) {
+    PackBuffers *buffers = pointer;
+    free(buffers->a);
+    free(buffers->b);
+    free(buffers);
+}
+
+static void make_buffers_key(void) { pthread_key_create(&buffers_key, free_buffers); }
+
+static PackBuffers *thread_buffers(void) {
+    pthread_once(&buffers_once, make_buffers_key);
+    PackBuffers *buffers = pthread_getspecific(buffers_key);
+    if (buffers) return buffers;
+    buffers = malloc(sizeof *buffers);
+    if (!buffers) return NULL;
+    buffers->a = aligned_alloc(64, sizeof(float) * MC * KC);
+    buffers->b = aligned_alloc(64, sizeof(float) * KC * NC);
+    if (!buffers->a || !buffers->b || pthread_setspecific(buffers_key, buffers) != 0) {
+        free_buffers(buffers);
+        return NULL;
+    }
+    return buffers;
+}
+
+static inline long min_long(long x, long y) { return x < y ? x : y; }
+
+// dst[i * ldd + r] = src[r * lds + i] for an 8 x 8 block.
+AVX512 static inline void transpose8(const float *src, long lds, float *dst, long ldd) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
+           r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds),
+           r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+           u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
+           u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
+           u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// op(A)[i0 : i0+mc, p0 : p0+kc] into MR-row panels: panel q holds rows q*MR.., as kc groups of MR.
+AVX512 static void pack_a(int transpose, const float *a, long lda, long i0, long p0, long mc, long kc, float *dst) {
+    for (long ip = 0; ip < mc; ip += MR) {
+        long mr = min_long(MR, mc - ip);
+        float *d = dst + ip * kc;
+        if (!transpose) {
+            const float *src = a + (i0 + ip) * lda + p0;
+            long p = 0;
+            if (mr == MR)
+                for (; p + 8 <= kc; p += 8) transpose8(src + p, lda, d + p * MR, MR);
+            for (; p < kc; p++) {
+                long r = 0;
+                for (; r < mr; r++) d[p * MR + r] = src[r * lda + p];
+                for (; r < MR; r++) d[p * MR + r] = 0;
+            }
+        } else {
+            for (long p = 0; p < kc; p++) {
+                const float *src = a + (p0 + p) * lda + i0 + ip;
+                if (mr == MR) {
+                    _mm256_store_ps(d + p * MR, _mm256_loadu_ps(src));
+                    continue;
+                }
+                long r = 0;
+                for (; r < mr; r++) d[p * MR + r] = src[r];
+                for (; r < MR; r++) d[p * MR + r] = 0;
+            }
+        }
+    }
+}
+
+// op(B)[p0 : p0+kc, j0 : j0+nc] into NR-column panels: panel q holds columns q*NR.., as kc rows of NR.
+AVX512 static void pack_b(int transpose, const float *b, long ldb, long p0, long j0, long kc, long nc, float *dst) {
+    for (long jp = 0; jp < nc; jp += NR) {
+        long nr = min_long(NR, nc - jp);
+        float *d = dst + jp * kc;
+        if (!transpose) {
+            if (nr == NR) {
+                for (long p = 0; p < kc; p++) {
+                    const float *src = b + (p0 + p) * ldb + j0 + jp;
+                    _mm512_store_ps(d + p * NR, _mm512_loadu_ps(src));
+                    _mm512_store_ps(d + p * NR + 16, _mm512_loadu_ps(src + 16));
+                }
+            } else {
+                for (long p = 0; p < kc; p++) {
+                    const float *src = b + (p0 + p) * ldb + j0 + jp;
+                    long c = 0;
+                    for (; c < nr; c++) d[p * NR + c] = src[c];
+                    for (; c < NR; c++) d[p * NR + c] = 0;
+                }
+            }
+        } else {
+            const float *src = b + (j0 + jp) * ldb + p0;
+            long c = 0;
+            for (; c + 8 <= nr; c += 8) {
+                long p = 0;
+                for (; p + 8 <= kc; p += 8) transpose8(src + c * ldb + p, ldb, d + p * NR + c, NR);
+                for (; p < kc; p++)
+                    for (long cc = c; cc < c + 8; cc++) d[p * NR + cc] = src[cc * ldb + p];
+            }
+            for (; c < NR; c++)
+                for (long p = 0; p < kc; p++) d[p * NR + c] = c < nr ? src[c * ldb + p] : 0;
+        }
+    }
+}
+
+// C[0:MR, 0:NR] = alpha * (A panel x B panel) + beta * C (C not read when beta == 0).
+AVX512 static void kernel(long kc, const float *restrict a, const float *restrict b, float *c, long ldc,
+                          float alpha, float beta) {
+    __m512 c0[MR], c1[MR];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); }
+#pragma clang loop unroll_count(4)
+    for (long p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            __m512 x = _mm512_set1_ps(a[r]);
+            c0[r] = _mm512_fmadd_ps(x, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(x, b1, c1[r]);
+        }
+        a += MR;
+        b += NR;
+    }
+    __m512 va = _mm512_set1_ps(alpha);
+    if (beta == 0) {
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            _mm512_storeu_ps(c + r * ldc, _mm512_mul_ps(va, c0[r]));
+            _mm512_storeu_ps(c + r * ldc + 16, _mm512_mul_ps(va, c1[r]));
+        }
+    } else {
+        __m512 vb = _mm512_set1_ps(beta);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            float *row = c + r * ldc;
+            _mm512_storeu_ps(row, _mm512_fmadd_ps(va, c0[r], _mm512_mul_ps(vb, _mm512_loadu_ps(row))));
+            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, c1[r], _mm512_mul_ps(vb, _mm512_loadu_ps(row + 16))));
+        }
+    }
+}
+
+AVX512 static void product(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda,
+                           const float *b, long ldb, float beta, float *c, long ldc, PackBuffers *buffers) {
+    float edge[MR * NR] __attribute__((aligned(64)));
+    for (long jc = 0; jc < n; jc += NC) {
+        long nc = min_long(NC, n - jc);
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = min_long(KC, k - pc);
+            float scale = pc == 0 ? beta : 1;
+            pack_b(tb, b, ldb, pc, jc, kc, nc, buffers->b);
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = min_long(MC, m - ic);
+                pack_a(ta, a, lda, ic, pc, mc, kc, buffers->a);
+                for (long jr = 0; jr < nc; jr += NR) {
+                    long nr = min_long(NR, nc - jr);
+                    const float *panel_b = buffers->b + jr * kc;
+                    for (long ir = 0; ir < mc; ir += MR) {
+                        long mr = min_long(MR, mc - ir);
+                        const float *panel_a = buffers->a + ir * kc;
+                        float *tile = c + (ic + ir) * ldc + jc + jr;
+                        if (mr == MR && nr == NR) {
+                            kernel(kc, panel_a, panel_b, tile, ldc, alpha, scale);
+                            continue;
+                        }
+                        kernel(kc, panel_a, panel_b, edge, NR, 1, 0);
+                        for (long i = 0; i < mr; i++)
+                            for (long j = 0; j < nr; j++) {
+                                float value = alpha * edge[i * NR + j];
+                                tile[i * ldc + j] = scale == 0 ? value : value + scale * tile[i * ldc + j];
+                            }
+                    }
+                }
+            }
+        }
+    }
+}
+
+int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float alpha,
+                 const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc) {
+    if (!cohort_sgemm_supported() || k <= 0) return 0;
+    if (m <= 0 || n <= 0) return 1;
+    PackBuffers *buffers = thread_buffers();
+    if (!buffers) return 0;
+    product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers);
+    return 1;
+}
+
+#else
+
+int cohort_sgemm_supported(void) { return 0; }
+
+int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float alpha,
+                 const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc) {
+    (void)transpose_a; (void)transpose_b; (void)m; (void)n; (void)k; (void)alpha;
+    (void)a; (void)lda; (void)b; (void)ldb; (void)beta; (void)c; (void)ldc;
+    return 0;
+}
+
+#endif

@@ -1,0 +1,48 @@
+#ifndef COHORT_CKERNELS_H
+#define COHORT_CKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// Cohort's own single-precision matrix product for CPUs with AVX-512 (packed panels, an 8 x 32 register
+/// tile). Single-threaded: Cohort splits work across its own threads.
+///
+/// Row-major `C = alpha * op(A) op(B) + beta * C`, `op(A)` is `m x k`, `op(B)` is `k x n`. With `beta == 0`
+/// the old contents of `C` are never read. Returns 0 and does nothing when this CPU lacks AVX-512
+/// (the caller then uses BLAS); 1 when it computed the product.
+int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float alpha,
+                 const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc);
+
+/// 1 when `cohort_sgemm` runs on this CPU (it needs AVX-512F).
+int cohort_sgemm_supported(void);
+
+/// The per-entry part of one CRCD row: anchor `n` of sample `i` against its K+1 contrast rows.
+///
+/// For each k, with `pan[k] = <p_k, a_n>`:
+///     |w_k|^2 = norm_p[k] - 2 pan[k] + 2 eps sum_p[k] + w_base,    w_k = max(sqrt(max(|w_k|^2, 0)), 1e-12)
+///     cos_k   = (ps[k] - pan[k] + eps sum_p[k] - base) / (w_k r)     (degenerate entries: degenerate_cos)
+///     x_k     = exp(cos_k / T) / Z
+/// loss = log(x_0 / (x_0 + c)) + sum_{k>0} log(m_pn / (x_k + c)) is returned; g_k = dL/dcos_k scaled by
+/// `1 / (T rows)`; `cw[k] += h_k = g_k / (w_k r)` (0 for degenerate entries), and the sums
+/// `out[0] = sum g_k cos_k`, `out[1] = sum h_k`, `out[2] = sum of g_k over degenerate entries`.
+/// A degenerate entry is one whose `contrast[k] == anchor` (its w is the constant eps * 1).
+double cohort_crcd_row(long k1, const float *pan, const float *norm_p, const float *sum_p, const float *ps,
+                       const int64_t *contrast, int64_t anchor,
+                       float r, float base, float w_base, float degenerate_cos, float eps, float inv_t, float inv_z,
+                       float c, float m_pn, float grad_scale, float *cw, float *out);
+
+/// `sum_k exp(cos_k / T)` over one CRCD row (the first call's estimate of the normaliser Z).
+double cohort_crcd_exp_sum(long k1, const float *pan, const float *norm_p, const float *sum_p, const float *ps,
+                           const int64_t *contrast, int64_t anchor, float r, float base, float w_base,
+                           float degenerate_cos, float eps, float inv_t);
+
+/// `destination[i, :] = source[rows[i], :]` for `count` rows of `width` floats, prefetching rows ahead
+/// (random rows of a large memory: the copy waits on memory, not on arithmetic).
+void cohort_gather_rows(const float *source, const int64_t *rows, long count, long width, float *destination);
+
+/// `out[i] = exp(x[i])`, vectorised (relative error below 2e-7 over the float range).
+void cohort_exp(const float *x, float *out, long n);
+/// `out[i] = log(x[i])` for positive normal `x[i]`, vectorised (absolute error below 2e-7 for x near 1).
+void cohort_log(const float *x, float *out, long n);
+
+#endif
