@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 import Tensors
 import NN
 
@@ -125,33 +126,25 @@ public final class CRCDLoss: Module {
     /// One side: the NCE loss of `exp(<w, r>/T)/Z` for the unit embeddings `v` (`B x d`, in the graph)
     /// against the (constant) memory rows, with a hand-written backward.
     ///
+    /// Work is split by sample `i` across threads. For each `i`, the thread gathers its K+1 contrast rows
+    /// `P_i` (`K1 x d`), multiplies the anchors against them (`PA_i = A P_i^T`, `B x K1`, contiguous in k),
+    /// and runs the per-entry kernel (`cohort_crcd_row`: cosines, exp, log, dL/dcos and the gradient's
+    /// coefficients, vectorised) over each anchor's row while `PA_i` is still in cache.
+    ///
     /// - Parameter normaliser: where Z lives; a negative value there is replaced by this call's estimate.
     static func side(_ v: Tensor, memory: Tensor, indices: [Int], contrastIndices: [Int], negatives: Int,
                      temperature: Float, dataCount: Int, normaliser: UnsafeMutablePointer<Float>) -> Tensor {
         let b = v.shape[0], d = v.shape[1], k1 = negatives + 1
         let eps: Float = 1e-6, sqrtD = Float(d).squareRoot(), dEps2 = Float(d) * eps * eps
-        // Gathered rows: anchors A (B x d) and contrast rows P (B*K1 x d).
         let anchors = withNoGrad { memory.indexSelect(rows: indices) }
-        let contrastRows = withNoGrad { memory.indexSelect(rows: contrastIndices) }
-        // PA[(b,k), n] = <P[b,k], A[n]>: the one large product.
-        let pa = Tensor(uninitializedShape: [b * k1, b])
-        Gemm.multiply(contrastRows.data, anchors.data, transposeB: true, into: pa.data, m: b * k1, n: b, k: d)
-        // Scratch, as tensors (raw buffers: no per-access checks in the loops below).
         let perAnchor = Tensor(uninitializedShape: [2, b])            // sum(a_n), |a_n|^2
-        let perContrast = Tensor(uninitializedShape: [3, b * k1])     // sum(p), |p|^2, <p, s_b>
-        let perPair = Tensor(uninitializedShape: [3, b * b])          // |r|, sum(r), <a_n, s_b>
-        let s = v.data, a = anchors.data, p = contrastRows.data, paData = pa.data
+        let perPair = Tensor(uninitializedShape: [3, b * b])          // |r|, sum(r), <a_n, s_i>
+        let s = v.data, a = anchors.data, rows = memory.data
         let sumA = perAnchor.data, normA = perAnchor.data + b
-        let sumP = perContrast.data, normP = perContrast.data + b * k1, ps = perContrast.data + 2 * b * k1
         let rNorm = perPair.data, rSum = perPair.data + b * b, aDotS = perPair.data + 2 * b * b
         for n in 0..<b { sumA[n] = Vector.sum(a + n * d, count: d); normA[n] = Vector.dot(a + n * d, a + n * d, count: d) }
-        Parallelism.forEachChunk(b, costPerItem: k1 * d * 3 + b * d * 3) { rows in
-            for i in rows {
-                for k in 0..<k1 {
-                    let bk = i * k1 + k, row = p + bk * d
-                    sumP[bk] = Vector.sum(row, count: d); normP[bk] = Vector.dot(row, row, count: d)
-                    ps[bk] = Vector.dot(row, s + i * d, count: d)
-                }
+        Parallelism.forEachChunk(b, costPerItem: b * d * 3) { range in
+            for i in range {
                 // r[i,n] = s_i - a_n + eps, formed explicitly (B x B x d is small).
                 for n in 0..<b {
                     var q: Float = 0, sum: Float = 0
@@ -161,30 +154,57 @@ public final class CRCDLoss: Module {
                 }
             }
         }
-        // <w, r> for entry (i, n, k), and |w|; degenerate entries are recognised by their indices.
-        @inline(__always) func relation(_ i: Int, _ n: Int, _ k: Int) -> (cos: Float, w: Float, degenerate: Bool) {
-            let bk = i * k1 + k, r = rNorm[i * b + n]
-            if contrastIndices[bk] == indices[n] {
-                // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
-                return (rSum[i * b + n] / (sqrtD * r), eps * sqrtD, true)
+        let anchorIndices = indices.map(Int64.init)
+        let contrast = contrastIndices.map(Int64.init)
+        /// A thread's buffers for one sample: its contrast rows, their sums, squared norms and products
+        /// with `s_i`, the anchors' products with them, and the gradient's per-row coefficients.
+        struct Scratch {
+            let storage: Tensor
+            let p, sumP, normP, ps, pa, cw: UnsafeMutablePointer<Float>
+            init(b: Int, k1: Int, d: Int) {
+                storage = Tensor(uninitializedShape: [k1 * d + 4 * k1 + b * k1])
+                p = storage.data; sumP = p + k1 * d; normP = sumP + k1; ps = normP + k1; cw = ps + k1; pa = cw + k1
             }
-            let pan = paData[bk * b + n]
-            let w2 = normP[bk] - 2 * pan + normA[n] + 2 * eps * (sumP[bk] - sumA[n]) + dEps2
-            let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
-            // <p - a + e, s - a + e>, with sum(s) recovered from sum(r_raw).
+        }
+        func prepare(_ i: Int, _ t: Scratch) {
+            contrast.withUnsafeBufferPointer { cb in cohort_gather_rows(rows, cb.baseAddress! + i * k1, k1, d, t.p) }
+            for k in 0..<k1 {
+                let row = t.p + k * d
+                t.sumP[k] = Vector.sum(row, count: d); t.normP[k] = Vector.dot(row, row, count: d)
+                t.ps[k] = Vector.dot(row, s + i * d, count: d)
+            }
+            Gemm.multiply(a, t.p, transposeB: true, into: t.pa, m: b, n: k1, k: d)
+        }
+        // Per (i, n): the terms of <w, r> and |w| that do not depend on k.
+        @inline(__always) func pairTerms(_ i: Int, _ n: Int) -> (r: Float, base: Float, wBase: Float, degenerateCos: Float) {
+            let r = rNorm[i * b + n]
             let sumS = rSum[i * b + n] - Float(d) * eps + sumA[n]
-            let dot = ps[bk] - pan - aDotS[i * b + n] + normA[n] + eps * (sumP[bk] + sumS - 2 * sumA[n]) + dEps2
-            return (dot / (w * r), w, false)
+            // <p - a + e, s - a + e> = <p, s> - <p, a> + eps sum(p) - base
+            let base = aDotS[i * b + n] - normA[n] - eps * (sumS - 2 * sumA[n]) - dEps2
+            let wBase = normA[n] - 2 * eps * sumA[n] + dEps2
+            // A degenerate w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
+            return (r, base, wBase, rSum[i * b + n] / (sqrtD * r))
         }
         let invT = 1 / temperature
+        let chunks = Parallelism.ranges(b, costPerItem: b * k1 * (2 * d + 60))
         if normaliser.pointee < 0 {
             // First call: Z = mean(exp(<w, r>/T)) * n_data, from one extra pass.
-            let chunks = Parallelism.ranges(b, costPerItem: b * k1 * 30)
             let sums = Tensor.zeros([Swift.max(chunks.count, 1)])
             let sumData = sums.data
-            Parallelism.run(chunks) { chunk, rows in
+            Parallelism.run(chunks) { chunk, range in
+                let t = Scratch(b: b, k1: k1, d: d)
                 var total = 0.0
-                for i in rows { for n in 0..<b { for k in 0..<k1 { total += Double(expf(relation(i, n, k).cos * invT)) } } }
+                for i in range {
+                    prepare(i, t)
+                    for n in 0..<b {
+                        let q = pairTerms(i, n)
+                        total += contrast.withUnsafeBufferPointer { c in
+                            cohort_crcd_exp_sum(k1, t.pa + n * k1, t.normP, t.sumP, t.ps, c.baseAddress! + i * k1,
+                                                anchorIndices[n], q.r, q.base, q.wBase, q.degenerateCos, eps, invT)
+                        }
+                    }
+                }
+                withExtendedLifetime(t.storage) {}
                 sumData[chunk] = Float(total)
             }
             let expSum = withExtendedLifetime(sums) { (0..<chunks.count).reduce(0.0) { $0 + Double(sumData[$1]) } }
@@ -198,86 +218,44 @@ public final class CRCDLoss: Module {
         let rowsCount = Float(b * b), mPn = Float(negatives) / Float(dataCount), c = mPn + 1e-7
         let dv = Tensor.zeros([b, d])
         let dvData = dv.data
-        let weights = Tensor(uninitializedShape: [b * k1 + b * b])   // per (i,k) and per (i,n) coefficients
-        let contrastWeight = weights.data, anchorWeight = weights.data + b * k1
-        let chunks = Parallelism.ranges(b, costPerItem: b * k1 * 60)
+        let anchorWeights = Tensor(uninitializedShape: [b, b])
+        let anchorWeight = anchorWeights.data
         let partial = Tensor.zeros([Swift.max(chunks.count, 1)])
         let partialData = partial.data
-        Parallelism.run(chunks) { chunk, rows in
-            // Per (i, n): the K+1 relations in tight loops over k (cosines and norms, then the loss and
-            // dL/dcos, then the gradient's coefficients), through small per-thread buffers.
-            let scratch = Tensor(uninitializedShape: [4, k1])
-            let cosRow = scratch.data, wRow = scratch.data + k1, gRow = scratch.data + 2 * k1
-            let degenerateRow = scratch.data + 3 * k1
+        Parallelism.run(chunks) { chunk, range in
+            let t = Scratch(b: b, k1: k1, d: d)
+            let sums = Tensor(uninitializedShape: [3])
             var loss = 0.0
-            for i in rows {
+            for i in range {
+                prepare(i, t)
                 let out = dvData + i * d
                 var selfWeight: Float = 0, uniform: Float = 0
-                let cw = contrastWeight + i * k1
-                for k in 0..<k1 { cw[k] = 0 }
+                t.cw.update(repeating: 0, count: k1)
                 for n in 0..<b {
-                    let r = rNorm[i * b + n], anchorIndex = indices[n]
-                    let sumS = rSum[i * b + n] - Float(d) * eps + sumA[n]
-                    let base = aDotS[i * b + n] - normA[n] - eps * (sumS - 2 * sumA[n]) - dEps2
-                    let wBase = normA[n] - 2 * eps * sumA[n] + dEps2
-                    let degenerateCos = rSum[i * b + n] / (sqrtD * r)
-                    for k in 0..<k1 {
-                        let bk = i * k1 + k
-                        let pan = paData[bk * b + n]
-                        let w2 = normP[bk] - 2 * pan + 2 * eps * sumP[bk] + wBase
-                        let w = Swift.max(Swift.max(w2, 0).squareRoot(), 1e-12)
-                        // <p - a + e, s - a + e>
-                        let dot = ps[bk] - pan + eps * sumP[bk] - base
-                        cosRow[k] = dot / (w * r)
-                        wRow[k] = w
-                        degenerateRow[k] = 0
+                    let q = pairTerms(i, n)
+                    loss += contrast.withUnsafeBufferPointer { cb in
+                        cohort_crcd_row(k1, t.pa + n * k1, t.normP, t.sumP, t.ps, cb.baseAddress! + i * k1, anchorIndices[n],
+                                        q.r, q.base, q.wBase, q.degenerateCos, eps, invT, 1 / z, c, mPn,
+                                        1 / (temperature * rowsCount), t.cw, sums.data)
                     }
-                    for k in 0..<k1 where contrastIndices[i * k1 + k] == anchorIndex {
-                        // w = normalize(eps * 1) = 1/sqrt(d): <w, r> = sum(r_raw) / (sqrt(d) |r|).
-                        cosRow[k] = degenerateCos
-                        wRow[k] = eps * sqrtD
-                        degenerateRow[k] = 1
-                    }
-                    for k in 0..<k1 {
-                        let x = expf(cosRow[k] * invT) / z
-                        if k == 0 {
-                            loss += Double(logf(x / (x + c)))
-                            gRow[k] = -c / ((x + c) * temperature * rowsCount)
-                        } else {
-                            loss += Double(logf(mPn / (x + c)))
-                            gRow[k] = x / ((x + c) * temperature * rowsCount)
-                        }
-                    }
-                    var anchor: Float = 0, cosTerm: Float = 0, hSum: Float = 0, degenerateSum: Float = 0
-                    for k in 0..<k1 {
-                        let g = gRow[k]
-                        cosTerm += g * cosRow[k]
-                        let isDegenerate = degenerateRow[k] != 0
-                        let h = isDegenerate ? 0 : g / (wRow[k] * r)
-                        cw[k] += h
-                        hSum += h
-                        degenerateSum += isDegenerate ? g : 0
-                    }
-                    anchor -= hSum
-                    uniform += hSum * eps + degenerateSum / (sqrtD * r)
-                    // - cosTerm (s - a + e) / |r|^2
-                    let q = cosTerm / (r * r)
-                    selfWeight -= q
-                    anchor += q
-                    uniform -= q * eps
-                    anchorWeight[i * b + n] = anchor
+                    let cosTerm = sums.data[0], hSum = sums.data[1], degenerateSum = sums.data[2]
+                    // - cosTerm (s - a + e) / |r|^2, and the w_hat terms' anchor and eps shares.
+                    let weight = cosTerm / (q.r * q.r)
+                    selfWeight -= weight
+                    uniform += hSum * eps + degenerateSum / (sqrtD * q.r) - weight * eps
+                    anchorWeight[i * b + n] = weight - hSum
                 }
                 Vector.axpy(selfWeight, s + i * d, out, count: d)
                 for j in 0..<d { out[j] += uniform }
-                for k in 0..<k1 { Vector.axpy(cw[k], p + (i * k1 + k) * d, out, count: d) }
+                for k in 0..<k1 { Vector.axpy(t.cw[k], t.p + k * d, out, count: d) }
             }
-            withExtendedLifetime(scratch) {}
+            withExtendedLifetime((t.storage, sums)) {}
             partialData[chunk] = Float(loss)
         }
         // The anchors' share for all rows at once: dV += anchorWeight (B x B) x A (B x d).
         Gemm.multiply(anchorWeight, a, into: dvData, m: b, n: d, k: b, beta: 1)
         let total = (0..<chunks.count).reduce(0.0) { $0 + Double(partialData[$1]) }
-        withExtendedLifetime((anchors, contrastRows, pa, perAnchor, perContrast, perPair, weights, partial)) {}
+        withExtendedLifetime((anchors, perAnchor, perPair, anchorWeights, partial)) {}
         let out = Tensor(scalar: Float(-total / Double(rowsCount)))
         return out.recorded("crcdSide", [v]) { upstream in [dv * upstream.item] }
     }
