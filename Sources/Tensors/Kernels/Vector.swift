@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CKernels
 
 /// Vectorised loops over raw `Float` buffers. These are the element-wise kernels under the ops; they
 /// take pointers and counts, never arrays, and process eight lanes at a time with a scalar tail.
@@ -99,13 +100,15 @@ public enum Vector {
     }
 
     /// `out[i] = exp(x[i])`.
+    /// Vectorised (AVX-512 where the CPU has it, libm otherwise); within 2 ulp of libm's `expf`.
     public static func exp(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count n: Int) {
-        for i in 0..<n { out[i] = expf(x[i]) }
+        cohort_exp(x, out, n)
     }
 
     /// `out[i] = log(x[i])`.
+    /// Vectorised as ``exp(_:_:count:)``.
     public static func log(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count n: Int) {
-        for i in 0..<n { out[i] = logf(x[i]) }
+        cohort_log(x, out, n)
     }
 
     /// Copies `n` elements; an inline loop, cheaper than `memmove` for the short rows of image lowering.

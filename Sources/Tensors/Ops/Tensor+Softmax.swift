@@ -20,11 +20,13 @@ extension Tensor {
             for r in range {
                 let xr = x + r * cols, orow = o + r * cols
                 let m = Vector.max(xr, count: cols)
-                var s: Float = 0
-                for j in 0..<cols { s += expf(xr[j] - m) }
+                let vm = Vector.Lanes(repeating: m)
+                Vector.map(xr, orow, cols, { $0 - vm }, { $0 - m })
+                Vector.exp(orow, orow, count: cols)
+                let s = Vector.sum(orow, count: cols)
                 // (x - m) - log s, in that order: exact for the largest entry even at large magnitudes.
                 let l = logf(s)
-                let vm = Vector.Lanes(repeating: m), vl = Vector.Lanes(repeating: l)
+                let vl = Vector.Lanes(repeating: l)
                 Vector.map(xr, orow, cols, { ($0 - vm) - vl }, { ($0 - m) - l })
             }
         }
@@ -39,9 +41,13 @@ extension Tensor {
             // dx = g - softmax * sum(g) per row
             let dx = Tensor(uninitializedShape: g.shape)
             let gp = g.data, op = out.data, d = dx.data
-            for r in 0..<rows {
-                let s = Vector.sum(gp + r * cols, count: cols)
-                for j in 0..<cols { d[r * cols + j] = gp[r * cols + j] - expf(op[r * cols + j]) * s }
+            Parallelism.forEachChunk(rows, costPerItem: cols * 8) { range in
+                for r in range {
+                    let s = Vector.sum(gp + r * cols, count: cols), vs = Vector.Lanes(repeating: s)
+                    let row = d + r * cols
+                    Vector.exp(op + r * cols, row, count: cols)
+                    Vector.zip(gp + r * cols, row, row, cols, { $0 - $1 * vs }, { $0 - $1 * s })
+                }
             }
             return [dx]
         }
