@@ -81,6 +81,7 @@ let package = Package(
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Runtime", "Training", "Wire", "ZeroMQ", "TestSupport"]),
         // The deploy files (Kubernetes, Slurm, systemd) against the CLI and the configuration.
         .testTarget(name: "DeployTests", dependencies: ["Runtime", "TestSupport", .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "NN", "Tensors"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
     ]
 )

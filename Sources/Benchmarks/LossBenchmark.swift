@@ -16,6 +16,7 @@ public struct LossBenchmark: Sendable {
     }
 
     public struct Result: Codable, Sendable {
+        public var benchmark = "loss"
         public let loss: String
         public let configuration: String
         public let batch: Int
@@ -31,19 +32,31 @@ public struct LossBenchmark: Sendable {
         let description: String
         switch kind {
         case .crcd:
-            // CRCD B=128, K=500, d=128, student 64-d (resnet20), teacher 256-d (resnet32x4), 50,000 samples.
-            let loss = CRCDLoss(studentDimension: 64, teacherDimension: 256, dimension: 128, dataCount: 50_000, negatives: 500,
-                                generator: &g)
+            // CRCD as the reference trains it: the feature relation and the gradient-element relation, each
+            // B=128, K=500, d=128; student resnet20 (64-d features), teacher resnet32x4 (256-d), 10 classes,
+            // 50,000 samples.
+            let feature = CRCDLoss(studentDimension: 64, teacherDimension: 256, dimension: 128, dataCount: 50_000, negatives: 500,
+                                   generator: &g)
+            let gradient = CRCDLoss(studentDimension: 64, teacherDimension: 256, dimension: 128, dataCount: 50_000, negatives: 500,
+                                    generator: &g)
             let fs = Tensor.randomNormal([batch, 64], using: &g, requiresGrad: true)
-            let ft = Tensor.randomNormal([batch, 256], using: &g, requiresGrad: true)
+            let ft = Tensor.randomNormal([batch, 256], using: &g)
+            let weight = Tensor.randomNormal([10, 64], using: &g, requiresGrad: true)
+            let bias = Tensor.zeros([10], requiresGrad: true)
+            let teacherWeight = Tensor.randomNormal([10, 256], using: &g)
+            let labels = (0..<batch).map { $0 % 10 }
+            let gt = gradientElement(feature: ft, weight: teacherWeight, bias: nil, labels: labels)
             var step = 0
             call = {
                 var r = SeededGenerator(seed: UInt64(step)); step += 1
                 let indices = (0..<batch).map { (step * batch + $0) % 50_000 }
-                loss.zeroGrad(); fs.grad = nil
-                loss(student: fs, teacher: ft, indices: indices, contrastIndices: loss.contrastIndices(for: indices, using: &r)).backward()
+                feature.zeroGrad(); gradient.zeroGrad(); fs.grad = nil; weight.grad = nil; bias.grad = nil
+                let gs = gradientElement(feature: fs, weight: weight, bias: bias, labels: labels)
+                let loss = feature(student: fs, teacher: ft, indices: indices, contrastIndices: feature.contrastIndices(for: indices, using: &r))
+                    + gradient(student: gs, teacher: gt, indices: indices, contrastIndices: gradient.contrastIndices(for: indices, using: &r))
+                loss.backward()
             }
-            description = "B=\(batch) K=500 d=128, feature relation, forward+backward"
+            description = "B=\(batch) K=500 d=128, feature + gradient-element relations, forward+backward"
         case .rrd:
             let loss = RRDQueueLoss(studentDimension: 64, teacherDimension: 256, dimension: 128, keys: 16384, generator: &g)
             let fs = Tensor.randomNormal([batch, 64], using: &g, requiresGrad: true)

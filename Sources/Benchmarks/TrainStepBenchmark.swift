@@ -23,6 +23,7 @@ public struct TrainStepBenchmark: Sendable {
 
     /// The measurements, with the keys of `torch_bench.py`.
     public struct Result: Codable, Sendable {
+        public var benchmark = "step"
         public let framework: String
         public let model: String
         public let input: String

@@ -151,14 +151,14 @@ AVX512 static void pack_b(int transpose, const float *b, long ldb, long p0, long
 }
 
 // C[0:MR, 0:NR] = alpha * (A panel x B panel) + beta * C (C not read when beta == 0).
-AVX512 static void kernel(long kc, const float *restrict a, const float *restrict b, float *c, long ldc,
+AVX512 static void kernel(long kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
                           float alpha, float beta) {
     __m512 c0[MR], c1[MR];
 #pragma clang loop unroll(full)
     for (int r = 0; r < MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); }
 #pragma clang loop unroll_count(4)
     for (long p = 0; p < kc; p++) {
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma clang loop unroll(full)
         for (int r = 0; r < MR; r++) {
             __m512 x = _mm512_set1_ps(a[r]);
@@ -166,7 +166,7 @@ AVX512 static void kernel(long kc, const float *restrict a, const float *restric
             c1[r] = _mm512_fmadd_ps(x, b1, c1[r]);
         }
         a += MR;
-        b += NR;
+        b += ldb;
     }
     __m512 va = _mm512_set1_ps(alpha);
     if (beta == 0) {
@@ -186,30 +186,68 @@ AVX512 static void kernel(long kc, const float *restrict a, const float *restric
     }
 }
 
+// The same for the left 16 columns of the tile only (edge tiles 16 or fewer columns wide).
+AVX512 static void kernel16(long kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
+                            float alpha, float beta) {
+    __m512 c0[MR];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) c0[r] = _mm512_setzero_ps();
+#pragma clang loop unroll_count(4)
+    for (long p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_loadu_ps(b);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) c0[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), b0, c0[r]);
+        a += MR;
+        b += ldb;
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) {
+        float *row = c + r * ldc;
+        __m512 v = _mm512_mul_ps(va, c0[r]);
+        _mm512_storeu_ps(row, beta == 0 ? v : _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), v));
+    }
+}
+
 AVX512 static void product(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda,
                            const float *b, long ldb, float beta, float *c, long ldc, PackBuffers *buffers) {
     float edge[MR * NR] __attribute__((aligned(64)));
+    // A few rows of A against a plain B whose rows fall in different L1 sets (a leading dimension of an odd
+    // number of 64-byte lines): the kernel reads B in place; packing it would cost more than it saves.
+    int direct_b = !tb && m <= 32 && ldb % 32 == 16;
     for (long jc = 0; jc < n; jc += NC) {
         long nc = min_long(NC, n - jc);
         for (long pc = 0; pc < k; pc += KC) {
             long kc = min_long(KC, k - pc);
             float scale = pc == 0 ? beta : 1;
-            pack_b(tb, b, ldb, pc, jc, kc, nc, buffers->b);
+            if (!direct_b) pack_b(tb, b, ldb, pc, jc, kc, nc, buffers->b);
             for (long ic = 0; ic < m; ic += MC) {
                 long mc = min_long(MC, m - ic);
                 pack_a(ta, a, lda, ic, pc, mc, kc, buffers->a);
                 for (long jr = 0; jr < nc; jr += NR) {
                     long nr = min_long(NR, nc - jr);
                     const float *panel_b = buffers->b + jr * kc;
+                    long stride_b = NR;
+                    if (direct_b && nr == NR) {
+                        panel_b = b + pc * ldb + jc + jr;
+                        stride_b = ldb;
+                    } else if (direct_b && ic == 0) {
+                        pack_b(tb, b, ldb, pc, jc + jr, kc, nr, buffers->b + jr * kc);
+                    }
                     for (long ir = 0; ir < mc; ir += MR) {
                         long mr = min_long(MR, mc - ir);
                         const float *panel_a = buffers->a + ir * kc;
                         float *tile = c + (ic + ir) * ldc + jc + jr;
                         if (mr == MR && nr == NR) {
-                            kernel(kc, panel_a, panel_b, tile, ldc, alpha, scale);
+                            kernel(kc, panel_a, panel_b, stride_b, tile, ldc, alpha, scale);
                             continue;
                         }
-                        kernel(kc, panel_a, panel_b, edge, NR, 1, 0);
+                        if (mr == MR && nr == 16) {
+                            kernel16(kc, panel_a, panel_b, stride_b, tile, ldc, alpha, scale);
+                            continue;
+                        }
+                        if (nr <= 16) kernel16(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0);
+                        else kernel(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0);
                         for (long i = 0; i < mr; i++)
                             for (long j = 0; j < nr; j++) {
                                 float value = alpha * edge[i * NR + j];

@@ -17,7 +17,7 @@ import CBLAS
     static let cases: [Case] = {
         var result: [Case] = []
         let shapes = [(1, 1, 1), (8, 32, 1), (7, 31, 5), (9, 33, 17), (16, 64, 256), (17, 65, 257), (64, 500, 144),
-                      (263, 70, 300), (24, 2050, 40), (3, 5, 600)]
+                      (263, 70, 300), (24, 2050, 40), (3, 5, 600), (16, 48, 33), (40, 16, 70)]
         for (index, (m, n, k)) in shapes.enumerated() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let alpha: Float = index % 3 == 0 ? 1 : 0.5

@@ -46,6 +46,13 @@ struct ConvPlan {
     private var outputSize: Int { outputChannels * pixels }
     private var scratchColumns: Int { group > 1 ? group * pixels : bandRows * geometry.outputWidth }
 
+    /// The row length of a lowered matrix `width` columns wide: an odd number of 64-byte lines, so that a
+    /// product reading 32 columns of successive rows spreads them over all of L1's sets (see `Gemm`).
+    static func leadingDimension(_ width: Int) -> Int {
+        let r = width % 32
+        return width - r + (r <= 16 ? 16 : 48)
+    }
+
     /// The tiles of a share: (first sample, samples, output rows).
     private func tiles(of share: Range<Int>) -> [(Int, Int, Range<Int>)] {
         var result: [(Int, Int, Range<Int>)] = []
@@ -76,26 +83,26 @@ struct ConvPlan {
         if g == 1 && geometry.isPointwise {
             return (input + n0 * inputSize + rows.lowerBound * ow, pixels)
         }
-        let width = g * rows.count * ow
+        let width = g * rows.count * ow, ld = ConvPlan.leadingDimension(width)
         for s in 0..<g {
             let image = input + (n0 + s) * inputSize
             let destination = columns + s * rows.count * ow
             if geometry.isPointwise {
                 for c in 0..<geometry.channels {
-                    Vector.copy(image + c * pixels + rows.lowerBound * ow, to: destination + c * width, count: rows.count * ow)
+                    Vector.copy(image + c * pixels + rows.lowerBound * ow, to: destination + c * ld, count: rows.count * ow)
                 }
             } else {
-                Im2col.lower(image, geometry, rows: rows, into: destination, leadingDimension: width)
+                Im2col.lower(image, geometry, rows: rows, into: destination, leadingDimension: ld)
             }
         }
-        return (UnsafePointer(columns), width)
+        return (UnsafePointer(columns), ld)
     }
 
     func forward(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                  output: UnsafeMutablePointer<Float>) {
         let k = geometry.columnRows, co = outputChannels, ow = geometry.outputWidth, p = pixels
         Parallelism.run(shares) { _, share in
-            let columns = Storage(count: k * scratchColumns)
+            let columns = Storage(count: k * ConvPlan.leadingDimension(scratchColumns))
             let block = group > 1 ? Storage(count: co * scratchColumns) : nil
             defer { withExtendedLifetime((columns, block)) {} }
             for (n0, g, rows) in tiles(of: share) {
@@ -140,7 +147,7 @@ struct ConvPlan {
         Parallelism.run(shares) { index, share in
             let dW = index == 0 ? weightGradient : partials[index - 1].base
             dW?.update(repeating: 0, count: co * k)
-            let columns = Storage(count: k * scratchColumns)
+            let columns = Storage(count: k * ConvPlan.leadingDimension(scratchColumns))
             let block = group > 1 ? Storage(count: co * scratchColumns) : nil
             defer { withExtendedLifetime((columns, block)) {} }
             for (n0, g, rows) in tiles(of: share) {
@@ -200,7 +207,7 @@ struct ConvPlan {
     ///
     ///     L = im2col(dY)                     (Cout kh kw x pixels, the forward lowering applied to dY)
     ///     dX = W' L,  W'[c, (o,i,j)] = W[o, c, kh-1-i, kw-1-j]   (the flipped, transposed kernel)
-    ///     dW'[(o,i,j), c] += L X^T,  dW[o, c, i, j] = dW'[(o, kh-1-i, kw-1-j), c]
+    ///     dW'[c, (o,i,j)] += X L^T,  dW[o, c, i, j] = dW'[c, (o, kh-1-i, kw-1-j)]
     ///
     /// One lowering serves both gradients, the input is used in place, and no col2im is needed.
     private func backwardSame(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
@@ -219,32 +226,32 @@ struct ConvPlan {
                 }
             }
         }
-        // Per-thread dW' (lk x c), summed in order at the end.
+        // Per-thread dW' (c x lk: the channels, few, are the product's rows), summed in order at the end.
         let partials = (0..<Swift.max(shares.count, 1)).map { _ in Storage(count: weightGradient == nil ? 1 : lk * c) }
         let lowerRows = lk, scratch = scratchColumns
         Parallelism.run(shares) { index, share in
             let dWPrime = weightGradient == nil ? nil : partials[index].base
             dWPrime?.update(repeating: 0, count: lk * c)
-            let columns = Storage(count: lowerRows * scratch)
+            let columns = Storage(count: lowerRows * ConvPlan.leadingDimension(scratch))
             let inputBlock = group > 1 ? Storage(count: c * scratch) : nil
             let outputBlock = group > 1 ? Storage(count: c * scratch) : nil
             defer { withExtendedLifetime((columns, inputBlock, outputBlock)) {} }
             for (n0, g, rows) in tiles(of: share) {
-                let width = g * rows.count * ow
+                let width = g * rows.count * ow, ld = ConvPlan.leadingDimension(width)
                 for s in 0..<g {
                     Im2col.lower(outputGradient + (n0 + s) * outputSize, gradientGeometry, rows: rows,
-                                 into: columns.base + s * rows.count * ow, leadingDimension: width)
+                                 into: columns.base + s * rows.count * ow, leadingDimension: ld)
                 }
                 if g == 1 {
                     let offset = n0 * inputSize + rows.lowerBound * ow
-                    Gemm.multiply(flipped.base, columns.base, into: inputGradient + offset, m: c, n: width, k: lk, ldc: p)
+                    Gemm.multiply(flipped.base, columns.base, into: inputGradient + offset, m: c, n: width, k: lk, ldb: ld, ldc: p)
                     if let dWPrime {
-                        Gemm.multiply(columns.base, input + offset, transposeB: true, into: dWPrime,
-                                      m: lk, n: c, k: width, beta: 1, ldb: p)
+                        Gemm.multiply(input + offset, columns.base, transposeB: true, into: dWPrime,
+                                      m: c, n: lk, k: width, beta: 1, lda: p, ldb: ld)
                     }
                 } else {
                     let dx = outputBlock!.base
-                    Gemm.multiply(flipped.base, columns.base, into: dx, m: c, n: width, k: lk)
+                    Gemm.multiply(flipped.base, columns.base, into: dx, m: c, n: width, k: lk, ldb: ld)
                     for s in 0..<g {
                         for ci in 0..<c {
                             Vector.copy(dx + ci * width + s * p, to: inputGradient + (n0 + s) * inputSize + ci * p, count: p)
@@ -257,7 +264,7 @@ struct ConvPlan {
                                 Vector.copy(input + (n0 + s) * inputSize + ci * p, to: xb + ci * width + s * p, count: p)
                             }
                         }
-                        Gemm.multiply(columns.base, xb, transposeB: true, into: dWPrime, m: lk, n: c, k: width, beta: 1)
+                        Gemm.multiply(xb, columns.base, transposeB: true, into: dWPrime, m: c, n: lk, k: width, beta: 1, ldb: ld)
                     }
                 }
             }
@@ -268,7 +275,7 @@ struct ConvPlan {
             for o in 0..<co {
                 for ci in 0..<c {
                     for t in 0..<taps {
-                        weightGradient[(o * c + ci) * taps + t] = total[(o * taps + (taps - 1 - t)) * c + ci]
+                        weightGradient[(o * c + ci) * taps + t] = total[ci * lk + o * taps + (taps - 1 - t)]
                     }
                 }
             }

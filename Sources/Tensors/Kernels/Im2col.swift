@@ -1,5 +1,5 @@
 /// The geometry of a 2-D convolution over one image: input size, kernel, stride and zero padding.
-public struct ConvGeometry: Sendable, Equatable {
+public struct ConvGeometry: Sendable, Hashable {
     public let channels, height, width: Int
     public let kernelHeight, kernelWidth: Int
     public let strideHeight, strideWidth: Int

@@ -24,6 +24,8 @@ extension Tensor {
                                     paddingHeight: padding.0, paddingWidth: padding.1)
         precondition(geometry.outputHeight > 0 && geometry.outputWidth > 0,
                      "conv2d: kernel \(weight.shape) larger than padded input \(shape)")
+        ConvolutionTrace.current?.record(ConvolutionKernel(batch: shape[0], outputChannels: weight.shape[0], geometry: geometry,
+                                                           needsInputGradient: requiresGrad))
         let plan = ConvPlan(batch: shape[0], outputChannels: weight.shape[0], geometry: geometry)
         let out = Tensor(uninitializedShape: [shape[0], weight.shape[0], geometry.outputHeight, geometry.outputWidth])
         plan.forward(input: data, weight: weight.data, bias: bias?.data, output: out.data)
