@@ -282,3 +282,129 @@ int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float
 }
 
 #endif
+
+// ---- Convolution without lowering (stride 1, output as wide as the input) ----
+
+#if defined(__x86_64__)
+
+static long packed_rows(long m) { return (m + MR - 1) / MR * MR; }
+
+long cohort_packed_weights_count(long m, long k) { return packed_rows(m) * k; }
+
+// Block pc (KC deep) of the packed matrix starts at packed_rows(m) * pc; panel ip within it at ip * kc.
+int cohort_pack_weights(long m, long k, const float *a, float *packed) {
+    if (!cohort_sgemm_supported()) return 0;
+    for (long pc = 0; pc < k; pc += KC) {
+        long kc = min_long(KC, k - pc);
+        pack_a(0, a, k, 0, pc, m, kc, packed + packed_rows(m) * pc);
+    }
+    return 1;
+}
+
+// C[0:MR, columns of mask] (+)= A panel x B, B row p = 32 floats at source + offsets[p] under masks[p].
+AVX512 static void shifted_kernel(long kc, const float *restrict a, const float *source, const long *offsets,
+                                  const uint32_t *masks, float *c, long ldc, uint32_t store_mask, int accumulate) {
+    __m512 c0[MR], c1[MR];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); }
+#pragma clang loop unroll_count(2)
+    for (long p = 0; p < kc; p++) {
+        const float *row = source + offsets[p];
+        uint32_t mask = masks[p];
+        __m512 b0 = _mm512_maskz_loadu_ps((__mmask16)mask, row);
+        __m512 b1 = _mm512_maskz_loadu_ps((__mmask16)(mask >> 16), row + 16);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            __m512 x = _mm512_set1_ps(a[r]);
+            c0[r] = _mm512_fmadd_ps(x, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(x, b1, c1[r]);
+        }
+        a += MR;
+    }
+    __mmask16 low = (__mmask16)store_mask, high = (__mmask16)(store_mask >> 16);
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) {
+        float *out = c + r * ldc;
+        if (accumulate) {
+            c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(low, out));
+            c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(high, out + 16));
+        }
+        _mm512_mask_storeu_ps(out, low, c0[r]);
+        _mm512_mask_storeu_ps(out + 16, high, c1[r]);
+    }
+}
+
+int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                const float *packed, const float *images, long image_stride, long count,
+                                float *out, long out_stride) {
+    if (!cohort_sgemm_supported()) return 0;
+    long taps = kh * kw, k = channels * taps, plane = h * w;
+    long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + NR - 1) / NR;
+    // Tables shared by every image: each row p's offset from the panel's first pixel, and for each panel
+    // and row the mask of the 32 output pixels whose tap falls inside the image.
+    long *offsets = malloc(sizeof(long) * (size_t)k);
+    uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(k * panels));
+    uint32_t *tap_masks = malloc(sizeof(uint32_t) * (size_t)taps);
+    if (!offsets || !masks || !tap_masks) { free(offsets); free(masks); free(tap_masks); return 0; }
+    for (long p = 0; p < k; p++) {
+        long c = p / taps, t = p % taps;
+        offsets[p] = c * plane + (t / kw - ph) * w + (t % kw - pw);
+    }
+    for (long panel = 0; panel < panels; panel++) {
+        long j0 = panel * NR;
+        for (long t = 0; t < taps; t++) tap_masks[t] = 0;
+        for (long q = 0; q < NR && j0 + q < end; q++) {
+            long oy = (j0 + q) / w, ox = (j0 + q) % w;
+            for (long t = 0; t < taps; t++) {
+                long iy = oy + t / kw - ph, ix = ox + t % kw - pw;
+                if (iy >= 0 && iy < h && ix >= 0 && ix < w) tap_masks[t] |= 1u << q;
+            }
+        }
+        for (long p = 0; p < k; p++) masks[panel * k + p] = tap_masks[p % taps];
+    }
+    for (long n = 0; n < count; n++) {
+        const float *image = images + n * image_stride;
+        float *output = out + n * out_stride;
+        for (long panel = 0; panel < panels; panel++) {
+            long j0 = panel * NR;
+            uint32_t store_mask = end - j0 >= NR ? 0xFFFFFFFFu : (1u << (end - j0)) - 1;
+            for (long pc = 0; pc < k; pc += KC) {
+                long kc = min_long(KC, k - pc);
+                const float *block = packed + packed_rows(m) * pc;
+                const uint32_t *panel_masks = masks + panel * k + pc;
+                for (long ir = 0; ir < m; ir += MR) {
+                    float *tile = output + ir * end + j0;
+                    if (m - ir >= MR) {
+                        shifted_kernel(kc, block + ir * kc, image + j0, offsets + pc, panel_masks, tile, end, store_mask, pc > 0);
+                        continue;
+                    }
+                    float edge[MR * NR] __attribute__((aligned(64)));
+                    long mr = m - ir;
+                    for (long r = 0; r < mr; r++)
+                        for (long q = 0; q < NR; q++)
+                            edge[r * NR + q] = (pc > 0 && (store_mask >> q & 1)) ? tile[r * end + q] : 0;
+                    shifted_kernel(kc, block + ir * kc, image + j0, offsets + pc, panel_masks, edge, NR, store_mask, pc > 0);
+                    for (long r = 0; r < mr; r++)
+                        for (long q = 0; q < NR; q++)
+                            if (store_mask >> q & 1) tile[r * end + q] = edge[r * NR + q];
+                }
+            }
+        }
+    }
+    free(offsets); free(masks); free(tap_masks);
+    return 1;
+}
+
+#else
+
+long cohort_packed_weights_count(long m, long k) { return m * k; }
+int cohort_pack_weights(long m, long k, const float *a, float *packed) { (void)m; (void)k; (void)a; (void)packed; return 0; }
+int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                const float *packed, const float *images, long image_stride, long count,
+                                float *out, long out_stride) {
+    (void)m; (void)channels; (void)h; (void)w; (void)kh; (void)kw; (void)ph; (void)pw; (void)packed; (void)images;
+    (void)image_stride; (void)count; (void)out; (void)out_stride;
+    return 0;
+}
+
+#endif

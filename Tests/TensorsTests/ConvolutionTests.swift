@@ -88,6 +88,35 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         #expect(abs(lhs - rhs) < 1e-3 * max(1, abs(lhs)))
     }
 
+    /// A same convolution large enough to cross the kernels' blocks: 20 output channels (two full 8-row
+    /// tiles and an edge), 30 x 9 = 270 taps (two 256-deep blocks), a 12 x 12 image (4.5 column panels).
+    /// Forward and input gradient against direct loops; on AVX-512 CPUs both run without lowering.
+    @Test func largeSameConvolutionMatchesDirectLoops() {
+        let (n, c, co, h, w) = (3, 30, 20, 12, 12)
+        let x = randn([n, c, h, w], seed: 21), weight = randn([co, c, 3, 3], seed: 22), dy = randn([n, co, h, w], seed: 23)
+        let geometry = ConvGeometry(channels: c, height: h, width: w, kernelHeight: 3, kernelWidth: 3,
+                                    strideHeight: 1, strideWidth: 1, paddingHeight: 1, paddingWidth: 1)
+        let plan = ConvPlan(batch: n, outputChannels: co, geometry: geometry)
+        let y = Tensor(uninitializedShape: [n, co, h, w])
+        plan.forward(input: x.data, weight: weight.data, bias: nil, output: y.data)
+        #expect(maxDifference(y.scalars, naiveConv2d(x, weight, nil, stride: (1, 1), padding: (1, 1))) < 1e-3)
+        let dx = Tensor(uninitializedShape: x.shape), dw = Tensor(uninitializedShape: weight.shape)
+        plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: dx.data, weightGradient: dw.data)
+        var expected = [Float](repeating: 0, count: x.count)
+        for i in 0..<n { for o in 0..<co { for oy in 0..<h { for ox in 0..<w {
+            let g = dy.data[((i * co + o) * h + oy) * w + ox]
+            for ci in 0..<c { for ky in 0..<3 { for kx in 0..<3 {
+                let iy = oy - 1 + ky, ix = ox - 1 + kx
+                guard iy >= 0 && iy < h && ix >= 0 && ix < w else { continue }
+                expected[((i * c + ci) * h + iy) * w + ix] += g * weight.data[((o * c + ci) * 3 + ky) * 3 + kx]
+            } } }
+        } } } }
+        #expect(maxDifference(dx.scalars, expected) < 1e-3)
+        let dwGeneral = Tensor(uninitializedShape: weight.shape)
+        plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: nil, weightGradient: dwGeneral.data)
+        #expect(maxDifference(dw.scalars, dwGeneral.scalars) < 1e-3)
+    }
+
     /// Every tiling — bands of rows, groups of samples, one whole sample — and both backward algorithms
     /// (same-convolution via the lowered output gradient, general via col2im) give the same results.
     @Test(arguments: [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (5, 1, 2)])

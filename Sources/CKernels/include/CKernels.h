@@ -45,4 +45,23 @@ void cohort_exp(const float *x, float *out, long n);
 /// `out[i] = log(x[i])` for positive normal `x[i]`, vectorised (absolute error below 2e-7 for x near 1).
 void cohort_log(const float *x, float *out, long n);
 
+
+/// Floats needed by `cohort_pack_weights` for an `m x k` matrix.
+long cohort_packed_weights_count(long m, long k);
+
+/// Packs the row-major `m x k` matrix `a` (a convolution's weights, `Cout x Cin kh kw`) for
+/// `cohort_conv_shifted_forward`. Returns 0 (and packs nothing) when the CPU lacks AVX-512.
+int cohort_pack_weights(long m, long k, const float *a, float *packed);
+
+/// A stride-1 convolution whose output rows are as wide as the input's (a "same" 3x3, say), computed
+/// without lowering: output pixel j of a channel reads input pixel j + (ky - ph) w + (kx - pw) of each
+/// input channel, masked where that falls outside the image, straight into the product's registers.
+///
+/// Convolves `count` images (`channels x h x w`, `image_stride` floats apart) into `count` outputs
+/// (`m x oh x w`, `out_stride` apart), with `packed` from `cohort_pack_weights` (`k = channels kh kw`).
+/// Returns 0 when the CPU lacks AVX-512 (or memory for its tables ran out).
+int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                const float *packed, const float *images, long image_stride, long count,
+                                float *out, long out_stride);
+
 #endif

@@ -1,3 +1,5 @@
+import CKernels
+
 /// The work plan of one convolution: how the batch is split across threads, and the tiles each thread
 /// lowers and multiplies.
 ///
@@ -101,6 +103,11 @@ struct ConvPlan {
     func forward(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                  output: UnsafeMutablePointer<Float>) {
         let k = geometry.columnRows, co = outputChannels, ow = geometry.outputWidth, p = pixels
+        if geometry.isShiftable && !geometry.isPointwise && Gemm.usesOwnKernel {
+            forwardShifted(input: input, weight: weight, output: output)
+            addBias(bias, to: output)
+            return
+        }
         Parallelism.run(shares) { _, share in
             let columns = Storage(count: k * ConvPlan.leadingDimension(scratchColumns))
             let block = group > 1 ? Storage(count: co * scratchColumns) : nil
@@ -120,15 +127,35 @@ struct ConvPlan {
                         }
                     }
                 }
-                if let bias {
-                    for s in 0..<g {
-                        for c in 0..<co {
-                            let row = output + (n0 + s) * outputSize + c * p + rows.lowerBound * ow, v = bias[c]
-                            let vv = Vector.Lanes(repeating: v)
-                            Vector.map(row, row, rows.count * ow, { $0 + vv }, { $0 + v })
-                        }
-                    }
-                }
+            }
+        }
+        addBias(bias, to: output)
+    }
+
+    /// The forward pass of a stride-1 convolution with output rows as wide as the input's, without
+    /// lowering: Cohort's kernel reads each tap's shifted input plane in place (`cohort_conv_shifted_forward`).
+    private func forwardShifted(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+        let k = geometry.columnRows, co = outputChannels, g = geometry
+        let packed = Storage(count: cohort_packed_weights_count(co, k))
+        _ = cohort_pack_weights(co, k, weight, packed.base)
+        Parallelism.run(shares) { _, share in
+            let done = cohort_conv_shifted_forward(co, g.channels, g.height, g.width, g.kernelHeight, g.kernelWidth,
+                                                   g.paddingHeight, g.paddingWidth, packed.base,
+                                                   input + share.lowerBound * inputSize, inputSize, share.count,
+                                                   output + share.lowerBound * outputSize, outputSize)
+            precondition(done != 0, "conv2d: out of memory for the shifted convolution's tables")
+        }
+        withExtendedLifetime(packed) {}
+    }
+
+    private func addBias(_ bias: UnsafePointer<Float>?, to output: UnsafeMutablePointer<Float>) {
+        guard let bias else { return }
+        let p = pixels
+        for n in 0..<batch {
+            for c in 0..<outputChannels {
+                let row = output + n * outputSize + c * p, v = bias[c]
+                let vv = Vector.Lanes(repeating: v)
+                Vector.map(row, row, p, { $0 + vv }, { $0 + v })
             }
         }
     }
@@ -229,9 +256,22 @@ struct ConvPlan {
         // Per-thread dW' (c x lk: the channels, few, are the product's rows), summed in order at the end.
         let partials = (0..<Swift.max(shares.count, 1)).map { _ in Storage(count: weightGradient == nil ? 1 : lk * c) }
         let lowerRows = lk, scratch = scratchColumns
+        // With Cohort's kernel, dX is the shifted convolution of dY with W' (no lowering); the lowering below
+        // then serves dW' alone.
+        let shifted = Gemm.usesOwnKernel && gradientGeometry.isShiftable
+        let packed = Storage(count: shifted ? cohort_packed_weights_count(c, lk) : 1)
+        if shifted { _ = cohort_pack_weights(c, lk, flipped.base, packed.base) }
         Parallelism.run(shares) { index, share in
             let dWPrime = weightGradient == nil ? nil : partials[index].base
             dWPrime?.update(repeating: 0, count: lk * c)
+            if shifted {
+                let g = gradientGeometry
+                let done = cohort_conv_shifted_forward(c, co, g.height, g.width, kh, kw, g.paddingHeight, g.paddingWidth,
+                                                       packed.base, outputGradient + share.lowerBound * outputSize, outputSize,
+                                                       share.count, inputGradient + share.lowerBound * inputSize, inputSize)
+                precondition(done != 0, "conv2d: out of memory for the shifted convolution's tables")
+                guard dWPrime != nil else { return }
+            }
             let columns = Storage(count: lowerRows * ConvPlan.leadingDimension(scratch))
             let inputBlock = group > 1 ? Storage(count: c * scratch) : nil
             let outputBlock = group > 1 ? Storage(count: c * scratch) : nil
@@ -244,17 +284,21 @@ struct ConvPlan {
                 }
                 if g == 1 {
                     let offset = n0 * inputSize + rows.lowerBound * ow
-                    Gemm.multiply(flipped.base, columns.base, into: inputGradient + offset, m: c, n: width, k: lk, ldb: ld, ldc: p)
+                    if !shifted {
+                        Gemm.multiply(flipped.base, columns.base, into: inputGradient + offset, m: c, n: width, k: lk, ldb: ld, ldc: p)
+                    }
                     if let dWPrime {
                         Gemm.multiply(input + offset, columns.base, transposeB: true, into: dWPrime,
                                       m: c, n: lk, k: width, beta: 1, lda: p, ldb: ld)
                     }
                 } else {
-                    let dx = outputBlock!.base
-                    Gemm.multiply(flipped.base, columns.base, into: dx, m: c, n: width, k: lk, ldb: ld)
-                    for s in 0..<g {
-                        for ci in 0..<c {
-                            Vector.copy(dx + ci * width + s * p, to: inputGradient + (n0 + s) * inputSize + ci * p, count: p)
+                    if !shifted {
+                        let dx = outputBlock!.base
+                        Gemm.multiply(flipped.base, columns.base, into: dx, m: c, n: width, k: lk, ldb: ld)
+                        for s in 0..<g {
+                            for ci in 0..<c {
+                                Vector.copy(dx + ci * width + s * p, to: inputGradient + (n0 + s) * inputSize + ci * p, count: p)
+                            }
                         }
                     }
                     if let dWPrime {
@@ -280,7 +324,7 @@ struct ConvPlan {
                 }
             }
         }
-        withExtendedLifetime((flipped, partials)) {}
+        withExtendedLifetime((flipped, partials, packed)) {}
     }
 
     func biasGradient(_ g: Tensor) -> Tensor {
