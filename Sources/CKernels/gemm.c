@@ -395,10 +395,112 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
     return 1;
 }
 
+// One 8 x 8 block of a shifted-plane panel: rows p0..p0+8 of the implicit matrix (each `source + offsets[p]`,
+// its validity bits from `bits[p]`), columns j..j+8, transposed into dst (row stride NR).
+#define AVX512VL __attribute__((target("avx512f,avx512vl")))
+
+AVX512VL static inline void shifted_block(const float *source, const long *offsets, const uint32_t *const *bits,
+                                        long j, float *dst) {
+    __m256 r[8];
+#pragma clang loop unroll(full)
+    for (int q = 0; q < 8; q++) {
+        const uint32_t *valid = bits[q];
+        __mmask8 mask = (__mmask8)(valid[j >> 5] >> (j & 31));
+        r[q] = _mm256_maskz_loadu_ps(mask, source + offsets[q] + j);
+    }
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]), t2 = _mm256_unpacklo_ps(r[2], r[3]),
+           t3 = _mm256_unpackhi_ps(r[2], r[3]), t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]),
+           t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+           u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
+           u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
+           u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+AVX512VL static int shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                           const float *a, long a_stride, const float *b, long b_stride, long count,
+                                           float *out, long ldo) {
+    PackBuffers *buffers = thread_buffers();
+    if (!buffers) return 0;
+    long taps = kh * kw, n = channels * taps, plane = h * w;
+    long pixels = (h + 2 * ph - kh + 1) * w;
+    // Padded so that every implicit row has whole 8-column blocks: columns past `pixels` are masked off.
+    long padded = (pixels + 7) / 8 * 8, words = padded / 32 + 1;
+    long *offsets = malloc(sizeof(long) * (size_t)(n + NR));
+    // One row of validity bits per tap, and a last row of zeros for the padding rows of the last panel.
+    uint32_t *bits = calloc((size_t)((taps + 1) * words), sizeof(uint32_t));
+    const uint32_t **row_bits = malloc(sizeof(uint32_t *) * (size_t)(n + NR));
+    if (!offsets || !bits || !row_bits) { free(offsets); free(bits); free(row_bits); return 0; }
+    for (long t = 0; t < taps; t++) {
+        long dy = t / kw - ph, dx = t % kw - pw;
+        for (long q = 0; q < pixels; q++) {
+            long iy = q / w + dy, ix = q % w + dx;
+            if (iy >= 0 && iy < h && ix >= 0 && ix < w) bits[t * words + (q >> 5)] |= 1u << (q & 31);
+        }
+    }
+    for (long p = 0; p < n + NR; p++) {
+        // Rows past n (the last panel's padding) read nothing: their bits are the zero row.
+        long ch = p < n ? p / taps : 0, t = p < n ? p % taps : taps;
+        offsets[p] = ch * plane + (p < n ? (t / kw - ph) * w + (t % kw - pw) : 0);
+        row_bits[p] = bits + t * words;
+    }
+    float edge[MR * NR] __attribute__((aligned(64)));
+    for (long image = 0; image < count; image++) {
+        const float *x = a + image * a_stride, *dy = b + image * b_stride;
+        for (long pc = 0; pc < pixels; pc += KC) {
+            long kc = min_long(KC, pixels - pc), kc8 = (kc + 7) / 8 * 8;
+            pack_a(0, x, pixels, 0, pc, m, kc, buffers->a);
+            for (long jr = 0; jr < n; jr += NR) {
+                long nr = min_long(NR, n - jr);
+                float *panel = buffers->b;
+                for (long g = 0; g < NR; g += 8)
+                    for (long j = 0; j < kc8; j += 8)
+                        shifted_block(dy, offsets + jr + g, row_bits + jr + g, pc + j, panel + j * NR + g);
+                for (long ir = 0; ir < m; ir += MR) {
+                    long mr = min_long(MR, m - ir);
+                    float *tile = out + ir * ldo + jr;
+                    if (mr == MR && nr == NR) {
+                        kernel(kc, buffers->a + ir * kc, panel, NR, tile, ldo, 1, 1);
+                        continue;
+                    }
+                    kernel(kc, buffers->a + ir * kc, panel, NR, edge, NR, 1, 0);
+                    for (long i = 0; i < mr; i++)
+                        for (long j = 0; j < nr; j++) tile[i * ldo + j] += edge[i * NR + j];
+                }
+            }
+        }
+    }
+    free(offsets); free(bits); free(row_bits);
+    return 1;
+}
+
+int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                        const float *a, long a_stride, const float *b, long b_stride, long count,
+                                        float *out, long ldo) {
+    if (!cohort_sgemm_supported() || !__builtin_cpu_supports("avx512vl")) return 0;
+    return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo);
+}
+
 #else
 
 long cohort_packed_weights_count(long m, long k) { return m * k; }
 int cohort_pack_weights(long m, long k, const float *a, float *packed) { (void)m; (void)k; (void)a; (void)packed; return 0; }
+int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                        const float *a, long a_stride, const float *b, long b_stride, long count,
+                                        float *out, long ldo) {
+    (void)m; (void)channels; (void)h; (void)w; (void)kh; (void)kw; (void)ph; (void)pw; (void)a; (void)a_stride;
+    (void)b; (void)b_stride; (void)count; (void)out; (void)ldo;
+    return 0;
+}
+
 int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                 const float *packed, const float *images, long image_stride, long count,
                                 float *out, long out_stride) {

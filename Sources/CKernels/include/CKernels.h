@@ -64,4 +64,12 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
                                 const float *packed, const float *images, long image_stride, long count,
                                 float *out, long out_stride);
 
+/// The weight-gradient form of the same convolution: for `count` image pairs, accumulates
+///     out[r * ldo + ch kh kw + t] += sum_j a[r][j] * b[ch][j + (t / kw - ph) w + (t % kw - pw)]
+/// (masked where the shifted pixel leaves the image), `a` being `m x pixels` and `b` `channels x h x w`
+/// per image, `a_stride` and `b_stride` floats apart. Returns 0 when the CPU lacks AVX-512 (F and VL).
+int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                        const float *a, long a_stride, const float *b, long b_stride, long count,
+                                        float *out, long ldo);
+
 #endif

@@ -270,7 +270,12 @@ struct ConvPlan {
                                                        packed.base, outputGradient + share.lowerBound * outputSize, outputSize,
                                                        share.count, inputGradient + share.lowerBound * inputSize, inputSize)
                 precondition(done != 0, "conv2d: out of memory for the shifted convolution's tables")
-                guard dWPrime != nil else { return }
+                guard let dWPrime else { return }
+                let weightDone = cohort_conv_shifted_weight_gradient(
+                    c, co, g.height, g.width, kh, kw, g.paddingHeight, g.paddingWidth,
+                    input + share.lowerBound * inputSize, inputSize, outputGradient + share.lowerBound * outputSize, outputSize,
+                    share.count, dWPrime, lk)
+                if weightDone != 0 { return }
             }
             let columns = Storage(count: lowerRows * ConvPlan.leadingDimension(scratch))
             let inputBlock = group > 1 ? Storage(count: c * scratch) : nil
