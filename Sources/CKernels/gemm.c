@@ -63,6 +63,13 @@ static PackBuffers *thread_buffers(void) {
 
 static inline long min_long(long x, long y) { return x < y ? x : y; }
 
+// The depth of the k blocks for a product k deep: as even as possible (288 = 2 x 144, not 256 + 32, whose
+// second block would load and store C for little work), a multiple of 8, at most KC.
+static inline long block_depth(long k) {
+    long blocks = (k + KC - 1) / KC, depth = (k + blocks - 1) / blocks;
+    return (depth + 7) / 8 * 8;
+}
+
 // dst[i * ldd + r] = src[r * lds + i] for an 8 x 8 block.
 AVX512 static inline void transpose8(const float *src, long lds, float *dst, long ldd) {
     __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
@@ -217,8 +224,8 @@ AVX512 static void product(int ta, int tb, long m, long n, long k, float alpha, 
     int direct_b = !tb && m <= 32 && ldb % 32 == 16;
     for (long jc = 0; jc < n; jc += NC) {
         long nc = min_long(NC, n - jc);
-        for (long pc = 0; pc < k; pc += KC) {
-            long kc = min_long(KC, k - pc);
+        for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
+            long kc = min_long(kb, k - pc);
             float scale = pc == 0 ? beta : 1;
             if (!direct_b) pack_b(tb, b, ldb, pc, jc, kc, nc, buffers->b);
             for (long ic = 0; ic < m; ic += MC) {
@@ -294,8 +301,8 @@ long cohort_packed_weights_count(long m, long k) { return packed_rows(m) * k; }
 // Block pc (KC deep) of the packed matrix starts at packed_rows(m) * pc; panel ip within it at ip * kc.
 int cohort_pack_weights(long m, long k, const float *a, float *packed) {
     if (!cohort_sgemm_supported()) return 0;
-    for (long pc = 0; pc < k; pc += KC) {
-        long kc = min_long(KC, k - pc);
+    for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
+        long kc = min_long(kb, k - pc);
         pack_a(0, a, k, 0, pc, m, kc, packed + packed_rows(m) * pc);
     }
     return 1;
@@ -368,8 +375,8 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
         for (long panel = 0; panel < panels; panel++) {
             long j0 = panel * NR;
             uint32_t store_mask = end - j0 >= NR ? 0xFFFFFFFFu : (1u << (end - j0)) - 1;
-            for (long pc = 0; pc < k; pc += KC) {
-                long kc = min_long(KC, k - pc);
+            for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
+                long kc = min_long(kb, k - pc);
                 const float *block = packed + packed_rows(m) * pc;
                 const uint32_t *panel_masks = masks + panel * k + pc;
                 for (long ir = 0; ir < m; ir += MR) {
@@ -455,8 +462,8 @@ AVX512VL static int shifted_weight_gradient(long m, long channels, long h, long 
     float edge[MR * NR] __attribute__((aligned(64)));
     for (long image = 0; image < count; image++) {
         const float *x = a + image * a_stride, *dy = b + image * b_stride;
-        for (long pc = 0; pc < pixels; pc += KC) {
-            long kc = min_long(KC, pixels - pc), kc8 = (kc + 7) / 8 * 8;
+        for (long pc = 0, kb = block_depth(pixels); pc < pixels; pc += kb) {
+            long kc = min_long(kb, pixels - pc), kc8 = (kc + 7) / 8 * 8;
             pack_a(0, x, pixels, 0, pc, m, kc, buffers->a);
             for (long jr = 0; jr < n; jr += NR) {
                 long nr = min_long(NR, n - jr);
