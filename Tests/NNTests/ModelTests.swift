@@ -51,6 +51,42 @@ struct ReferenceKeys: Decodable {
         #expect(logits.scalars.allSatisfy { $0.isFinite })
     }
 
+    /// Layer-wise MCL's auxiliary branches have the keys and shapes of winycg/L-MCL's
+    /// `Auxiliary_Classifier` (dumped with PyTorch into the reference file as `auxiliary/<model>`).
+    @Test(arguments: [Architecture.resnet8, .resnet20, .resnet8x4, .resnet32x4, .wrn_16_2, .wrn_40_2])
+    func auxiliaryBranchesMatchTheReference(_ architecture: Architecture) {
+        let net = architecture.make(inputChannels: 3, classCount: 100, seed: 1)
+        var g = SeededGenerator(seed: 2)
+        let branches = net.makeAuxiliaryBranches(generator: &g)
+        let ours = branches.stateDict().map { ($0.0, $0.1.shape) }
+        let reference = ReferenceKeys.shared.entries("auxiliary/" + architecture.rawValue)
+        #expect(ours.map(\.0) == reference.map(\.0), "keys (and their order) differ from L-MCL's Auxiliary_Classifier")
+        #expect(ours.map(\.1) == reference.map(\.1), "shapes differ from L-MCL's Auxiliary_Classifier")
+        #expect(branches.classifiers.allSatisfy { $0.bias!.scalars.allSatisfy { $0 == 0 } })
+    }
+
+    /// `forwardWithStages` is `forward` plus the first two stages' outputs, which the branches take.
+    @Test(arguments: [(Architecture.resnet8, 1, 28), (.resnet14, 3, 32), (.wrn_16_2, 1, 28)])
+    func forwardWithStagesFeedsTheAuxiliaryBranches(_ architecture: Architecture, _ channels: Int, _ size: Int) {
+        let net = architecture.make(inputChannels: channels, classCount: 10, seed: 3)
+        var g = SeededGenerator(seed: 4)
+        let branches = net.makeAuxiliaryBranches(generator: &g)
+        let x = Tensor.randomNormal([4, channels, size, size], using: &g)
+        let (feature, logits) = net.forward(x)
+        let (stages, stagedFeature, stagedLogits) = net.forwardWithStages(x)
+        #expect(stagedFeature.scalars == feature.scalars && stagedLogits.scalars == logits.scalars)
+        let widths = architecture == .wrn_16_2 ? [32, 64] : [16, 32]
+        #expect(stages.map(\.shape) == [[4, widths[0], size, size], [4, widths[1], (size + 1) / 2, (size + 1) / 2]])
+        let outputs = branches(stages)
+        #expect(outputs.count == 2)
+        for (f, l) in outputs {
+            #expect(f.shape == [4, net.featureCount] && l.shape == [4, 10])
+            #expect(l.scalars.allSatisfy { $0.isFinite })
+        }
+        // The branches never touch the backbone: same logits after they ran.
+        #expect(net.forward(x).logits.scalars == logits.scalars)
+    }
+
     @Test func initialisationFollowsRepDistiller() {
         var g4 = SeededGenerator(seed: 4), g4again = SeededGenerator(seed: 4), g5 = SeededGenerator(seed: 5)
         let net = ResNet(depth: 20, filters: [16, 16, 32, 64], generator: &g4)

@@ -11,6 +11,11 @@ public protocol Classifier: Module {
     /// Runs the network on `N x C x H x W` images.
     /// - Returns: the pooled feature (`N x featureCount`) and the logits (`N x classCount`).
     func forward(_ images: Tensor) -> (feature: Tensor, logits: Tensor)
+    /// Runs the network and also returns the outputs of its first two stages, which the auxiliary
+    /// branches of layer-wise MCL take.
+    func forwardWithStages(_ images: Tensor) -> (stages: [Tensor], feature: Tensor, logits: Tensor)
+    /// New auxiliary branches for this network's widths and depth (``AuxiliaryBranches``).
+    func makeAuxiliaryBranches(generator: inout SeededGenerator) -> AuxiliaryBranches
 }
 
 extension Classifier {

@@ -55,6 +55,10 @@ public final class ResNet: Module, Classifier {
     public let featureCount: Int
     public let classCount: Int
     public var classifier: Linear { fc }
+    /// The stem and stage widths.
+    public let filters: [Int]
+    /// Basic blocks per stage, `(depth - 2) / 6`.
+    public let blocksPerStage: Int
 
     /// - Parameters:
     ///   - depth: 6n+2 (8, 14, 20, 32, 44, 56, 110).
@@ -72,18 +76,16 @@ public final class ResNet: Module, Classifier {
         var inputs = filters[0]
         var stages: [Sequential] = []
         for (stage, width) in filters.dropFirst().enumerated() {
-            var blocks: [any Layer] = []
-            for b in 0..<n {
-                blocks.append(ResNetBasicBlock(inputChannels: inputs, outputChannels: width,
-                                               stride: b == 0 && stage > 0 ? 2 : 1, generator: &generator))
-                inputs = width
-            }
-            stages.append(Sequential(blocks))
+            stages.append(ResNet.stage(inputChannels: inputs, width: width, blocks: n, stride: stage > 0 ? 2 : 1,
+                                       generator: &generator))
+            inputs = width
         }
         layer1 = stages[0]; layer2 = stages[1]; layer3 = stages[2]
         fc = Linear(inputCount: inputs, outputCount: classCount, generator: &generator)
         featureCount = inputs
         self.classCount = classCount
+        self.filters = filters
+        blocksPerStage = n
         super.init()
         for (_, module) in allConvolutions() { module.kaimingNormalFanOut(generator: &generator) }
     }
@@ -96,6 +98,36 @@ public final class ResNet: Module, Classifier {
         let x = layer3(layer2(layer1(bn1.withReLU(conv1(images)))))
         let feature = x.globalAveragePool()
         return (feature, fc(feature))
+    }
+
+    public func forwardWithStages(_ images: Tensor) -> (stages: [Tensor], feature: Tensor, logits: Tensor) {
+        let f1 = layer1(bn1.withReLU(conv1(images)))
+        let f2 = layer2(f1)
+        let feature = layer3(f2).globalAveragePool()
+        return ([f1, f2], feature, fc(feature))
+    }
+
+    /// L-MCL's branches for this ResNet: `block_extractor1` = stages 2 and 3 again (from stage 1's
+    /// output), `block_extractor2` = stage 3 again (from stage 2's output), same widths and depths.
+    public func makeAuxiliaryBranches(generator: inout SeededGenerator) -> AuxiliaryBranches {
+        let n = blocksPerStage
+        let first = Sequential([
+            ResNet.stage(inputChannels: filters[1], width: filters[2], blocks: n, stride: 2, generator: &generator),
+            ResNet.stage(inputChannels: filters[2], width: filters[3], blocks: n, stride: 2, generator: &generator),
+        ])
+        let second = Sequential([
+            ResNet.stage(inputChannels: filters[2], width: filters[3], blocks: n, stride: 2, generator: &generator),
+        ])
+        return AuxiliaryBranches(extractors: [first, second], norms: [], featureCount: featureCount, classCount: classCount,
+                                 generator: &generator)
+    }
+
+    /// One stage: `blocks` basic blocks of `width` channels, the first with `stride`.
+    static func stage(inputChannels: Int, width: Int, blocks: Int, stride: Int, generator: inout SeededGenerator) -> Sequential {
+        Sequential((0..<blocks).map { b in
+            ResNetBasicBlock(inputChannels: b == 0 ? inputChannels : width, outputChannels: width, stride: b == 0 ? stride : 1,
+                             generator: &generator)
+        })
     }
 }
 

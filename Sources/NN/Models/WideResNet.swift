@@ -60,6 +60,10 @@ public final class WideResNet: Module, Classifier {
     public let featureCount: Int
     public let classCount: Int
     public var classifier: Linear { fc }
+    /// The stem and stage widths (16, 16k, 32k, 64k).
+    public let widths: [Int]
+    /// Blocks per stage, `(depth - 4) / 6`.
+    public let blocksPerStage: Int
 
     /// - Parameters:
     ///   - depth: 6n+4 (16, 40).
@@ -75,19 +79,16 @@ public final class WideResNet: Module, Classifier {
                        generator: &generator)
         var blocks: [NetworkBlock] = []
         for stage in 0..<3 {
-            var layers: [any Layer] = []
-            for b in 0..<n {
-                layers.append(WideBasicBlock(inputChannels: b == 0 ? widths[stage] : widths[stage + 1],
-                                             outputChannels: widths[stage + 1],
-                                             stride: b == 0 && stage > 0 ? 2 : 1, generator: &generator))
-            }
-            blocks.append(NetworkBlock(Sequential(layers)))
+            blocks.append(WideResNet.networkBlock(inputChannels: widths[stage], width: widths[stage + 1], blocks: n,
+                                                  stride: stage > 0 ? 2 : 1, generator: &generator))
         }
         block1 = blocks[0]; block2 = blocks[1]; block3 = blocks[2]
         bn1 = BatchNorm2d(featureCount: widths[3])
         fc = Linear(inputCount: widths[3], outputCount: classCount, generator: &generator)
         featureCount = widths[3]
         self.classCount = classCount
+        self.widths = widths
+        blocksPerStage = n
         super.init()
         for (_, conv) in allConvolutions() { conv.kaimingNormalFanOut(generator: &generator) }
         fc.bias?.assign(Tensor.zeros([classCount]))
@@ -101,5 +102,36 @@ public final class WideResNet: Module, Classifier {
         let x = block3(block2(block1(conv1(images))))
         let feature = bn1.withReLU(x).globalAveragePool()
         return (feature, fc(feature))
+    }
+
+    public func forwardWithStages(_ images: Tensor) -> (stages: [Tensor], feature: Tensor, logits: Tensor) {
+        let f1 = block1(conv1(images))
+        let f2 = block2(f1)
+        let feature = bn1.withReLU(block3(f2)).globalAveragePool()
+        return ([f1, f2], feature, fc(feature))
+    }
+
+    /// L-MCL's branches for this Wide ResNet: `block_extractor1` = blocks 2 and 3 again (from block 1's
+    /// output), `block_extractor2` = block 3 again, each followed by its own batch norm and ReLU (`bn1`,
+    /// `bn2`) before pooling, as the backbone.
+    public func makeAuxiliaryBranches(generator: inout SeededGenerator) -> AuxiliaryBranches {
+        let n = blocksPerStage
+        let first = Sequential([
+            WideResNet.networkBlock(inputChannels: widths[1], width: widths[2], blocks: n, stride: 2, generator: &generator),
+            WideResNet.networkBlock(inputChannels: widths[2], width: widths[3], blocks: n, stride: 2, generator: &generator),
+        ])
+        let second = Sequential([
+            WideResNet.networkBlock(inputChannels: widths[2], width: widths[3], blocks: n, stride: 2, generator: &generator),
+        ])
+        return AuxiliaryBranches(extractors: [first, second], norms: [BatchNorm2d(featureCount: widths[3]), BatchNorm2d(featureCount: widths[3])],
+                                 featureCount: featureCount, classCount: classCount, generator: &generator)
+    }
+
+    /// One `NetworkBlock`: `blocks` wide blocks of `width` channels, the first with `stride`.
+    static func networkBlock(inputChannels: Int, width: Int, blocks: Int, stride: Int, generator: inout SeededGenerator) -> NetworkBlock {
+        NetworkBlock(Sequential((0..<blocks).map { b in
+            WideBasicBlock(inputChannels: b == 0 ? inputChannels : width, outputChannels: width, stride: b == 0 ? stride : 1,
+                           generator: &generator)
+        }))
     }
 }
