@@ -365,7 +365,6 @@ public final class Coordinator {
         logger.info("cohort of \(n) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(kind.rawValue): \(data.trainSet.count) images, \(spe) steps/epoch, \(configuration.epochs) epochs")
         let started = Date() - state.elapsedSeconds
         var lastReport = Date()
-        let dimension = configuration.mcl.embeddingDimension
         var loader: (epoch: Int, loader: BatchLoader)?
         var batches: (epoch: Int, sizes: [Int])?
         // An epoch whose end the previous coordinator did not get to evaluate.
@@ -391,8 +390,7 @@ public final class Coordinator {
                                   TensorPayload(name: "gradient_element", shape: [b, t.featureCount], values: t.gradientElement)]
             }
             send(.step(.init(epoch: epoch, step: step, globalStep: globalStep), teacher: teacherTensors), to: participants)
-            var expected: [(name: String, shape: [Int])] = [("logits", [b, classes])]
-            if configuration.mclActive { expected.insert(("embedding", [b, dimension]), at: 0) }
+            let expected = configuration.outputTensorShapes(batchSize: b)
             var outputs = [[TensorPayload]](repeating: [], count: n)
             var arrival = [Date](repeating: Date(), count: n)
             let delivered = try gather("the outputs of step \(globalStep)", from: participants) { rank, message in

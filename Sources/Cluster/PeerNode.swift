@@ -252,8 +252,9 @@ public final class PeerNode {
             _ = try expectTensors(tensors, [])
         }
         let own = trainer.forward(batch)
-        var mine = [TensorPayload(name: "logits", shape: [b, own.classCount], values: own.logits)]
-        if let e = own.embedding { mine.insert(TensorPayload(name: "embedding", shape: [b, own.embeddingDimension], values: e), at: 0) }
+        let mine = configuration.outputTensorShapes(batchSize: b).map { name, shape in
+            TensorPayload(name: name, shape: shape, values: own.values(of: name))
+        }
         let sent = Date()
         try socket.send(.outputs(.init(rank: rank, globalStep: step.globalStep), tensors: mine))
         var others: [PeerOutputs] = []
@@ -321,14 +322,11 @@ public final class PeerNode {
               ranks.allSatisfy({ configuration.peers.indices.contains($0) }) else {
             throw WireError.header("ranks \(ranks) are not distinct other ranks of this cohort, ascending")
         }
-        var expected: [(name: String, shape: [Int])] = []
-        for r in ranks {
-            if configuration.mclActive { expected.append(("rank\(r).embedding", [b, d])) }
-            expected.append(("rank\(r).logits", [b, classes]))
-        }
-        let byName = try expectTensors(tensors, expected)
+        let shapes = configuration.outputTensorShapes(batchSize: b)
+        let byName = try expectTensors(tensors, ranks.flatMap { r in shapes.map { ("rank\(r).\($0.name)", $0.shape) } })
         return ranks.map { r in
             PeerOutputs(rank: r, batchSize: b, embedding: byName["rank\(r).embedding"]?.values, embeddingDimension: d,
+                        auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap { byName["rank\(r).embedding.aux\($0)"]?.values },
                         logits: byName["rank\(r).logits"]!.values, classCount: classes)
         }
     }

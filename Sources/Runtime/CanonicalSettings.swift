@@ -22,6 +22,7 @@ extension CohortConfiguration {
             ("mcl.weights.icl", "\(mcl.settings.icl)"), ("mcl.weights.soft_icl", "\(mcl.settings.softICL)"),
             ("mcl.weights.logit", "\(mcl.settings.logitDistillation)"),
         ]
+        if let w = mcl.layerWeights { lines.append(("mcl.layer_weights", w.map { "\($0)" }.joined(separator: ","))) }
         for (i, p) in peers.enumerated() { lines.append(("peers.\(i).model", p.model)) }
         if let t = teacher {
             lines += [("teacher.model", t.model), ("teacher.schedule", t.schedule.rawValue)]

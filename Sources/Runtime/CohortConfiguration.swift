@@ -21,6 +21,12 @@ public struct CohortConfiguration: Sendable, Equatable {
         public var enabled = true
         public var embeddingDimension = 128
         public var settings = MCL.Settings()
+        /// Layer-wise MCL (L-MCL): the weights of the MCL terms at each layer — the auxiliary branch after
+        /// stage 1, the one after stage 2, the backbone's final embedding. `nil`: MCL on the final
+        /// embedding only, no auxiliary branches.
+        public var layerWeights: [Float]?
+        /// The number of layers layer-wise MCL contrasts (two auxiliary branches and the backbone).
+        public static let layerCount = 3
     }
 
     public struct KDSettings: Sendable, Equatable {
@@ -214,7 +220,7 @@ public struct CohortConfiguration: Sendable, Equatable {
             throw ConfigurationError.badValue(path: "security.peer_keys", expected: "one key per peer (\(c.peers.count))", found: "\(keys.count)")
         }
         if let v = top["mcl"] {
-            let m = try v.mapping(allowed: ["enabled", "tau", "temperature", "embedding_dim", "weights"])
+            let m = try v.mapping(allowed: ["enabled", "tau", "temperature", "embedding_dim", "weights", "layer_weights"])
             if let x = m["enabled"] { c.mcl.enabled = try x.bool() }
             if let x = m["tau"] { c.mcl.settings.tau = try x.float(minimum: 1e-6) }
             if let x = m["temperature"] { c.mcl.settings.temperature = try x.float(minimum: 1e-6) }
@@ -226,6 +232,14 @@ public struct CohortConfiguration: Sendable, Equatable {
                 if let x = ws["icl"] { c.mcl.settings.icl = try x.float(minimum: 0) }
                 if let x = ws["soft_icl"] { c.mcl.settings.softICL = try x.float(minimum: 0) }
                 if let x = ws["logit"] { c.mcl.settings.logitDistillation = try x.float(minimum: 0) }
+            }
+            if let v = m["layer_weights"] {
+                let ws = try v.list().map { try $0.float(minimum: 0) }
+                guard ws.count == MCLSettings.layerCount else {
+                    throw ConfigurationError.badValue(path: v.path, expected: "\(MCLSettings.layerCount) weights (auxiliary branch after stage 1, after stage 2, final embedding)",
+                                                      found: "\(ws.count)")
+                }
+                c.mcl.layerWeights = ws
             }
         }
         if let t = top["teacher"] {
@@ -282,6 +296,20 @@ public struct CohortConfiguration: Sendable, Equatable {
 
     /// Whether the peers exchange embeddings (MCL on, more than one peer).
     public var mclActive: Bool { mcl.enabled && peers.count > 1 }
+
+    /// Whether the peers train auxiliary branches and exchange their embeddings (layer-wise MCL).
+    public var layerWiseMCL: Bool { mclActive && mcl.layerWeights != nil }
+
+    /// The names and shapes of the tensors of a peer's `outputs` message for a batch of `b`, in order:
+    /// the auxiliary branches' embeddings (layer-wise MCL), the final embedding (MCL), the logits.
+    public func outputTensorShapes(batchSize b: Int) -> [(name: String, shape: [Int])] {
+        var result: [(name: String, shape: [Int])] = []
+        let d = mcl.embeddingDimension
+        if layerWiseMCL { for l in 1..<MCLSettings.layerCount { result.append(("embedding.aux\(l)", [b, d])) } }
+        if mclActive { result.append(("embedding", [b, d])) }
+        result.append(("logits", [b, data.dataSet.classCount]))
+        return result
+    }
 
     /// The SHA-256 (hexadecimal) of ``canonicalSettings``. Peers and the coordinator exchange it with
     /// every message: a process started with another configuration is refused.

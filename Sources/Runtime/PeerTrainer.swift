@@ -5,22 +5,40 @@ import Data
 import Distill
 import Training
 
-/// What a peer sends the rest of the cohort after its forward pass: its unit embeddings (with MCL) and
-/// its logits for the step's batch. Plain values, so they can cross threads and processes.
+/// What a peer sends the rest of the cohort after its forward pass: its unit embeddings (with MCL; with
+/// layer-wise MCL also its auxiliary branches') and its logits for the step's batch. Plain values, so they
+/// can cross threads and processes.
 public struct PeerOutputs: Sendable {
     public let rank: Int
     public let batchSize: Int
     public let embedding: [Float]?
     public let embeddingDimension: Int
+    /// The auxiliary branches' unit embeddings, branch 1 first (layer-wise MCL; empty otherwise).
+    public let auxiliaryEmbeddings: [[Float]]
     public let logits: [Float]
     public let classCount: Int
 
-    public init(rank: Int, batchSize: Int, embedding: [Float]?, embeddingDimension: Int, logits: [Float], classCount: Int) {
+    public init(rank: Int, batchSize: Int, embedding: [Float]?, embeddingDimension: Int, auxiliaryEmbeddings: [[Float]] = [],
+                logits: [Float], classCount: Int) {
         self.rank = rank; self.batchSize = batchSize; self.embedding = embedding; self.embeddingDimension = embeddingDimension
+        self.auxiliaryEmbeddings = auxiliaryEmbeddings
         self.logits = logits; self.classCount = classCount
     }
 
     public var embeddingTensor: Tensor? { embedding.map { Tensor($0, shape: [batchSize, embeddingDimension]) } }
+    /// The values of the output tensor `name` of ``CohortConfiguration/outputTensorShapes(batchSize:)``.
+    public func values(of name: String) -> [Float] {
+        switch name {
+        case "logits": return logits
+        case "embedding": return embedding!
+        default:
+            precondition(name.hasPrefix("embedding.aux"), "no output tensor \(name)")
+            return auxiliaryEmbeddings[Int(name.dropFirst("embedding.aux".count))! - 1]
+        }
+    }
+
+    /// Branch `l`'s embedding (`l` from 0), as a `B x d` tensor.
+    public func auxiliaryEmbeddingTensor(_ l: Int) -> Tensor { Tensor(auxiliaryEmbeddings[l], shape: [batchSize, embeddingDimension]) }
     public var logitsTensor: Tensor { Tensor(logits, shape: [batchSize, classCount]) }
 }
 
@@ -94,6 +112,10 @@ public final class PeerTrainer {
     public let architecture: Architecture
     public let model: any Classifier
     public let head: ProjectionHead?
+    /// Layer-wise MCL's auxiliary branches (training only; saved with the state, not the weights).
+    public let auxiliary: AuxiliaryBranches?
+    /// Layer-wise MCL's projection heads on the auxiliary branches' features, branch 1 first.
+    public let auxiliaryHeads: [ProjectionHead]
     public let crcdFeature: CRCDLoss?
     public let crcdGradient: CRCDLoss?
     public let rrd: RRDQueueLoss?
@@ -101,7 +123,18 @@ public final class PeerTrainer {
     public let optimizer: SGD
     let configuration: CohortConfiguration
     let schedule: any LearningRateSchedule
-    private var pending: (batch: Batch, feature: Tensor, logits: Tensor, embedding: Tensor?)?
+    private(set) var pending: Pending?
+
+    /// A forward pass awaiting the others' outputs.
+    struct Pending {
+        let batch: Batch
+        let feature: Tensor
+        let logits: Tensor
+        let embedding: Tensor?
+        /// The auxiliary branches' logits and unit embeddings (layer-wise MCL).
+        let auxiliaryLogits: [Tensor]
+        let auxiliaryEmbeddings: [Tensor]
+    }
     /// Steps skipped in a row because their loss or gradient was not finite.
     public private(set) var consecutiveSkippedSteps = 0
     /// Skipped steps in a row after which the peer gives up.
@@ -120,6 +153,17 @@ public final class PeerTrainer {
         var generator = RandomStream.generator(seed: configuration.seed, .initialisation, 1000 + rank)
         head = configuration.mclActive ? ProjectionHead(inputCount: model.featureCount, dimension: configuration.mcl.embeddingDimension,
                                           generator: &generator) : nil
+        if configuration.layerWiseMCL {
+            // A stream of its own, so that turning layer-wise MCL on leaves every other initial weight as it was.
+            var auxiliaryGenerator = RandomStream.generator(seed: configuration.seed, .initialisation, 2000 + rank)
+            let branches = model.makeAuxiliaryBranches(generator: &auxiliaryGenerator)
+            auxiliary = branches
+            auxiliaryHeads = (0..<branches.count).map { _ in
+                ProjectionHead(inputCount: branches.featureCount, dimension: configuration.mcl.embeddingDimension, generator: &auxiliaryGenerator)
+            }
+        } else {
+            auxiliary = nil; auxiliaryHeads = []
+        }
         let teacher = configuration.teacher
         if let c = teacher?.crcd, let t = teacherFeatureCount {
             crcdFeature = CRCDLoss(studentDimension: model.featureCount, teacherDimension: t, dimension: c.dimension,
@@ -149,8 +193,8 @@ public final class PeerTrainer {
             rrdMemory = nil
         }
         var parameters = model.namedParameters()
-        for (prefix, module) in PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient,
-                                                        rrd: rrd ?? rrdMemory) {
+        for (prefix, module) in PeerTrainer.lossModules(head: head, auxiliary: auxiliary, auxiliaryHeads: auxiliaryHeads,
+                                                        crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd ?? rrdMemory) {
             parameters += module.namedParameters().map { (prefix + "." + $0.0, $0.1) }
         }
         optimizer = SGD(parameters: parameters, learningRate: configuration.learningRate, momentum: configuration.momentum,
@@ -158,18 +202,23 @@ public final class PeerTrainer {
         schedule = configuration.trainingOptions.learningRateSchedule(stepsPerEpoch: stepsPerEpoch)
     }
 
-    static func lossModules(head: ProjectionHead?, crcdFeature: CRCDLoss?, crcdGradient: CRCDLoss?, rrd: Module?) -> [(String, Module)] {
+    static func lossModules(head: ProjectionHead?, auxiliary: AuxiliaryBranches?, auxiliaryHeads: [ProjectionHead],
+                            crcdFeature: CRCDLoss?, crcdGradient: CRCDLoss?, rrd: Module?) -> [(String, Module)] {
         var result: [(String, Module)] = []
+        if let auxiliary { result.append(("auxiliary_classifier", auxiliary)) }
         if let head { result.append(("loss.mcl_head", head)) }
+        for (l, h) in auxiliaryHeads.enumerated() { result.append(("loss.mcl_head_aux\(l + 1)", h)) }
         if let crcdFeature { result.append(("loss.crcd", crcdFeature)) }
         if let crcdGradient { result.append(("loss.crcd_gradient", crcdGradient)) }
         if let rrd { result.append(("loss.rrd", rrd)) }
         return result
     }
 
-    /// The loss modules whose state is saved with this peer's checkpoints.
+    /// The training-only modules whose state is saved with this peer's checkpoints (besides the network's
+    /// weights): the auxiliary branches, projection heads, memories, normalisers and queue.
     public var lossState: [(String, Module)] {
-        PeerTrainer.lossModules(head: head, crcdFeature: crcdFeature, crcdGradient: crcdGradient, rrd: rrd ?? rrdMemory)
+        PeerTrainer.lossModules(head: head, auxiliary: auxiliary, auxiliaryHeads: auxiliaryHeads, crcdFeature: crcdFeature,
+                                crcdGradient: crcdGradient, rrd: rrd ?? rrdMemory)
     }
 
     /// Restores this peer from a checkpoint written with ``lossState``: the network's weights, the SGD
@@ -204,33 +253,59 @@ public final class PeerTrainer {
     /// Runs the network (training mode) on `batch` and returns what the other members need.
     public func forward(_ batch: Batch) -> PeerOutputs {
         model.train()
-        let (feature, logits) = model.forward(batch.imageTensor())
+        let feature: Tensor, logits: Tensor
+        var auxiliaryLogits: [Tensor] = [], auxiliaryEmbeddings: [Tensor] = []
+        if let auxiliary {
+            auxiliary.train()
+            let (stages, f, l) = model.forwardWithStages(batch.imageTensor())
+            (feature, logits) = (f, l)
+            for (h, branch) in zip(auxiliaryHeads, auxiliary(stages)) {
+                auxiliaryLogits.append(branch.logits)
+                auxiliaryEmbeddings.append(h(branch.feature))
+            }
+        } else {
+            (feature, logits) = model.forward(batch.imageTensor())
+        }
         let embedding = head.map { $0(feature) }
-        pending = (batch, feature, logits, embedding)
+        pending = Pending(batch: batch, feature: feature, logits: logits, embedding: embedding, auxiliaryLogits: auxiliaryLogits,
+                          auxiliaryEmbeddings: auxiliaryEmbeddings)
         return PeerOutputs(rank: rank, batchSize: batch.size, embedding: embedding?.scalars,
-                           embeddingDimension: configuration.mcl.embeddingDimension, logits: logits.scalars,
+                           embeddingDimension: configuration.mcl.embeddingDimension,
+                           auxiliaryEmbeddings: auxiliaryEmbeddings.map(\.scalars), logits: logits.scalars,
                            classCount: logits.shape[1])
     }
 
-    /// Completes the step begun by ``forward(_:)``: forms the loss from the other members' and the
-    /// teacher's outputs, back-propagates and updates. Returns every loss term (unweighted) and the total.
-    /// A step whose loss or gradient is not finite is skipped (and reported as `skipped` in the terms);
-    /// ``maximumSkippedSteps`` in a row throw ``DivergenceError``.
-    public func finish(others: [PeerOutputs], teacher: TeacherOutputs?, position: TrainingPosition,
-                       totalSteps: Int) throws(DivergenceError) -> [String: Double] {
-        guard let (batch, feature, logits, embedding) = pending else { preconditionFailure("finish() without forward()") }
-        pending = nil
+    /// This peer's loss for the pending forward pass: cross-entropy (of the auxiliary classifiers too),
+    /// the distributed form of (layer-wise) MCL against the others' outputs, and the teacher's losses.
+    /// Returns the total in the graph and every term (unweighted, plus layer-wise MCL's weighted sums).
+    func loss(_ pass: Pending, others: [PeerOutputs], teacher: TeacherOutputs?, position: TrainingPosition,
+              totalSteps: Int) -> (total: Tensor, terms: [String: Double]) {
+        let (batch, feature, logits, embedding) = (pass.batch, pass.feature, pass.logits, pass.embedding)
         var terms: [String: Double] = [:]
         let ce = logits.crossEntropy(labels: batch.labels)
         terms["ce"] = Double(ce.item)
         var total = ce
+        for (l, auxiliaryLogits) in pass.auxiliaryLogits.enumerated() {
+            let value = auxiliaryLogits.crossEntropy(labels: batch.labels)
+            terms["ce_aux\(l + 1)"] = Double(value.item)
+            total = total + value
+        }
         let mcl = configuration.mcl.settings
         if let embedding, !others.isEmpty {
             let received = others.compactMap(\.embeddingTensor)
             let t = MCL.peerTerms(own: embedding, others: received, labels: batch.labels, settings: mcl)
             terms["vcl"] = Double(t.vcl.item); terms["soft_vcl"] = Double(t.softVCL.item)
             terms["icl"] = Double(t.icl.item); terms["soft_icl"] = Double(t.softICL.item)
-            total = total + t.weighted(mcl)
+            var weighted = t.weighted(mcl)
+            if let w = configuration.mcl.layerWeights { weighted = weighted * w[w.count - 1] }
+            total = total + weighted
+            // Layer-wise MCL: the same terms between the same auxiliary branch of every pair of peers.
+            for (l, own) in pass.auxiliaryEmbeddings.enumerated() {
+                let layer = MCL.peerTerms(own: own, others: others.map { $0.auxiliaryEmbeddingTensor(l) }, labels: batch.labels,
+                                          settings: mcl).weighted(mcl)
+                terms["mcl_aux\(l + 1)"] = Double(layer.item)
+                total = total + layer * configuration.mcl.layerWeights![l]
+            }
             if mcl.logitDistillation > 0 {
                 let mean = MCL.ensembleMean([logits.detached()] + others.map(\.logitsTensor))
                 let kd = MCL.ensembleDistillation(logits: logits, ensembleMean: mean, temperature: mcl.temperature)
@@ -277,6 +352,19 @@ public final class PeerTrainer {
                 }
             }
         }
+        return (total, terms)
+    }
+
+    /// Completes the step begun by ``forward(_:)``: forms the loss from the other members' and the
+    /// teacher's outputs, back-propagates and updates. Returns every loss term (unweighted) and the total.
+    /// A step whose loss or gradient is not finite is skipped (and reported as `skipped` in the terms);
+    /// ``maximumSkippedSteps`` in a row throw ``DivergenceError``.
+    public func finish(others: [PeerOutputs], teacher: TeacherOutputs?, position: TrainingPosition,
+                       totalSteps: Int) throws(DivergenceError) -> [String: Double] {
+        guard let pass = pending else { preconditionFailure("finish() without forward()") }
+        pending = nil
+        var (total, terms) = loss(pass, others: others, teacher: teacher, position: position, totalSteps: totalSteps)
+        let logits = pass.logits, batch = pass.batch
         terms["total"] = Double(total.item)
         optimizer.learningRate = schedule.learningRate(at: position.globalStep)
         optimizer.zeroGrad()
