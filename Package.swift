@@ -61,11 +61,13 @@ let package = Package(
         .target(name: "Conformance", dependencies: ["NN", "Distill"]),
         // Timed training steps (`cohort bench`).
         .target(name: "Benchmarks", dependencies: ["NN", "Distill"]),
+        // Run reports (`cohort report`): metrics read back, SVG line charts, a self-contained HTML page.
+        .target(name: "Report"),
         // The command-line tool: parsing, validation, wiring.
         .executableTarget(
             name: "cohort",
             dependencies: [
-                "NN", "Data", "Training", "Distill", "Runtime", "Cluster", "Wire", "Conformance", "Benchmarks",
+                "NN", "Data", "Training", "Distill", "Runtime", "Cluster", "Wire", "Conformance", "Benchmarks", "Report",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Helpers shared by the test targets (finite-difference gradient checks).
@@ -83,5 +85,6 @@ let package = Package(
         .testTarget(name: "DeployTests", dependencies: ["Runtime", "TestSupport", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "NN", "Tensors"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance"], exclude: ["Fixtures"]),
+        .testTarget(name: "ReportTests", dependencies: ["Report", "Runtime", "Training", "TestSupport"]),
     ]
 )

@@ -1,0 +1,138 @@
+import Foundation
+
+/// What a run directory recorded, read back from its JSON-lines metrics: a cohort's (`cohort launch`:
+/// `metrics.jsonl` with the ensemble, `peer-<rank>/metrics.jsonl` per peer, `summary.json`) or a single
+/// network's (`cohort train`: one `metrics.jsonl`).
+public struct RunRecords: Sendable {
+    /// One trained network of the run: a cohort's peer, or the single network of `cohort train`.
+    public struct Member: Sendable {
+        /// The line's label within the run: `p0 resnet8`, or the model for a single network.
+        public var label: String
+        /// Per-step records (`kind: step`), in order: every numeric field by name.
+        public var steps: [[String: Double]] = []
+        /// Per-epoch records (`kind: epoch`), in order.
+        public var epochs: [[String: Double]] = []
+    }
+
+    /// The run's name: its directory's last component.
+    public var name: String
+    public var directory: String
+    public var members: [Member] = []
+    /// A cohort's per-epoch records (ensemble and peers' test accuracy, cumulative seconds); empty for a
+    /// single network.
+    public var cohortEpochs: [[String: Double]] = []
+    /// `summary.json` when the run finished (a cohort's).
+    public var summary: [String: Any]? { summaryJSON.flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } }
+    private var summaryJSON: Data?
+
+    /// Images per step on average (the summary's images over its steps; `cohort train`'s batch size), for
+    /// the images/s charts; `nil` when the run does not say.
+    public var imagesPerStep: Double?
+
+    public var isCohort: Bool { !cohortEpochs.isEmpty || members.count > 1 || FileManager.default.fileExists(atPath: directory + "/peer-0") }
+
+    /// Reads `directory`.
+    /// - Throws: ``ReportError`` naming the directory and what is missing or unreadable.
+    public init(directory: String) throws {
+        self.directory = directory
+        name = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        guard fm.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ReportError.notARun(directory, "no such directory")
+        }
+        summaryJSON = fm.contents(atPath: directory + "/summary.json")
+        let peers = ((try? fm.contentsOfDirectory(atPath: directory)) ?? [])
+            .compactMap { $0.hasPrefix("peer-") ? Int($0.dropFirst("peer-".count)) : nil }.sorted()
+        if !peers.isEmpty {
+            let models = Self.peerModels(summaryJSON)
+            for rank in peers {
+                let path = "\(directory)/peer-\(rank)/metrics.jsonl"
+                guard fm.fileExists(atPath: path) else { continue }
+                var member = Member(label: "p\(rank)" + (models[rank].map { " " + $0 } ?? ""))
+                try Self.read(path) { kind, record in
+                    if kind == "step" { member.steps.append(record) } else if kind == "epoch" { member.epochs.append(record) }
+                }
+                members.append(member)
+            }
+            if fm.fileExists(atPath: directory + "/metrics.jsonl") {
+                try Self.read(directory + "/metrics.jsonl") { kind, record in
+                    if kind == "epoch" { cohortEpochs.append(record) }
+                }
+            }
+        } else if fm.fileExists(atPath: directory + "/metrics.jsonl") {
+            var member = Member(label: Self.trainedModel(directory) ?? "network")
+            try Self.read(directory + "/metrics.jsonl") { kind, record in
+                if kind == "step" { member.steps.append(record) } else if kind == "epoch" { member.epochs.append(record) }
+            }
+            members.append(member)
+        }
+        if let summary, let rate = (summary["images_per_s"] as? NSNumber)?.doubleValue,
+           let seconds = (summary["seconds"] as? NSNumber)?.doubleValue, let steps = (summary["steps"] as? NSNumber)?.doubleValue, steps > 0 {
+            imagesPerStep = (rate * seconds / steps * 1000).rounded() / 1000
+        } else if let data = fm.contents(atPath: directory + "/options.json"),
+                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let batch = (object["batchSize"] as? NSNumber)?.doubleValue {
+            imagesPerStep = batch
+        }
+        guard !members.isEmpty else {
+            throw ReportError.notARun(directory, "no metrics.jsonl (a run of cohort launch or cohort train)")
+        }
+    }
+
+    /// Calls `body(kind, numeric fields)` for every JSON line of `path`; arrays of numbers become
+    /// `name.0`, `name.1`, ... (a cohort epoch's `peer_top1`). (The metrics have no boolean fields.)
+    static func read(_ path: String, _ body: (String, [String: Double]) -> Void) throws {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw ReportError.notARun(path, "unreadable")
+        }
+        for (number, line) in text.split(separator: "\n").enumerated() where !line.isEmpty {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+                throw ReportError.badLine(path, number + 1)
+            }
+            var record: [String: Double] = [:]
+            for (key, value) in object {
+                if let n = value as? NSNumber {
+                    record[key] = n.doubleValue
+                } else if let list = value as? [NSNumber] {
+                    for (i, n) in list.enumerated() { record["\(key).\(i)"] = n.doubleValue }
+                }
+            }
+            body(object["kind"] as? String ?? "", record)
+        }
+    }
+
+    private static func peerModels(_ summary: Data?) -> [Int: String] {
+        guard let summary, let object = try? JSONSerialization.jsonObject(with: summary) as? [String: Any],
+              let peers = object["peers"] as? [[String: Any]] else { return [:] }
+        var result: [Int: String] = [:]
+        for p in peers { if let rank = p["rank"] as? Int, let model = p["model"] as? String { result[rank] = model } }
+        return result
+    }
+
+    /// The model of a `cohort train` run, from its options file if it has one.
+    private static func trainedModel(_ directory: String) -> String? {
+        for file in ["options.json", "settings.json"] {
+            if let data = FileManager.default.contents(atPath: directory + "/" + file),
+               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let model = object["model"] as? String {
+                return model
+            }
+        }
+        return nil
+    }
+}
+
+/// Why a report could not be made.
+public enum ReportError: Error, CustomStringConvertible {
+    case notARun(String, String)
+    case badLine(String, Int)
+    case cannotWrite(String, String)
+
+    public var description: String {
+        switch self {
+        case .notARun(let path, let why): "\(path) is not a run directory: \(why)"
+        case .badLine(let path, let line): "\(path), line \(line): not a JSON object"
+        case .cannotWrite(let path, let why): "cannot write \(path): \(why)"
+        }
+    }
+}
