@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""The seed papers' comparison at small scale: students alone, with a teacher's KD / CRCD / RRD, and in
+MCL cohorts, over several seeds; a markdown table of mean and standard deviation.
+
+    swift build -c release
+    python3 docs/results/comparison.py --seeds 0,1,2 --epochs 5            # Fashion-MNIST, everything
+    python3 docs/results/comparison.py --dataset cifar100 --data-dir DIR --teacher resnet32x4 --teacher-epochs 30
+    python3 docs/results/comparison.py --dry-run                            # list the runs and their commands
+
+Every run is a directory under --out (default runs/comparison): the teacher (`cohort train`), then per
+student and method a cohort (`cohort launch --transport inproc`; a student alone or with a teacher is a
+cohort of one), one per seed. Finished runs (their summary.json exists) are not run again, so the script
+can be stopped and started. All rows use the same epochs, batch, schedule, sampler (m-per-class) and seed
+set; only the method differs. The table (--table, default <out>/results.md) gives, per student and
+method, the test top-1 of the last and of the best epoch — each network's, averaged over the run's
+networks of that student, then mean ± sample standard deviation over the seeds — and the wall time.
+`cohort report RUN...` draws any of the runs.
+
+Methods (rows), per student S:
+  alone           S, cross-entropy only
+  kd              S + the teacher's KD (Hinton, T=4, weight 0.9)
+  crcd            S + the teacher's CRCD on features and gradient elements
+  rrd             S + the teacher's RRD (FIFO queue)
+  rrd+kd          S + RRD + KD
+  mcl2, mcl2-nologit, mcl4, mcl4-nologit
+                  cohorts of 2 or 4 copies of S with MCL, with or without logit distillation
+  mcl2+crcd       2 x S with MCL and the teacher's CRCD
+"""
+import argparse, json, os, pathlib, statistics, subprocess, sys, time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+METHODS = ["alone", "kd", "crcd", "rrd", "rrd+kd", "mcl2-nologit", "mcl2", "mcl4-nologit", "mcl4", "mcl2+crcd"]
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cohort", default=str(ROOT / ".build/release/cohort"))
+    ap.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100")
+    ap.add_argument("--data-dir", help="the data set's files (default: where Cohort looks for it)")
+    ap.add_argument("--students", default="resnet8,resnet20")
+    ap.add_argument("--teacher", default="resnet56")
+    ap.add_argument("--teacher-epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    ap.add_argument("--train-limit", type=int, help="use only the first N training images (smaller budget)")
+    ap.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="runs/comparison")
+    ap.add_argument("--table", help="markdown file to write (default <out>/results.md)")
+    ap.add_argument("--dry-run", action="store_true", help="print the runs without running them")
+    a = ap.parse_args()
+    a.seeds = [int(s) for s in a.seeds.split(",")]
+    a.students = a.students.split(",")
+    a.methods = a.methods.split(",")
+    unknown = [m for m in a.methods if m not in METHODS]
+    if unknown:
+        ap.error(f"--methods: unknown {unknown}; choose from {METHODS}")
+    return a
+
+
+def configuration(a, student, method, seed, output, teacher_checkpoint):
+    """The cohort YAML of one run."""
+    copies = 4 if method.startswith("mcl4") else 2 if method.startswith("mcl2") else 1
+    lines = [
+        "data: {dataset: %s%s%s%s}" % (a.dataset, f", directory: {a.data_dir}" if a.data_dir else "",
+                                       f", train_limit: {a.train_limit}" if a.train_limit else "",
+                                       f", test_limit: {a.test_limit}" if a.test_limit else ""),
+        f"seed: {seed}",
+        f"epochs: {a.epochs}",
+        f"batch_size: {a.batch}",
+        "sampler: m-per-class",
+        "optimizer: {lr: 0.1, momentum: 0.9, weight_decay: 0.0005, nesterov: true}",
+        "schedule: {kind: cosine}",
+        "peers: [" + ", ".join(["{model: %s}" % student] * copies) + "]",
+    ]
+    if copies > 1:
+        lines.append("mcl: {weights: {logit: %s}}" % ("0" if method.endswith("nologit") else "1.0"))
+    losses = {"kd": ["kd"], "crcd": ["crcd"], "rrd": ["rrd"], "rrd+kd": ["rrd", "kd"], "mcl2+crcd": ["crcd"]}.get(method, [])
+    if losses:
+        lines += ["teacher:", f"  model: {a.teacher}", f"  checkpoint: {teacher_checkpoint}"]
+        if "kd" in losses:
+            lines.append("  kd: {weight: 0.9, temperature: 4}")
+        if "crcd" in losses:
+            lines.append("  crcd: {weight: 1.0, gradient_weight: 1.0, negatives: 500}")
+        if "rrd" in losses:
+            keys = 16384 - 16384 % a.batch
+            lines.append("  rrd: {weight: 1.0, keys: %d}" % keys)
+    lines.append(f"output: {output}")
+    return "\n".join(lines) + "\n"
+
+
+def run(command, log, dry):
+    print(("would run: " if dry else "running: ") + " ".join(command), flush=True)
+    if dry:
+        return 0.0
+    started = time.time()
+    with open(log, "w") as f:
+        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        sys.exit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
+    return time.time() - started
+
+
+def network_scores(run_dir, student):
+    """Per network of model `student`: (last test top-1, best test top-1), from its epoch records."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    scores = []
+    for peer in summary["peers"]:
+        if peer["model"] != student:
+            continue
+        metrics = run_dir / f"peer-{peer['rank']}" / "metrics.jsonl"
+        epochs = [json.loads(l) for l in metrics.read_text().splitlines() if '"kind":"epoch"' in l]
+        tops = [e["test_top1"] for e in epochs]
+        scores.append((tops[-1], max(tops)))
+    return scores, summary["seconds"]
+
+
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def mean_std(values):
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def main():
+    a = parse()
+    cohort = os.path.abspath(a.cohort)
+    if not a.dry_run and not os.path.exists(cohort):
+        sys.exit(f"no Cohort binary at {cohort}: run `swift build -c release` first")
+    out = pathlib.Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    teacher_dir = out / f"teacher-{a.teacher}"
+    teacher_checkpoint = teacher_dir / "checkpoints/last.safetensors"
+    needs_teacher = any(m in ("kd", "crcd", "rrd", "rrd+kd", "mcl2+crcd") for m in a.methods)
+    wall = {}
+    if needs_teacher and not (teacher_dir / "checkpoints/last.safetensors").exists():
+        command = [cohort, "train", "--model", a.teacher, "--dataset", a.dataset, "--epochs", str(a.teacher_epochs),
+                   "--batch", str(a.batch), "--schedule", "cosine", "--seed", "0", "--threads", str(a.threads),
+                   "--out", str(teacher_dir)]
+        if a.data_dir:
+            command += ["--data-dir", a.data_dir]
+        if a.train_limit:
+            command += ["--train-limit", str(a.train_limit)]
+        if a.test_limit:
+            command += ["--test-limit", str(a.test_limit)]
+        wall["teacher"] = run(command, out / "teacher.log", a.dry_run)
+
+    for student in a.students:
+        for method in a.methods:
+            for seed in a.seeds:
+                run_dir = out / student / method / f"seed-{seed}"
+                if (run_dir / "summary.json").exists():
+                    continue
+                config = run_dir.parent / f"seed-{seed}.yaml"
+                if not a.dry_run:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    config.write_text(configuration(a, student, method, seed, run_dir, teacher_checkpoint))
+                run([cohort, "launch", "--config", str(config), "--transport", "inproc", "--threads", str(a.threads)],
+                    run_dir.parent / f"seed-{seed}.log", a.dry_run)
+    if a.dry_run:
+        return
+
+    teacher_top1 = None
+    if (teacher_dir / "metrics.jsonl").exists():
+        epochs = [json.loads(l) for l in (teacher_dir / "metrics.jsonl").read_text().splitlines() if '"kind":"epoch"' in l]
+        teacher_top1 = epochs[-1]["test_top1"] if epochs else None
+    rows = ["| student | method | networks per run | last-epoch test top-1 % | best-epoch test top-1 % | seeds | wall time per run |",
+            "|---|---|---|---|---|---|---|"]
+    for student in a.students:
+        for method in a.methods:
+            last, best, seconds, networks = [], [], [], 0
+            for seed in a.seeds:
+                scores, s = network_scores(out / student / method / f"seed-{seed}", student)
+                networks = len(scores)
+                last.append(statistics.mean(x[0] for x in scores))
+                best.append(statistics.mean(x[1] for x in scores))
+                seconds.append(s)
+            rows.append(f"| {student} | {method} | {networks} | {mean_std(last)} | {mean_std(best)} | {len(a.seeds)} | "
+                        f"{duration(statistics.mean(seconds))} |")
+    header = (f"{a.dataset}, {a.epochs} epochs, batch {a.batch}, seeds {','.join(map(str, a.seeds))}"
+              + (f", first {a.train_limit} training images" if a.train_limit else "")
+              + (f", first {a.test_limit} test images" if a.test_limit else "")
+              + (f"; teacher {a.teacher} ({a.teacher_epochs} epochs): test top-1 {100 * teacher_top1:.2f}%" if teacher_top1 else "")
+              + ". Each cell: per run, the mean over its networks of the student model; then mean ± standard deviation over the seeds.\n\n")
+    table = header + "\n".join(rows) + "\n"
+    path = pathlib.Path(a.table) if a.table else out / "results.md"
+    path.write_text(table)
+    print(table)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
