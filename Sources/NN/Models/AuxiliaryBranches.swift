@@ -38,6 +38,19 @@ public final class AuxiliaryBranches: Module {
         for fc in classifiers { fc.bias?.assign(Tensor.zeros([classCount])) }
     }
 
+    /// L-MCL's two branches for a network whose stage `i` maps `widths[i]` to `widths[i + 1]` channels:
+    /// branch 1 = stages 2 and 3 again (from stage 1's output), branch 2 = stage 3 again (from stage 2's),
+    /// each built by `stage(input channels, width, stride 2, generator)` in that order.
+    /// - Parameter norms: whether each branch ends with its own batch norm and ReLU (the Wide ResNets).
+    static func repeatingStages(widths: [Int], norms: Bool, featureCount: Int, classCount: Int, generator: inout SeededGenerator,
+                                stage: (Int, Int, inout SeededGenerator) -> any Layer) -> AuxiliaryBranches {
+        let first = Sequential([stage(widths[1], widths[2], &generator), stage(widths[2], widths[3], &generator)])
+        let second = Sequential([stage(widths[2], widths[3], &generator)])
+        let batchNorms = norms ? [BatchNorm2d(featureCount: widths[3]), BatchNorm2d(featureCount: widths[3])] : []
+        return AuxiliaryBranches(extractors: [first, second], norms: batchNorms, featureCount: featureCount, classCount: classCount,
+                                 generator: &generator)
+    }
+
     /// The number of branches (2).
     public var count: Int { extractors.count }
 

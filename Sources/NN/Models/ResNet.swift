@@ -110,16 +110,10 @@ public final class ResNet: Module, Classifier {
     /// L-MCL's branches for this ResNet: `block_extractor1` = stages 2 and 3 again (from stage 1's
     /// output), `block_extractor2` = stage 3 again (from stage 2's output), same widths and depths.
     public func makeAuxiliaryBranches(generator: inout SeededGenerator) -> AuxiliaryBranches {
-        let n = blocksPerStage
-        let first = Sequential([
-            ResNet.stage(inputChannels: filters[1], width: filters[2], blocks: n, stride: 2, generator: &generator),
-            ResNet.stage(inputChannels: filters[2], width: filters[3], blocks: n, stride: 2, generator: &generator),
-        ])
-        let second = Sequential([
-            ResNet.stage(inputChannels: filters[2], width: filters[3], blocks: n, stride: 2, generator: &generator),
-        ])
-        return AuxiliaryBranches(extractors: [first, second], norms: [], featureCount: featureCount, classCount: classCount,
-                                 generator: &generator)
+        AuxiliaryBranches.repeatingStages(widths: filters, norms: false, featureCount: featureCount, classCount: classCount,
+                                          generator: &generator) { input, width, generator in
+            ResNet.stage(inputChannels: input, width: width, blocks: blocksPerStage, stride: 2, generator: &generator)
+        }
     }
 
     /// One stage: `blocks` basic blocks of `width` channels, the first with `stride`.

@@ -115,16 +115,10 @@ public final class WideResNet: Module, Classifier {
     /// output), `block_extractor2` = block 3 again, each followed by its own batch norm and ReLU (`bn1`,
     /// `bn2`) before pooling, as the backbone.
     public func makeAuxiliaryBranches(generator: inout SeededGenerator) -> AuxiliaryBranches {
-        let n = blocksPerStage
-        let first = Sequential([
-            WideResNet.networkBlock(inputChannels: widths[1], width: widths[2], blocks: n, stride: 2, generator: &generator),
-            WideResNet.networkBlock(inputChannels: widths[2], width: widths[3], blocks: n, stride: 2, generator: &generator),
-        ])
-        let second = Sequential([
-            WideResNet.networkBlock(inputChannels: widths[2], width: widths[3], blocks: n, stride: 2, generator: &generator),
-        ])
-        return AuxiliaryBranches(extractors: [first, second], norms: [BatchNorm2d(featureCount: widths[3]), BatchNorm2d(featureCount: widths[3])],
-                                 featureCount: featureCount, classCount: classCount, generator: &generator)
+        AuxiliaryBranches.repeatingStages(widths: widths, norms: true, featureCount: featureCount, classCount: classCount,
+                                          generator: &generator) { input, width, generator in
+            WideResNet.networkBlock(inputChannels: input, width: width, blocks: blocksPerStage, stride: 2, generator: &generator)
+        }
     }
 
     /// One `NetworkBlock`: `blocks` wide blocks of `width` channels, the first with `stride`.
