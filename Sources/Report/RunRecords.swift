@@ -8,6 +8,8 @@ public struct RunRecords: Sendable {
     public struct Member: Sendable {
         /// The line's label within the run: `p0 resnet8`, or the model for a single network.
         public var label: String
+        /// The peer's rank in a cohort; `nil` for the single network of `cohort train`.
+        public var rank: Int?
         /// Per-step records (`kind: step`), in order: every numeric field by name.
         public var steps: [[String: Double]] = []
         /// Per-epoch records (`kind: epoch`), in order.
@@ -49,7 +51,7 @@ public struct RunRecords: Sendable {
             for rank in peers {
                 let path = "\(directory)/peer-\(rank)/metrics.jsonl"
                 guard fm.fileExists(atPath: path) else { continue }
-                var member = Member(label: "p\(rank)" + (models[rank].map { " " + $0 } ?? ""))
+                var member = Member(label: "p\(rank)" + (models[rank].map { " " + $0 } ?? ""), rank: rank)
                 try Self.read(path) { kind, record in
                     if kind == "step" { member.steps.append(record) } else if kind == "epoch" { member.epochs.append(record) }
                 }
@@ -78,6 +80,14 @@ public struct RunRecords: Sendable {
         guard !members.isEmpty else {
             throw ReportError.notARun(directory, "no metrics.jsonl (a run of cohort launch or cohort train)")
         }
+    }
+
+    /// The run with only the peers whose rank is in `ranks` (a single network is kept); for comparing
+    /// runs one network each.
+    public func keepingPeers(_ ranks: Set<Int>) -> RunRecords {
+        var copy = self
+        copy.members = members.filter { $0.rank.map(ranks.contains) ?? true }
+        return copy
     }
 
     /// Calls `body(kind, numeric fields)` for every JSON line of `path`; arrays of numbers become

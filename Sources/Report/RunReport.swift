@@ -13,7 +13,12 @@ public struct RunReport {
     /// Fields of step records that are positions or flags, not quantities to plot.
     static let positional: Set<String> = ["epoch", "step", "global_step", "skipped", "peers_present"]
 
+    /// Charts `runs`; runs whose directories end in the same name are told apart by as many of their
+    /// directories' trailing components as it takes (`kd/seed-0`, `mcl2/seed-0`).
     public init(runs: [RunRecords]) {
+        var runs = runs
+        let unlabelled = runs.indices.filter { runs[$0].name == URL(fileURLWithPath: runs[$0].directory).standardizedFileURL.lastPathComponent }
+        for (i, name) in zip(unlabelled, Self.distinctNames(unlabelled.map { runs[$0].directory })) { runs[i].name = name }
         self.runs = runs
         let several = runs.count > 1
         func name(_ run: RunRecords, _ member: RunRecords.Member) -> String { several ? "\(run.name) \(member.label)" : member.label }
@@ -92,6 +97,22 @@ public struct RunReport {
         if !stepRate.isEmpty {
             charts.append(("step_images_per_second", LineChart(title: "Throughput per step", xLabel: "step", yLabel: "images/s", series: stepRate)))
         }
+    }
+
+    /// Names for `directories`: each its last path component, extended by parent components while it
+    /// equals another's.
+    static func distinctNames(_ directories: [String]) -> [String] {
+        let components = directories.map { URL(fileURLWithPath: $0).standardizedFileURL.pathComponents.filter { $0 != "/" } }
+        var depth = components.map { _ in 1 }
+        func name(_ i: Int) -> String { components[i].suffix(depth[i]).joined(separator: "/") }
+        while true {
+            var byName: [String: [Int]] = [:]
+            for i in components.indices { byName[name(i), default: []].append(i) }
+            let clashing = byName.values.filter { $0.count > 1 }.flatMap { $0 }.filter { depth[$0] < components[$0].count }
+            if clashing.isEmpty { break }
+            for i in clashing { depth[i] += 1 }
+        }
+        return components.indices.map(name)
     }
 
     /// At most ``maximumPoints`` points: consecutive points averaged in equal bins.

@@ -14,16 +14,34 @@ struct ReportCommand: ParsableCommand {
             Examples:
               cohort report runs/mcl
               cohort report runs/mcl runs/layer-mcl --out compare.html --charts charts/
+              cohort report runs/alone runs/mcl2 runs/mcl4 --peer 0 --label alone --label "MCL x2" --label "MCL x4"
             """)
 
     @Argument(help: "Run directories.") var runs: [String]
     @Option(help: "The HTML file to write (default: <run>/report.html for one run, report.html for several).") var out: String?
     @Option(help: "Also write each chart as <directory>/<chart>.svg.") var charts: String?
+    @Option(help: "Chart only this peer of each cohort (repeatable; default: every peer).") var peer: [Int] = []
+    @Option(help: "The name of each run on the charts, in the order of the runs (repeatable; default: the directories' names).")
+    var label: [String] = []
+
+    func validate() throws {
+        if !label.isEmpty && label.count != runs.count {
+            throw ValidationError("--label: \(label.count) label(s) for \(runs.count) run(s); give one per run or none")
+        }
+        if let bad = peer.first(where: { $0 < 0 }) { throw ValidationError("--peer: \(bad) is not a rank (0, 1, ...)") }
+    }
 
     func run() throws {
-        let records: [RunRecords]
+        var records: [RunRecords]
         do { records = try runs.map { try RunRecords(directory: $0) } } catch {
             throw ValidationError("\(error)")
+        }
+        for i in label.indices { records[i].name = label[i] }
+        if !peer.isEmpty {
+            records = records.map { $0.keepingPeers(Set(peer)) }
+            if let empty = records.first(where: { $0.members.isEmpty }) {
+                throw ValidationError("--peer \(peer.map(String.init).joined(separator: ", ")): \(empty.directory) has no such peer")
+            }
         }
         let report = RunReport(runs: records)
         let path = out ?? (runs.count == 1 ? runs[0] + "/report.html" : "report.html")

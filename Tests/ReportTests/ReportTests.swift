@@ -102,6 +102,51 @@ import TestSupport
         #expect(FileManager.default.fileExists(atPath: Self.root + "/cli.html"))
     }
 
+    @Test func runsWithTheSameDirectoryNameAreToldApart() throws {
+        #expect(RunReport.distinctNames(["/r/resnet8/kd/seed-0", "/r/resnet8/mcl2/seed-0", "/r/teacher", "runs/x/seed-1"])
+                == ["kd/seed-0", "mcl2/seed-0", "teacher", "seed-1"])
+        #expect(RunReport.distinctNames(["/a/s", "/b/a/s"]) == ["a/s", "b/a/s"])
+        // Labels given by the caller are kept.
+        var labelled = try RunRecords(directory: Self.runs.cohort)
+        labelled.name = "MCL x2"
+        let report = RunReport(runs: [labelled, try RunRecords(directory: Self.runs.cohort)])
+        #expect(report.runs.map(\.name) == ["MCL x2", "tiny-cohort"])
+    }
+
+    @Test func onePeerPerCohortKeepsSingleNetworks() throws {
+        let cohort = try RunRecords(directory: Self.runs.cohort).keepingPeers([1])
+        #expect(cohort.members.map(\.label) == ["p1 resnet8"] && cohort.members[0].rank == 1)
+        let single = try RunRecords(directory: Self.runs.single).keepingPeers([1])
+        #expect(single.members.map(\.label) == ["resnet8"])
+        let test = RunReport(runs: [cohort, single]).charts.first { $0.id == "test_top1" }!.chart
+        #expect(test.series.map(\.name) == ["tiny-cohort p1 resnet8", "tiny-cohort ensemble", "tiny-train resnet8"])
+    }
+
+    @Test func theCommandLineLabelsRunsAndPicksPeers() throws {
+        func cohort(_ arguments: [String]) throws -> (status: Int32, output: String) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: try cohortExecutable())
+            process.arguments = arguments
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            try process.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return (process.terminationStatus, output)
+        }
+        let page = Self.root + "/labelled.html"
+        let ok = try cohort(["report", Self.runs.cohort, Self.runs.single, "--peer", "0", "--label", "two peers",
+                             "--label", "alone", "--out", page])
+        #expect(ok.status == 0 && ok.output.contains("2 network(s) from 2 run(s)"), "\(ok.output)")
+        let html = try String(contentsOfFile: page, encoding: .utf8)
+        #expect(html.contains("two peers p0 resnet8") && html.contains("alone resnet8") && !html.contains("p1 resnet8"))
+        let labels = try cohort(["report", Self.runs.cohort, Self.runs.single, "--label", "one", "--out", page])
+        #expect(labels.status != 0 && labels.output.contains("--label: 1 label(s) for 2 run(s)"), "\(labels.output)")
+        let peers = try cohort(["report", Self.runs.cohort, "--peer", "5", "--out", page])
+        #expect(peers.status != 0 && peers.output.contains("has no such peer"), "\(peers.output)")
+    }
+
     @Test func aDirectoryWithoutMetricsIsNamed() {
         do {
             _ = try RunRecords(directory: Self.root + "/nowhere")
