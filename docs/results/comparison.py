@@ -13,7 +13,9 @@ cohort of one), one per seed. Finished runs (their summary.json exists) are not 
 can be stopped and started. All rows use the same epochs, batch, schedule, sampler (m-per-class) and seed
 set; only the method differs. The table (--table, default <out>/results.md) gives, per student and
 method, the test top-1 of the last and of the best epoch — each network's, averaged over the run's
-networks of that student, then mean ± sample standard deviation over the seeds — and the wall time.
+networks of that student, then mean ± sample standard deviation over the seeds — its gain over the
+student alone, the cohorts' ensemble and the wall time. Beside the table: a dot plot of it (.svg, --chart)
+and every run's numbers per seed and network (.json).
 `cohort report RUN...` draws any of the runs.
 
 Methods (rows), per student S:
@@ -26,7 +28,7 @@ Methods (rows), per student S:
                   cohorts of 2 or 4 copies of S with MCL, with or without logit distillation
   mcl2+crcd       2 x S with MCL and the teacher's CRCD
 """
-import argparse, json, os, pathlib, statistics, subprocess, sys, time
+import argparse, json, math, os, pathlib, statistics, subprocess, sys, time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -51,6 +53,7 @@ def parse():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/comparison")
     ap.add_argument("--table", help="markdown file to write (default <out>/results.md)")
+    ap.add_argument("--chart", help="SVG dot plot of the table to write (default: the table's path with .svg)")
     ap.add_argument("--dry-run", action="store_true", help="print the runs without running them")
     a = ap.parse_args()
     a.seeds = [int(s) for s in a.seeds.split(",")]
@@ -106,7 +109,8 @@ def run(command, log, dry):
 
 
 def network_scores(run_dir, student):
-    """Per network of model `student`: (last test top-1, best test top-1), from its epoch records."""
+    """Per network of model `student`: (last test top-1, best test top-1), from its epoch records; the
+    cohort's last-epoch ensemble top-1 (None for one network); the run's seconds."""
     summary = json.loads((run_dir / "summary.json").read_text())
     scores = []
     for peer in summary["peers"]:
@@ -116,7 +120,60 @@ def network_scores(run_dir, student):
         epochs = [json.loads(l) for l in metrics.read_text().splitlines() if '"kind":"epoch"' in l]
         tops = [e["test_top1"] for e in epochs]
         scores.append((tops[-1], max(tops)))
-    return scores, summary["seconds"]
+    ensemble = summary.get("ensemble_top1") if len(summary["peers"]) > 1 else None
+    return scores, ensemble, summary["seconds"]
+
+
+def chart(results, students, methods, title):
+    """An SVG dot plot of the table: per method one row, per student a dot at the mean last-epoch top-1
+    with a bar of ± one standard deviation over the seeds, and the student alone as a dashed line."""
+    colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"]
+    values = [100 * v for r in results.values() for v in r["last"]]
+    spreads = [100 * statistics.stdev(r["last"]) if len(r["last"]) > 1 else 0 for r in results.values()]
+    lo = min(values) - max(spreads + [0]) - 0.2
+    hi = max(values) + max(spreads + [0]) + 0.2
+    step = next(s for s in (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20) if (hi - lo) / s <= 10)
+    lo, hi = step * math.floor(lo / step), step * math.ceil(hi / step)
+    left, right, top, row = 130, 30, 62, 26
+    width, height = 720, top + row * len(methods) + 60
+    x = lambda v: left + (v - lo) / (hi - lo) * (width - left - right)
+    esc = lambda t: t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{esc(title)}</text>']
+    bottom = top + row * len(methods)
+    tick = lo
+    while tick <= hi + 1e-9:
+        out.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top - 8}" y2="{bottom}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{x(tick):.1f}" y="{bottom + 16}" text-anchor="middle">{tick:g}</text>')
+        tick += step
+    out.append(f'<text x="{(left + width - right) / 2}" y="{bottom + 36}" text-anchor="middle">'
+               'last-epoch test top-1 % (mean ± standard deviation over the seeds)</text>')
+    for i, method in enumerate(methods):
+        y = top + row * i + row / 2
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{esc(method)}</text>')
+    for k, student in enumerate(students):
+        color = colors[k % len(colors)]
+        offset = (k - (len(students) - 1) / 2) * 7
+        alone = results.get((student, "alone"))
+        if alone:
+            a = 100 * statistics.mean(alone["last"])
+            out.append(f'<line x1="{x(a):.1f}" x2="{x(a):.1f}" y1="{top - 8}" y2="{bottom}" stroke="{color}" stroke-dasharray="4 3"/>')
+        for i, method in enumerate(methods):
+            r = results.get((student, method))
+            if not r:
+                continue
+            y = top + row * i + row / 2 + offset
+            m = 100 * statistics.mean(r["last"])
+            sd = 100 * statistics.stdev(r["last"]) if len(r["last"]) > 1 else 0
+            out.append(f'<line x1="{x(m - sd):.1f}" x2="{x(m + sd):.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{color}" stroke-width="2"/>')
+            out.append(f'<circle cx="{x(m):.1f}" cy="{y:.1f}" r="4" fill="{color}"><title>{esc(student)} {esc(method)}: '
+                       f'{m:.2f} ± {sd:.2f}</title></circle>')
+        lx = left + 160 * k
+        out.append(f'<circle cx="{lx}" cy="{top - 22}" r="4" fill="{color}"/>')
+        out.append(f'<text x="{lx + 8}" y="{top - 18}">{esc(student)} (dashed: alone)</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 def duration(seconds):
@@ -173,19 +230,32 @@ def main():
     if (teacher_dir / "metrics.jsonl").exists():
         epochs = [json.loads(l) for l in (teacher_dir / "metrics.jsonl").read_text().splitlines() if '"kind":"epoch"' in l]
         teacher_top1 = epochs[-1]["test_top1"] if epochs else None
-    rows = ["| student | method | networks per run | last-epoch test top-1 % | best-epoch test top-1 % | seeds | wall time per run |",
-            "|---|---|---|---|---|---|---|"]
+    results = {}
     for student in a.students:
         for method in a.methods:
-            last, best, seconds, networks = [], [], [], 0
+            r = {"last": [], "best": [], "ensemble": [], "seconds": [], "networks": 0, "per_seed": {}}
             for seed in a.seeds:
-                scores, s = network_scores(out / student / method / f"seed-{seed}", student)
-                networks = len(scores)
-                last.append(statistics.mean(x[0] for x in scores))
-                best.append(statistics.mean(x[1] for x in scores))
-                seconds.append(s)
-            rows.append(f"| {student} | {method} | {networks} | {mean_std(last)} | {mean_std(best)} | {len(a.seeds)} | "
-                        f"{duration(statistics.mean(seconds))} |")
+                scores, ensemble, s = network_scores(out / student / method / f"seed-{seed}", student)
+                r["networks"] = len(scores)
+                r["last"].append(statistics.mean(x[0] for x in scores))
+                r["best"].append(statistics.mean(x[1] for x in scores))
+                if ensemble is not None:
+                    r["ensemble"].append(ensemble)
+                r["seconds"].append(s)
+                r["per_seed"][seed] = {"networks_last_top1": [x[0] for x in scores], "networks_best_top1": [x[1] for x in scores],
+                                       "ensemble_top1": ensemble, "seconds": s}
+            results[(student, method)] = r
+    rows = ["| student | method | networks per run | last-epoch test top-1 % | vs alone | best-epoch test top-1 % | "
+            "ensemble (last epoch) % | wall time per run |",
+            "|---|---|---|---|---|---|---|---|"]
+    for student in a.students:
+        alone = results.get((student, "alone"))
+        for method in a.methods:
+            r = results[(student, method)]
+            gain = (f"{100 * (statistics.mean(r['last']) - statistics.mean(alone['last'])):+.2f}"
+                    if alone and method != "alone" else "")
+            rows.append(f"| {student} | {method} | {r['networks']} | {mean_std(r['last'])} | {gain} | {mean_std(r['best'])} | "
+                        f"{mean_std(r['ensemble']) if r['ensemble'] else ''} | {duration(statistics.mean(r['seconds']))} |")
     header = (f"{a.dataset}, {a.epochs} epochs, batch {a.batch}, seeds {','.join(map(str, a.seeds))}"
               + (f", first {a.train_limit} training images" if a.train_limit else "")
               + (f", first {a.test_limit} test images" if a.test_limit else "")
@@ -196,6 +266,16 @@ def main():
     path.write_text(table)
     print(table)
     print(f"wrote {path}")
+    svg = pathlib.Path(a.chart) if a.chart else path.with_suffix(".svg")
+    svg.write_text(chart(results, a.students, a.methods,
+                         f"{a.dataset}: {', '.join(a.students)}, {a.epochs} epochs, {len(a.seeds)} seeds"))
+    print(f"wrote {svg}")
+    raw = path.with_suffix(".json")
+    raw.write_text(json.dumps({"settings": {k: v for k, v in vars(a).items() if k not in ("cohort",)},
+                               "teacher_top1": teacher_top1,
+                               "runs": {f"{st}/{m}": {str(seed): v for seed, v in r["per_seed"].items()}
+                                        for (st, m), r in results.items()}}, indent=1))
+    print(f"wrote {raw}")
 
 
 if __name__ == "__main__":
