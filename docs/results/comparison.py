@@ -22,6 +22,7 @@ Methods (rows), per student S:
   alone           S, cross-entropy only
   kd              S + the teacher's KD (Hinton, T=4, weight 0.9)
   crcd            S + the teacher's CRCD on features and gradient elements
+  crcd+kd         S + CRCD + KD (the CRCD repository's training loss)
   rrd             S + the teacher's RRD (FIFO queue)
   rrd+kd          S + RRD + KD
   mcl2, mcl2-nologit, mcl4, mcl4-nologit
@@ -33,7 +34,7 @@ import argparse, json, math, os, pathlib, statistics, subprocess, sys, time
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
-METHODS = ["alone", "kd", "crcd", "rrd", "rrd+kd", "mcl2-nologit", "mcl2", "mcl4-nologit", "mcl4", "mcl2+crcd"]
+METHODS = ["alone", "kd", "crcd", "crcd+kd", "rrd", "rrd+kd", "mcl2-nologit", "mcl2", "mcl4-nologit", "mcl4", "mcl2+crcd"]
 
 
 def parse():
@@ -82,7 +83,7 @@ def configuration(a, student, method, seed, output, teacher_checkpoint):
     ]
     if copies > 1:
         lines.append("mcl: {weights: {logit: %s}}" % ("0" if method.endswith("nologit") else "1.0"))
-    losses = {"kd": ["kd"], "crcd": ["crcd"], "rrd": ["rrd"], "rrd+kd": ["rrd", "kd"], "mcl2+crcd": ["crcd"]}.get(method, [])
+    losses = {"kd": ["kd"], "crcd": ["crcd"], "crcd+kd": ["crcd", "kd"], "rrd": ["rrd"], "rrd+kd": ["rrd", "kd"], "mcl2+crcd": ["crcd"]}.get(method, [])
     if losses:
         lines += ["teacher:", f"  model: {a.teacher}", f"  checkpoint: {teacher_checkpoint}"]
         if "kd" in losses:
@@ -197,7 +198,7 @@ def main():
 
     teacher_dir = out / f"teacher-{a.teacher}"
     teacher_checkpoint = teacher_dir / "checkpoints/last.safetensors"
-    needs_teacher = any(m in ("kd", "crcd", "rrd", "rrd+kd", "mcl2+crcd") for m in a.methods)
+    needs_teacher = any(m in ("kd", "crcd", "crcd+kd", "rrd", "rrd+kd", "mcl2+crcd") for m in a.methods)
     wall = {}
     if needs_teacher and not (teacher_dir / "checkpoints/last.safetensors").exists():
         command = [cohort, "train", "--model", a.teacher, "--dataset", a.dataset, "--epochs", str(a.teacher_epochs),
