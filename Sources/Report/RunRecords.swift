@@ -31,6 +31,12 @@ public struct RunRecords: Sendable {
     /// the images/s charts; `nil` when the run does not say.
     public var imagesPerStep: Double?
 
+    /// How many networks the run trained (before any ``keepingPeers(_:)``): a cohort's peers as its
+    /// epoch records list them; 1 for a single network.
+    public var networkCount: Int {
+        cohortEpochs.map { e in e.keys.filter { $0.hasPrefix("peer_top1.") }.count }.max().map { Swift.max($0, members.count) } ?? members.count
+    }
+
     public var isCohort: Bool { !cohortEpochs.isEmpty || members.count > 1 || FileManager.default.fileExists(atPath: directory + "/peer-0") }
 
     /// Reads `directory`.

@@ -32,7 +32,8 @@ public struct RunReport {
                 let a = m.epochs.compactMap { e in e["train_accuracy"].map { (x: (e["epoch"] ?? 0) + 1, y: 100 * $0) } }
                 if !a.isEmpty { train.append(.init(name: name(run, m), points: a)) }
             }
-            let ensemble = run.cohortEpochs.compactMap { e in e["ensemble_top1"].map { (x: (e["epoch"] ?? 0) + 1, y: 100 * $0) } }
+            // A cohort of one network has an "ensemble" equal to that network: not drawn.
+            let ensemble = run.networkCount < 2 ? [] : run.cohortEpochs.compactMap { e in e["ensemble_top1"].map { (x: (e["epoch"] ?? 0) + 1, y: 100 * $0) } }
             if !ensemble.isEmpty { test.append(.init(name: several ? "\(run.name) ensemble" : "ensemble", points: ensemble)) }
             if let perStep = run.imagesPerStep {
                 // Cohort: from the cumulative seconds at each epoch's end; single network: each epoch's seconds.
@@ -157,7 +158,7 @@ public struct RunReport {
                              m.steps.last.flatMap { $0["global_step"] }.map { String(Int($0)) } ?? "–",
                              seconds.map { String(format: "%.0f", $0) } ?? "–"])
             }
-            let ensemble = run.cohortEpochs.compactMap { $0["ensemble_top1"] }
+            let ensemble = run.networkCount < 2 ? [] : run.cohortEpochs.compactMap { $0["ensemble_top1"] }
             if !ensemble.isEmpty {
                 rows.append([run.name, "ensemble", String(format: "%.2f", 100 * ensemble.last!), String(format: "%.2f", 100 * ensemble.max()!),
                              "\(ensemble.count)", run.cohortEpochs.last.flatMap { $0["global_step"] }.map { String(Int($0)) } ?? "–",

@@ -9,8 +9,8 @@ import TestSupport
 @Suite(.serialized) struct ReportTests {
     static let root = NSTemporaryDirectory() + "cohort-report-\(getpid())"
 
-    /// A 2-peer, 2-epoch cohort (4 steps) and a 2-epoch single network, made once.
-    static let runs: (cohort: String, single: String) = {
+    /// A 2-peer, 2-epoch cohort (4 steps), a 2-epoch single network and a cohort of one peer, made once.
+    static let runs: (cohort: String, single: String, solo: String) = {
         try? FileManager.default.removeItem(atPath: root)
         let cohort = root + "/tiny-cohort", single = root + "/tiny-train"
         let c = try! CohortConfiguration.parse("""
@@ -25,7 +25,16 @@ import TestSupport
         var o = TrainingOptions()
         o.model = "resnet8"; o.epochs = 2; o.batchSize = 64; o.trainLimit = 128; o.testLimit = 64
         _ = try! Trainer(options: o, outputDirectory: single).run(resume: false, progress: ProgressReporter(interactive: false))
-        return (cohort, single)
+        let solo = root + "/solo"
+        let s = try! CohortConfiguration.parse("""
+            data: {dataset: fashion-mnist, train_limit: 128, test_limit: 64}
+            epochs: 1
+            batch_size: 64
+            peers: [{model: resnet8}]
+            output: \(solo)
+            """)
+        _ = try! InProcessCohort(configuration: s).run(progress: ProgressReporter(interactive: false))
+        return (cohort, single, solo)
     }()
 
     @Test func readsACohortAndASingleNetwork() throws {
@@ -120,6 +129,17 @@ import TestSupport
         #expect(single.members.map(\.label) == ["resnet8"])
         let test = RunReport(runs: [cohort, single]).charts.first { $0.id == "test_top1" }!.chart
         #expect(test.series.map(\.name) == ["tiny-cohort p1 resnet8", "tiny-cohort ensemble", "tiny-train resnet8"])
+    }
+
+    @Test func aCohortOfOneHasNoEnsembleLine() throws {
+        let solo = try RunRecords(directory: Self.runs.solo)
+        #expect(solo.networkCount == 1 && solo.cohortEpochs.count == 1)
+        let report = RunReport(runs: [solo])
+        #expect(report.charts.first { $0.id == "test_top1" }!.chart.series.map(\.name) == ["p0 resnet8"])
+        #expect(report.finalResults.map(\.[1]) == ["p0 resnet8"])
+        // One peer kept of two: still a cohort's ensemble.
+        let kept = try RunRecords(directory: Self.runs.cohort).keepingPeers([0])
+        #expect(kept.networkCount == 2 && RunReport(runs: [kept]).finalResults.map(\.[1]) == ["p0 resnet8", "ensemble"])
     }
 
     @Test func theCommandLineLabelsRunsAndPicksPeers() throws {
