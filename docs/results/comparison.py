@@ -14,7 +14,8 @@ can be stopped and started. All rows use the same epochs, batch, schedule, sampl
 set; only the method differs. The table (--table, default <out>/results.md) gives, per student and
 method, the test top-1 of the last and of the best epoch — each network's, averaged over the run's
 networks of that student, then mean ± sample standard deviation over the seeds — its gain over the
-student alone, the cohorts' ensemble and the wall time. Beside the table: a dot plot of it (.svg, --chart)
+student alone (the per-seed differences' mean ± standard deviation: a seed gives a student the same initial
+weights and batches in every row), the cohorts' ensemble and the wall time. Beside the table: a dot plot of it (.svg, --chart)
 and every run's numbers per seed and network (.json).
 `cohort report RUN...` draws any of the runs.
 
@@ -246,15 +247,18 @@ def main():
                 r["per_seed"][seed] = {"networks_last_top1": [x[0] for x in scores], "networks_best_top1": [x[1] for x in scores],
                                        "ensemble_top1": ensemble, "seconds": s}
             results[(student, method)] = r
-    rows = ["| student | method | networks per run | last-epoch test top-1 % | vs alone | best-epoch test top-1 % | "
+    rows = ["| student | method | networks per run | last-epoch test top-1 % | vs alone (paired by seed) | best-epoch test top-1 % | "
             "ensemble (last epoch) % | wall time per run |",
             "|---|---|---|---|---|---|---|---|"]
     for student in a.students:
         alone = results.get((student, "alone"))
         for method in a.methods:
             r = results[(student, method)]
-            gain = (f"{100 * (statistics.mean(r['last']) - statistics.mean(alone['last'])):+.2f}"
-                    if alone and method != "alone" else "")
+            # Paired by seed: the same seed gives the student the same initial weights and batches.
+            gain = ""
+            if alone and method != "alone":
+                differences = [100 * (x - y) for x, y in zip(r["last"], alone["last"])]
+                gain = f"{statistics.mean(differences):+.2f}" + (f" ± {statistics.stdev(differences):.2f}" if len(differences) > 1 else "")
             rows.append(f"| {student} | {method} | {r['networks']} | {mean_std(r['last'])} | {gain} | {mean_std(r['best'])} | "
                         f"{mean_std(r['ensemble']) if r['ensemble'] else ''} | {duration(statistics.mean(r['seconds']))} |")
     header = (f"{a.dataset}, {a.epochs} epochs, batch {a.batch}, seeds {','.join(map(str, a.seeds))}"
