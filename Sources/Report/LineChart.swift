@@ -14,12 +14,14 @@ public struct LineChart: Sendable {
     public var series: [Series]
     public var width = 720.0
     public var height = 360.0
+    /// Whole-number ticks on the x axis (epochs).
+    public var integerX = false
 
     /// The colours of successive series (Tableau 10).
     static let palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 
-    public init(title: String, xLabel: String, yLabel: String, series: [Series]) {
-        self.title = title; self.xLabel = xLabel; self.yLabel = yLabel; self.series = series
+    public init(title: String, xLabel: String, yLabel: String, series: [Series], integerX: Bool = false) {
+        self.title = title; self.xLabel = xLabel; self.yLabel = yLabel; self.series = series; self.integerX = integerX
     }
 
     /// The chart as an `<svg>` element (with the XML namespace, so it is also a valid file on its own).
@@ -36,7 +38,7 @@ public struct LineChart: Sendable {
             out += "<text x=\"\(fmt(width / 2))\" y=\"\(fmt(height / 2))\" text-anchor=\"middle\">no data</text>\n</svg>\n"
             return out
         }
-        let xTicks = Self.ticks(xr.0, xr.1), yTicks = Self.ticks(yr.0, yr.1)
+        let xTicks = Self.ticks(xr.0, xr.1, integers: integerX), yTicks = Self.ticks(yr.0, yr.1)
         let x0 = Swift.min(xr.0, xTicks.first!), x1 = Swift.max(xr.1, xTicks.last!)
         let y0 = Swift.min(yr.0, yTicks.first!), y1 = Swift.max(yr.1, yTicks.last!)
         let plotWidth = width - left - right
@@ -79,11 +81,12 @@ public struct LineChart: Sendable {
         return (lo, hi)
     }
 
-    /// About five round-number ticks covering `lo...hi`.
-    static func ticks(_ lo: Double, _ hi: Double) -> [Double] {
+    /// About five round-number ticks covering `lo...hi`; whole numbers only when `integers` (epochs).
+    static func ticks(_ lo: Double, _ hi: Double, integers: Bool = false) -> [Double] {
         let raw = (hi - lo) / 5
         let magnitude = pow(10, floor(log10(raw)))
-        let step = [1.0, 2, 2.5, 5, 10].map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
+        var step = (integers ? [1.0, 2, 5, 10] : [1.0, 2, 2.5, 5, 10]).map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
+        if integers { step = Swift.max(1, step.rounded()) }
         let first = floor(lo / step) * step, last = ceil(hi / step) * step
         return stride(from: first, through: last + step / 2, by: step).map { abs($0) < step * 1e-9 ? 0 : $0 }
     }

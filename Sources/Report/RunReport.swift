@@ -56,13 +56,13 @@ public struct RunReport {
                 if !points.isEmpty { rate.append(.init(name: several ? run.name : "all networks", points: points)) }
             }
         }
-        charts.append(("test_top1", LineChart(title: "Test top-1 accuracy", xLabel: "epoch", yLabel: "%", series: test)))
+        charts.append(("test_top1", LineChart(title: "Test top-1 accuracy", xLabel: "epoch", yLabel: "%", series: test, integerX: true)))
         if !train.isEmpty {
-            charts.append(("train_accuracy", LineChart(title: "Training accuracy (epoch mean)", xLabel: "epoch", yLabel: "%", series: train)))
+            charts.append(("train_accuracy", LineChart(title: "Training accuracy (epoch mean)", xLabel: "epoch", yLabel: "%", series: train, integerX: true)))
         }
         if !rate.isEmpty {
             charts.append(("images_per_epoch", LineChart(title: "Throughput per epoch (training and evaluation)", xLabel: "epoch",
-                                                         yLabel: "images/s", series: rate)))
+                                                         yLabel: "images/s", series: rate, integerX: true)))
         }
 
         // Per step: every quantity any network recorded, the total loss first.

@@ -137,6 +137,8 @@ import TestSupport
         let report = RunReport(runs: [solo])
         #expect(report.charts.first { $0.id == "test_top1" }!.chart.series.map(\.name) == ["p0 resnet8"])
         #expect(report.finalResults.map(\.[1]) == ["p0 resnet8"])
+        let epochCharts = report.charts.filter { $0.chart.xLabel == "epoch" }
+        #expect(!epochCharts.isEmpty && epochCharts.allSatisfy { $0.chart.integerX })
         // One peer kept of two: still a cohort's ensemble.
         let kept = try RunRecords(directory: Self.runs.cohort).keepingPeers([0])
         #expect(kept.networkCount == 2 && RunReport(runs: [kept]).finalResults.map(\.[1]) == ["p0 resnet8", "ensemble"])
@@ -180,7 +182,11 @@ import TestSupport
     }
 
     @Test func ticksAreRoundAndCoverTheRange() {
-        #expect(LineChart.ticks(0, 1) == [0, 0.2, 0.4, 0.6000000000000001, 0.8, 1] || LineChart.ticks(0, 1).count == 6)
+        let unit = LineChart.ticks(0, 1)
+        #expect(unit.count == 6 && zip(unit, [0, 0.2, 0.4, 0.6, 0.8, 1]).allSatisfy { abs($0 - $1) < 1e-9 })
+        // Epochs: whole numbers, however few.
+        #expect(LineChart.ticks(1, 3) == [1, 1.5, 2, 2.5, 3] && LineChart.ticks(1, 3, integers: true) == [1, 2, 3])
+        #expect(LineChart.ticks(1, 30, integers: true) == [0, 10, 20, 30])
         let t = LineChart.ticks(13, 87)
         #expect(t.first! <= 13 && t.last! >= 87 && t.count <= 8)
         #expect(escape("a<b & \"c\"") == "a&lt;b &amp; &quot;c&quot;")
