@@ -15,7 +15,8 @@ set; only the method differs. The table (--table, default <out>/results.md) give
 method, the test top-1 of the last and of the best epoch — each network's, averaged over the run's
 networks of that student, then mean ± sample standard deviation over the seeds — its gain over the
 student alone (the per-seed differences' mean ± standard deviation: a seed gives a student the same initial
-weights and batches in every row), the cohorts' ensemble and the wall time. Beside the table: a dot plot of it (.svg, --chart)
+weights and batches in every row), the cohorts' ensemble and the wall time; a second table gives the test
+top-1 after every epoch. Beside the table: a dot plot of it (.svg, --chart)
 and every run's numbers per seed and network (.json).
 `cohort report RUN...` draws any of the runs.
 
@@ -121,7 +122,7 @@ def network_scores(run_dir, student):
         metrics = run_dir / f"peer-{peer['rank']}" / "metrics.jsonl"
         epochs = [json.loads(l) for l in metrics.read_text().splitlines() if '"kind":"epoch"' in l]
         tops = [e["test_top1"] for e in epochs]
-        scores.append((tops[-1], max(tops)))
+        scores.append((tops[-1], max(tops), tops))
     ensemble = summary.get("ensemble_top1") if len(summary["peers"]) > 1 else None
     return scores, ensemble, summary["seconds"]
 
@@ -235,12 +236,13 @@ def main():
     results = {}
     for student in a.students:
         for method in a.methods:
-            r = {"last": [], "best": [], "ensemble": [], "seconds": [], "networks": 0, "per_seed": {}}
+            r = {"last": [], "best": [], "curve": [], "ensemble": [], "seconds": [], "networks": 0, "per_seed": {}}
             for seed in a.seeds:
                 scores, ensemble, s = network_scores(out / student / method / f"seed-{seed}", student)
                 r["networks"] = len(scores)
                 r["last"].append(statistics.mean(x[0] for x in scores))
                 r["best"].append(statistics.mean(x[1] for x in scores))
+                r["curve"].append([statistics.mean(x[2][e] for x in scores) for e in range(min(len(x[2]) for x in scores))])
                 if ensemble is not None:
                     r["ensemble"].append(ensemble)
                 r["seconds"].append(s)
@@ -266,7 +268,16 @@ def main():
               + (f", first {a.test_limit} test images" if a.test_limit else "")
               + (f"; teacher {a.teacher} ({a.teacher_epochs} epochs): test top-1 {100 * teacher_top1:.2f}%" if teacher_top1 else "")
               + ". Each cell: per run, the mean over its networks of the student model; then mean ± standard deviation over the seeds.\n\n")
-    table = header + "\n".join(rows) + "\n"
+    epochs = min(len(c) for r in results.values() for c in r["curve"])
+    by_epoch = ["| student | method | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " |",
+                "|---|---|" + "---|" * epochs]
+    for student in a.students:
+        for method in a.methods:
+            curves = results[(student, method)]["curve"]
+            by_epoch.append(f"| {student} | {method} | " + " | ".join(
+                f"{100 * statistics.mean(c[e] for c in curves):.2f}" for e in range(epochs)) + " |")
+    table = (header + "\n".join(rows) + "\n\nTest top-1 % after each epoch (mean over the networks and the seeds):\n\n"
+             + "\n".join(by_epoch) + "\n")
     path = pathlib.Path(a.table) if a.table else out / "results.md"
     path.write_text(table)
     print(table)
