@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Redraws the charts of docs/results.md from the run directories that comparison.py (and the longer runs
+# beside it) wrote. Usage: bash docs/results/plots.sh [RUNS_DIR (default runs)]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cohort="${COHORT:-$here/../../.build/release/cohort}"
+runs="${1:-runs}"
+c="$runs/comparison"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# One network per run (peer 0), seed 0, every method of one student on shared axes.
+for student in resnet8 resnet20; do
+  "$cohort" report "$c/$student"/{alone,kd,crcd+kd,rrd+kd,mcl2-nologit,mcl4-nologit,mcl2+crcd}/seed-0 --peer 0 \
+    --label alone --label KD --label CRCD+KD --label RRD+KD --label "MCL x2" --label "MCL x4" --label "MCL x2 + CRCD" \
+    --out "$tmp/$student.html" --charts "$tmp/$student"
+  for chart in test_top1 step_ce; do cp "$tmp/$student/$chart.svg" "$here/$student-$chart.svg"; done
+done
+# The four MCL terms of a cohort of four resnet8 (seed 0), every peer.
+"$cohort" report "$c/resnet8/mcl4-nologit/seed-0" --out "$tmp/mcl4.html" --charts "$tmp/mcl4"
+for chart in step_vcl step_soft_vcl step_icl step_soft_icl; do cp "$tmp/mcl4/$chart.svg" "$here/mcl4-resnet8-$chart.svg"; done
+# The longer budget: resnet20 alone, with MCL, with layer-wise MCL (full training set, 4 epochs, seed 0).
+if [ -d "$runs/budget/alone-s0" ]; then
+  "$cohort" report "$runs/budget/alone-s0" "$runs/mcl" "$runs/layer-mcl" --peer 0 \
+    --label alone --label "MCL x2" --label "layer-wise MCL x2" --out "$tmp/budget.html" --charts "$tmp/budget"
+  for chart in test_top1 step_ce; do cp "$tmp/budget/$chart.svg" "$here/full-resnet20-$chart.svg"; done
+fi
+ls "$here"/*.svg
