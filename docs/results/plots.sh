@@ -25,4 +25,10 @@ if [ -d "$runs/budget/alone-s0" ]; then
     --label alone --label "MCL x2" --label "layer-wise MCL x2" --out "$tmp/budget.html" --charts "$tmp/budget"
   for chart in test_top1 step_ce; do cp "$tmp/budget/$chart.svg" "$here/full-resnet20-$chart.svg"; done
 fi
+# Until the training set is fitted: resnet8 alone and MCL x2 for 30 epochs of the 7,680 images (seed 0).
+if [ -d "$runs/overfit/resnet8/alone/seed-0" ]; then
+  "$cohort" report "$runs/overfit/resnet8"/{alone,mcl2-nologit}/seed-0 --label alone --label "MCL x2" \
+    --out "$tmp/overfit.html" --charts "$tmp/overfit"
+  for chart in test_top1 train_accuracy; do cp "$tmp/overfit/$chart.svg" "$here/fitted-resnet8-$chart.svg"; done
+fi
 ls "$here"/*.svg
