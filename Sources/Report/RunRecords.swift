@@ -23,9 +23,17 @@ public struct RunRecords: Sendable {
     /// A cohort's per-epoch records (ensemble and peers' test accuracy, cumulative seconds); empty for a
     /// single network.
     public var cohortEpochs: [[String: Double]] = []
-    /// `summary.json` when the run finished (a cohort's).
-    public var summary: [String: Any]? { summaryJSON.flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } }
-    private var summaryJSON: Data?
+    /// The run's wall time from its `summary.json` (a finished cohort's); `nil` without one.
+    public var seconds: Double?
+
+    /// The fields of a cohort's `summary.json` the report uses, read once.
+    private struct Summary: Decodable {
+        struct Peer: Decodable { var rank: Int; var model: String }
+        var peers: [Peer]?
+        var seconds: Double?
+        var steps: Double?
+        var images_per_s: Double?
+    }
 
     /// Images per step on average (the summary's images over its steps; `cohort train`'s batch size), for
     /// the images/s charts; `nil` when the run does not say.
@@ -49,11 +57,12 @@ public struct RunRecords: Sendable {
         guard fm.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ReportError.notARun(directory, "no such directory")
         }
-        summaryJSON = fm.contents(atPath: directory + "/summary.json")
+        let summary = fm.contents(atPath: directory + "/summary.json").flatMap { try? JSONDecoder().decode(Summary.self, from: $0) }
+        seconds = summary?.seconds
         let peers = ((try? fm.contentsOfDirectory(atPath: directory)) ?? [])
             .compactMap { $0.hasPrefix("peer-") ? Int($0.dropFirst("peer-".count)) : nil }.sorted()
         if !peers.isEmpty {
-            let models = Self.peerModels(summaryJSON)
+            let models = Dictionary((summary?.peers ?? []).map { ($0.rank, $0.model) }, uniquingKeysWith: { first, _ in first })
             for rank in peers {
                 let path = "\(directory)/peer-\(rank)/metrics.jsonl"
                 guard fm.fileExists(atPath: path) else { continue }
@@ -75,8 +84,7 @@ public struct RunRecords: Sendable {
             }
             members.append(member)
         }
-        if let summary, let rate = (summary["images_per_s"] as? NSNumber)?.doubleValue,
-           let seconds = (summary["seconds"] as? NSNumber)?.doubleValue, let steps = (summary["steps"] as? NSNumber)?.doubleValue, steps > 0 {
+        if let rate = summary?.images_per_s, let seconds = summary?.seconds, let steps = summary?.steps, steps > 0 {
             imagesPerStep = (rate * seconds / steps * 1000).rounded() / 1000
         } else if let data = fm.contents(atPath: directory + "/options.json"),
                   let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
@@ -118,23 +126,11 @@ public struct RunRecords: Sendable {
         }
     }
 
-    private static func peerModels(_ summary: Data?) -> [Int: String] {
-        guard let summary, let object = try? JSONSerialization.jsonObject(with: summary) as? [String: Any],
-              let peers = object["peers"] as? [[String: Any]] else { return [:] }
-        var result: [Int: String] = [:]
-        for p in peers { if let rank = p["rank"] as? Int, let model = p["model"] as? String { result[rank] = model } }
-        return result
-    }
-
-    /// The model of a `cohort train` run, from its options file if it has one.
+    /// The model of a `cohort train` run, from its `options.json` if it has one.
     private static func trainedModel(_ directory: String) -> String? {
-        for file in ["options.json", "settings.json"] {
-            if let data = FileManager.default.contents(atPath: directory + "/" + file),
-               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let model = object["model"] as? String {
-                return model
-            }
-        }
-        return nil
+        guard let data = FileManager.default.contents(atPath: directory + "/options.json"),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        return object["model"] as? String
     }
 }
 

@@ -150,7 +150,7 @@ public struct RunReport {
     public var finalResults: [[String]] {
         var rows: [[String]] = []
         for run in runs {
-            let seconds = (run.summary?["seconds"] as? NSNumber)?.doubleValue ?? run.members.first.map { $0.epochs.compactMap { $0["seconds"] }.reduce(0, +) }
+            let seconds = run.seconds ?? run.members.first.map { $0.epochs.compactMap { $0["seconds"] }.reduce(0, +) }
             for m in run.members {
                 let tops = m.epochs.compactMap { $0["test_top1"] }
                 rows.append([run.name, m.label, tops.last.map { String(format: "%.2f", 100 * $0) } ?? "–",
