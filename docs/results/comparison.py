@@ -107,7 +107,9 @@ def run(command, log, dry):
     with open(log, "w") as f:
         result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        sys.exit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
+        # The run's own error (a missing data set, a bad key) is the last thing in its log: show it here.
+        tail = [l for l in pathlib.Path(log).read_text(errors="replace").replace("\r", "\n").splitlines() if l.strip()][-5:]
+        sys.exit(f"failed ({result.returncode}): {' '.join(command)}\n  " + "\n  ".join(tail) + f"\n(whole log: {log})")
     return time.time() - started
 
 
