@@ -78,17 +78,18 @@ public struct StatusTable: Sendable {
 
     /// The table as text, ages measured at `now`.
     public func render(now: Date = Date()) -> String {
-        let header = ["peer", "host", "model", "epoch", "step", "loss", "train acc", "test acc", "img/s", "exchange", "heard"]
+        let header = ["peer", "host", "model", "epoch", "step", "loss", "train acc", "test acc", "emb cos", "img/s", "exchange", "heard"]
         var lines = [header]
         for rank in Set(rows.keys).union(lastHeard.keys).sorted() {
             let heard = lastHeard[rank].map { String(format: "%.0f s ago", now.timeIntervalSince($0)) } ?? "-"
             guard let s = rows[rank]?.status else {
-                lines.append(["\(rank)", "-", "-", "-", "-", "-", "-", "-", "-", "-", heard])
+                lines.append(["\(rank)", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", heard])
                 continue
             }
             lines.append([
                 "\(rank)", s.host, s.model, "\(s.epoch + 1)/\(s.epochs)", "\(s.step + 1)/\(s.stepsPerEpoch)", String(format: "%.4f", s.loss),
                 String(format: "%.2f%%", 100 * s.accuracy), s.testAccuracy.map { String(format: "%.2f%%", 100 * $0) } ?? "-",
+                s.embeddingCosine.map { String(format: "%.3f", $0) + ($0 > 0.99 ? " (collapsed)" : "") } ?? "-",
                 String(format: "%.0f", s.imagesPerSecond),
                 String(format: "%.1f ms (%.1f%%)", 1000 * s.exchangeSeconds, 100 * s.exchangeSeconds / max(s.stepSeconds, 1e-9)), heard,
             ])

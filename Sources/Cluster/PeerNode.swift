@@ -293,6 +293,7 @@ public final class PeerNode {
             throw PeerError.diverged(error)
         }
         done = step.globalStep + 1
+        for warning in trainer.takeWarnings() { logger.warning(Logger.Message(stringLiteral: warning)) }
         if terms["skipped"] != nil {
             logger.error("skipped a step: the loss or a gradient was not finite", metadata: ["global_step": "\(done)",
                                                                                            "in_a_row": "\(trainer.consecutiveSkippedSteps)"])
@@ -310,7 +311,7 @@ public final class PeerNode {
                                 step: step.step, stepsPerEpoch: spe, globalStep: done,
                                 loss: directory.runningMean("total"), accuracy: directory.runningMean("accuracy"),
                                 testAccuracy: lastTestTop1, imagesPerSecond: rate, stepSeconds: stepSeconds, exchangeSeconds: exchange,
-                                time: Date().timeIntervalSince1970)
+                                time: Date().timeIntervalSince1970, embeddingCosine: terms["embedding_cosine"])
         flushLogs(status: status)
     }
 

@@ -132,15 +132,19 @@ public struct RunReport {
                      "logit_kd": "Logit distillation (to the ensemble)", "kd": "KD", "crcd": "CRCD (features)",
                      "crcd_gradient": "CRCD (gradient elements)", "rrd": "RRD", "distillation_weight": "Teacher-loss weight",
                      "exchange_seconds": "Exchange time", "step_seconds": "Step time", "idle_seconds": "Idle time",
-                     "seconds": "Step time"]
+                     "seconds": "Step time", "embedding_cosine": "Embedding collapse (mean pairwise cosine; 1 = collapsed)"]
         if let n = names[key] { return n }
         if key.hasPrefix("ce_aux") { return "Cross-entropy, auxiliary branch \(key.dropFirst("ce_aux".count))" }
+        if key.hasPrefix("embedding_cosine_aux") {
+            return "Embedding collapse, auxiliary branch \(key.dropFirst("embedding_cosine_aux".count)) (mean pairwise cosine)"
+        }
         if key.hasPrefix("mcl_aux") { return "MCL, auxiliary branch \(key.dropFirst("mcl_aux".count))" }
         return key
     }
 
     static func unit(_ key: String) -> String {
         if key == "accuracy" { return "%" }
+        if key.hasPrefix("embedding_cosine") { return "mean cosine" }
         if key.hasSuffix("_seconds") || key == "seconds" { return "ms" }
         if key == "total" || key == "loss" { return "loss (weighted sum)" }
         return key == "lr" ? "learning rate" : "value (unweighted)"

@@ -20,7 +20,7 @@ extension CohortConfiguration {
             ("mcl.temperature", "\(mcl.settings.temperature)"), ("mcl.embedding_dim", "\(mcl.embeddingDimension)"),
             ("mcl.weights.vcl", "\(mcl.settings.vcl)"), ("mcl.weights.soft_vcl", "\(mcl.settings.softVCL)"),
             ("mcl.weights.icl", "\(mcl.settings.icl)"), ("mcl.weights.soft_icl", "\(mcl.settings.softICL)"),
-            ("mcl.weights.logit", "\(mcl.settings.logitDistillation)"),
+            ("mcl.weights.logit", "\(mcl.settings.logitDistillation)"), ("mcl.soft_ramp_epochs", "\(mcl.softRampEpochs)"),
         ]
         if let w = mcl.layerWeights { lines.append(("mcl.layer_weights", w.map { "\($0)" }.joined(separator: ","))) }
         for (i, p) in peers.enumerated() { lines.append(("peers.\(i).model", p.model)) }

@@ -27,6 +27,17 @@ public struct CohortConfiguration: Sendable, Equatable {
         public var layerWeights: [Float]?
         /// The number of layers layer-wise MCL contrasts (two auxiliary branches and the backbone).
         public static let layerCount = 3
+        /// Epochs over which the soft terms' weights (soft VCL, soft ICL) ramp linearly from 0 to their
+        /// values, so that VCL and ICL spread the embeddings before the soft terms pull the networks'
+        /// similarity distributions together (0: no ramp, the paper's training). See docs/results.md,
+        /// "Embedding collapse".
+        public var softRampEpochs: Float = 0
+
+        /// The factor of the soft terms' weights at `step` (0-based) of a run with `stepsPerEpoch`.
+        public func softRampFactor(step: Int, stepsPerEpoch: Int) -> Float {
+            guard softRampEpochs > 0 else { return 1 }
+            return min(1, Float(step) / (softRampEpochs * Float(stepsPerEpoch)))
+        }
     }
 
     public struct KDSettings: Sendable, Equatable {
@@ -220,11 +231,12 @@ public struct CohortConfiguration: Sendable, Equatable {
             throw ConfigurationError.badValue(path: "security.peer_keys", expected: "one key per peer (\(c.peers.count))", found: "\(keys.count)")
         }
         if let v = top["mcl"] {
-            let m = try v.mapping(allowed: ["enabled", "tau", "temperature", "embedding_dim", "weights", "layer_weights"])
+            let m = try v.mapping(allowed: ["enabled", "tau", "temperature", "embedding_dim", "weights", "layer_weights", "soft_ramp_epochs"])
             if let x = m["enabled"] { c.mcl.enabled = try x.bool() }
             if let x = m["tau"] { c.mcl.settings.tau = try x.float(minimum: 1e-6) }
             if let x = m["temperature"] { c.mcl.settings.temperature = try x.float(minimum: 1e-6) }
             if let x = m["embedding_dim"] { c.mcl.embeddingDimension = try x.int(1...65_536) }
+            if let x = m["soft_ramp_epochs"] { c.mcl.softRampEpochs = try x.float(minimum: 0) }
             if let w = m["weights"] {
                 let ws = try w.mapping(allowed: ["vcl", "soft_vcl", "icl", "soft_icl", "logit"])
                 if let x = ws["vcl"] { c.mcl.settings.vcl = try x.float(minimum: 0) }

@@ -53,6 +53,7 @@ public final class InProcessCohort {
                                          position: position, totalSteps: totalSteps)
                     peerDirectories[p.rank].recordStep(epoch: epoch, step: batch.step, globalStep: position.globalStep + 1,
                                                        batchSize: batch.size, terms: terms)
+                    for warning in p.takeWarnings() { progress.log("warning: " + warning) }
                 }
                 images += batch.size
                 position.globalStep += 1

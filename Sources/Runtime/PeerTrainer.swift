@@ -123,6 +123,7 @@ public final class PeerTrainer {
     public let optimizer: SGD
     let configuration: CohortConfiguration
     let schedule: any LearningRateSchedule
+    let stepsPerEpoch: Int
     private(set) var pending: Pending?
 
     /// A forward pass awaiting the others' outputs.
@@ -139,6 +140,10 @@ public final class PeerTrainer {
     public private(set) var consecutiveSkippedSteps = 0
     /// Skipped steps in a row after which the peer gives up.
     public static let maximumSkippedSteps = 5
+    /// Watches for the collapse of the final embedding (first) and of each auxiliary branch's.
+    private var collapseWatches: [EmbeddingCollapse.Watch] = []
+    /// Warnings raised by the last steps and not yet taken (``takeWarnings()``).
+    private var warnings: [String] = []
 
     /// - Parameters:
     ///   - dataCount: training-set size (rows of the CRCD memories).
@@ -146,6 +151,7 @@ public final class PeerTrainer {
     public init(rank: Int, configuration: CohortConfiguration, dataCount: Int, teacherFeatureCount: Int?, stepsPerEpoch: Int) {
         self.rank = rank
         self.configuration = configuration
+        self.stepsPerEpoch = stepsPerEpoch
         let kind = configuration.data.dataSet
         architecture = Architecture(name: configuration.peers[rank].model)!
         var initial = RandomStream.generator(seed: configuration.seed, .initialisation, rank)
@@ -163,6 +169,10 @@ public final class PeerTrainer {
             }
         } else {
             auxiliary = nil; auxiliaryHeads = []
+        }
+        if head != nil {
+            collapseWatches = [EmbeddingCollapse.Watch(name: "peer \(rank)'s embedding")]
+                + auxiliaryHeads.indices.map { EmbeddingCollapse.Watch(name: "peer \(rank)'s auxiliary branch \($0 + 1) embedding") }
         }
         let teacher = configuration.teacher
         if let c = teacher?.crcd, let t = teacherFeatureCount {
@@ -290,7 +300,9 @@ public final class PeerTrainer {
             terms["ce_aux\(l + 1)"] = Double(value.item)
             total = total + value
         }
-        let mcl = configuration.mcl.settings
+        var mcl = configuration.mcl.settings
+        let ramp = configuration.mcl.softRampFactor(step: position.globalStep, stepsPerEpoch: stepsPerEpoch)
+        mcl.softVCL *= ramp; mcl.softICL *= ramp
         if let embedding, !others.isEmpty {
             let received = others.compactMap(\.embeddingTensor)
             let t = MCL.peerTerms(own: embedding, others: received, labels: batch.labels, settings: mcl)
@@ -387,6 +399,26 @@ public final class PeerTrainer {
         }
         terms["accuracy"] = Double(topKCorrect(logits: logits, labels: batch.labels).top1) / Double(batch.size)
         terms["lr"] = Double(optimizer.learningRate)
+        recordCollapse(pass, into: &terms)
         return terms
+    }
+
+    /// The mean pairwise cosine of the step's embeddings (`embedding_cosine`, and `embedding_cosine_aux<l>`
+    /// for layer-wise MCL's branches), and a warning once an embedding has collapsed.
+    private func recordCollapse(_ pass: Pending, into terms: inout [String: Double]) {
+        guard let embedding = pass.embedding, pass.batch.size >= 2 else { return }
+        let d = configuration.mcl.embeddingDimension
+        for (index, (name, e)) in ([("embedding_cosine", embedding)]
+            + pass.auxiliaryEmbeddings.enumerated().map { ("embedding_cosine_aux\($0.offset + 1)", $0.element) }).enumerated() {
+            let cosine = EmbeddingCollapse.meanPairwiseCosine(e.scalars, rows: pass.batch.size, dimension: d)
+            terms[name] = cosine
+            if let warning = collapseWatches[index].observe(cosine) { warnings.append(warning) }
+        }
+    }
+
+    /// The warnings raised since the last call (an embedding's collapse), oldest first.
+    public func takeWarnings() -> [String] {
+        defer { warnings = [] }
+        return warnings
     }
 }

@@ -51,14 +51,16 @@ public struct PeerStatus: Codable, Sendable, Equatable {
     public let exchangeSeconds: Double
     /// Seconds since 1970 on the peer's host when the status was taken.
     public let time: Double
+    /// The mean pairwise cosine of the last step's embeddings (with MCL): near 1, they have collapsed.
+    public let embeddingCosine: Double?
 
     public init(rank: Int, host: String, model: String, epoch: Int, epochs: Int, step: Int, stepsPerEpoch: Int, globalStep: Int,
                 loss: Double, accuracy: Double, testAccuracy: Double?, imagesPerSecond: Double, stepSeconds: Double,
-                exchangeSeconds: Double, time: Double) {
+                exchangeSeconds: Double, time: Double, embeddingCosine: Double? = nil) {
         self.rank = rank; self.host = host; self.model = model; self.epoch = epoch; self.epochs = epochs; self.step = step
         self.stepsPerEpoch = stepsPerEpoch; self.globalStep = globalStep; self.loss = loss; self.accuracy = accuracy
         self.testAccuracy = testAccuracy; self.imagesPerSecond = imagesPerSecond; self.stepSeconds = stepSeconds
-        self.exchangeSeconds = exchangeSeconds; self.time = time
+        self.exchangeSeconds = exchangeSeconds; self.time = time; self.embeddingCosine = embeddingCosine
     }
 }
 
