@@ -30,13 +30,23 @@ Methods (rows), per student S:
   mcl2, mcl2-nologit, mcl4, mcl4-nologit
                   cohorts of 2 or 4 copies of S with MCL, with or without logit distillation
   mcl2+crcd       2 x S with MCL and the teacher's CRCD
+  mcl2+kd         2 x S with MCL and the teacher's KD
+  lmcl2           2 x S with layer-wise MCL (auxiliary branches after stages 1 and 2, weights 1, 1, 1)
+  mixed           S beside the networks of --mixed-with (default resnet8x4, wrn_16_2) in one MCL cohort;
+                  the row scores the S networks
+
+MCL rows take --soft-ramp-epochs and --soft-weight (mcl.soft_ramp_epochs, mcl.weights.soft_vcl/soft_icl).
+The teacher may see more data than the students (--teacher-train-limit; 0 = all of it), or be given
+(--teacher-checkpoint).
 """
 import argparse, json, math, os, pathlib, statistics, subprocess, sys, time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
-METHODS = ["alone", "kd", "crcd", "crcd+kd", "rrd", "rrd+kd", "mcl2-nologit", "mcl2", "mcl4-nologit", "mcl4", "mcl2+crcd"]
+METHODS = ["alone", "kd", "crcd", "crcd+kd", "rrd", "rrd+kd", "mcl2-nologit", "mcl2", "mcl4-nologit", "mcl4", "mcl2+crcd",
+           "mcl2+kd", "lmcl2", "mixed"]
+TEACHER_METHODS = ("kd", "crcd", "crcd+kd", "rrd", "rrd+kd", "mcl2+crcd", "mcl2+kd")
 
 
 def parse():
@@ -54,6 +64,12 @@ def parse():
     ap.add_argument("--train-limit", type=int, help="use only the first N training images (smaller budget)")
     ap.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--teacher-train-limit", type=int,
+                    help="training images the teacher sees (default: --train-limit; 0: all of them)")
+    ap.add_argument("--teacher-checkpoint", help="use this trained teacher (a --teacher model) instead of training one")
+    ap.add_argument("--soft-ramp-epochs", type=float, default=0, help="MCL rows: mcl.soft_ramp_epochs")
+    ap.add_argument("--soft-weight", type=float, default=1.0, help="MCL rows: the soft terms' weight (soft_vcl, soft_icl)")
+    ap.add_argument("--mixed-with", default="resnet8x4,wrn_16_2", help="the other networks of the mixed row's cohort")
     ap.add_argument("--out", default="runs/comparison")
     ap.add_argument("--table", help="markdown file to write (default <out>/results.md)")
     ap.add_argument("--chart", help="SVG dot plot of the table to write (default: the table's path with .svg)")
@@ -70,7 +86,10 @@ def parse():
 
 def configuration(a, student, method, seed, output, teacher_checkpoint):
     """The cohort YAML of one run."""
-    copies = 4 if method.startswith("mcl4") else 2 if method.startswith("mcl2") else 1
+    copies = 4 if method.startswith("mcl4") else 2 if method.startswith(("mcl2", "lmcl2")) else 1
+    models = [student] * copies
+    if method == "mixed":
+        models = [student] + a.mixed_with.split(",")
     lines = [
         "data: {dataset: %s%s%s%s}" % (a.dataset, f", directory: {a.data_dir}" if a.data_dir else "",
                                        f", train_limit: {a.train_limit}" if a.train_limit else "",
@@ -81,11 +100,18 @@ def configuration(a, student, method, seed, output, teacher_checkpoint):
         "sampler: m-per-class",
         "optimizer: {lr: 0.1, momentum: 0.9, weight_decay: 0.0005, nesterov: true}",
         "schedule: {kind: cosine}",
-        "peers: [" + ", ".join(["{model: %s}" % student] * copies) + "]",
+        "peers: [" + ", ".join("{model: %s}" % m for m in models) + "]",
     ]
-    if copies > 1:
-        lines.append("mcl: {weights: {logit: %s}}" % ("0" if method.endswith("nologit") else "1.0"))
-    losses = {"kd": ["kd"], "crcd": ["crcd"], "crcd+kd": ["crcd", "kd"], "rrd": ["rrd"], "rrd+kd": ["rrd", "kd"], "mcl2+crcd": ["crcd"]}.get(method, [])
+    if len(models) > 1:
+        mcl = "mcl: {weights: {logit: %s, soft_vcl: %g, soft_icl: %g}" % (
+            "0" if method.endswith("nologit") else "1.0", a.soft_weight, a.soft_weight)
+        if a.soft_ramp_epochs:
+            mcl += f", soft_ramp_epochs: {a.soft_ramp_epochs:g}"
+        if method == "lmcl2":
+            mcl += ", layer_weights: [1, 1, 1]"
+        lines.append(mcl + "}")
+    losses = {"kd": ["kd"], "crcd": ["crcd"], "crcd+kd": ["crcd", "kd"], "rrd": ["rrd"], "rrd+kd": ["rrd", "kd"], "mcl2+crcd": ["crcd"],
+              "mcl2+kd": ["kd"]}.get(method, [])
     if losses:
         lines += ["teacher:", f"  model: {a.teacher}", f"  checkpoint: {teacher_checkpoint}"]
         if "kd" in losses:
@@ -201,17 +227,18 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
 
     teacher_dir = out / f"teacher-{a.teacher}"
-    teacher_checkpoint = teacher_dir / "checkpoints/last.safetensors"
-    needs_teacher = any(m in ("kd", "crcd", "crcd+kd", "rrd", "rrd+kd", "mcl2+crcd") for m in a.methods)
+    teacher_checkpoint = pathlib.Path(a.teacher_checkpoint).resolve() if a.teacher_checkpoint else teacher_dir / "checkpoints/last.safetensors"
+    teacher_limit = a.train_limit if a.teacher_train_limit is None else a.teacher_train_limit
+    needs_teacher = any(m in TEACHER_METHODS for m in a.methods)
     wall = {}
-    if needs_teacher and not (teacher_dir / "checkpoints/last.safetensors").exists():
+    if needs_teacher and not teacher_checkpoint.exists():
         command = [cohort, "train", "--model", a.teacher, "--dataset", a.dataset, "--epochs", str(a.teacher_epochs),
                    "--batch", str(a.batch), "--schedule", "cosine", "--seed", "0", "--threads", str(a.threads),
                    "--out", str(teacher_dir)]
         if a.data_dir:
             command += ["--data-dir", a.data_dir]
-        if a.train_limit:
-            command += ["--train-limit", str(a.train_limit)]
+        if teacher_limit:
+            command += ["--train-limit", str(teacher_limit)]
         if a.test_limit:
             command += ["--test-limit", str(a.test_limit)]
         wall["teacher"] = run(command, out / "teacher.log", a.dry_run)
@@ -232,8 +259,9 @@ def main():
         return
 
     teacher_top1 = None
-    if (teacher_dir / "metrics.jsonl").exists():
-        epochs = [json.loads(l) for l in (teacher_dir / "metrics.jsonl").read_text().splitlines() if '"kind":"epoch"' in l]
+    teacher_metrics = teacher_checkpoint.parent.parent / "metrics.jsonl"
+    if needs_teacher and teacher_metrics.exists():
+        epochs = [json.loads(l) for l in teacher_metrics.read_text().splitlines() if '"kind":"epoch"' in l]
         teacher_top1 = epochs[-1]["test_top1"] if epochs else None
     results = {}
     for student in a.students:
