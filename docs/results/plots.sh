@@ -31,4 +31,17 @@ if [ -d "$runs/overfit/resnet8/alone/seed-0" ]; then
     --out "$tmp/overfit.html" --charts "$tmp/overfit"
   for chart in test_top1 train_accuracy; do cp "$tmp/overfit/$chart.svg" "$here/fitted-resnet8-$chart.svg"; done
 fi
+# Embedding collapse: a resnet8 MCL x2 cohort (7,680 images, 3 epochs, seed 0) with the paper's weights and
+# with the soft terms ramped in over 2 epochs (docs/results.md, "Embedding collapse").
+if [ -d "$runs/probe/paper-defaults" ]; then
+  "$cohort" report "$runs/probe/paper-defaults" "$runs/probe/soft-ramp-2" --label "paper weights" \
+    --label "soft terms ramped in over 2 epochs" --out "$tmp/collapse.html" --charts "$tmp/collapse"
+  for chart in step_embedding_cosine step_vcl step_soft_vcl; do cp "$tmp/collapse/$chart.svg" "$here/collapse-$chart.svg"; done
+fi
+# A strong teacher, little data: resnet8 on 1,024 images for 40 epochs, alone, with the teacher's KD, in MCL cohorts.
+if [ -d "$runs/small/resnet8/alone/seed-0" ]; then
+  "$cohort" report "$runs/small/resnet8"/{alone,kd,mcl2,mcl2+kd}/seed-0 --peer 0 --label alone --label KD \
+    --label "MCL x2" --label "MCL x2 + KD" --out "$tmp/small.html" --charts "$tmp/small"
+  for chart in test_top1 train_accuracy step_embedding_cosine; do cp "$tmp/small/$chart.svg" "$here/small-resnet8-$chart.svg"; done
+fi
 ls "$here"/*.svg
