@@ -71,7 +71,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Helpers shared by the test targets (finite-difference gradient checks).
-        .target(name: "TestSupport", dependencies: ["Tensors"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Tensors", "NN"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"], exclude: ["Resources"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "CZlib"]),

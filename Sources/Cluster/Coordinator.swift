@@ -443,8 +443,8 @@ public final class Coordinator {
         return summary
     }
 
-    /// An epoch's end: every present peer evaluates and checkpoints; the cohort's scores are recorded and
-    /// its state saved. After the last epoch, absent peers are awaited (`network.join_timeout`) so that
+    /// An epoch's end: every present peer evaluates (on the epochs `evaluation_every` names) and
+    /// checkpoints; the cohort's scores are recorded and its state saved. After the last epoch, absent peers are awaited (`network.join_timeout`) so that
     /// the summary covers everyone.
     private func endEpoch(_ epoch: Int, started: Date) throws {
         if epoch == configuration.epochs - 1 {
@@ -455,10 +455,15 @@ public final class Coordinator {
             }
         }
         try promote()
-        let evaluation = try gatherEvaluation(epoch: epoch)
+        if configuration.evaluates(epoch: epoch) {
+            let evaluation = try gatherEvaluation(epoch: epoch)
+            directory.recordEpoch(epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
+            logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
+        } else {
+            send(.evaluate(.init(epoch: epoch, globalStep: state.globalStep, test: false)), to: presentRanks)
+            logger.info("epoch \(epoch + 1)/\(configuration.epochs) done (evaluated every \(configuration.evaluationEvery) epochs)")
+        }
         state.evaluatedEpochs = epoch + 1
-        directory.recordEpoch(epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
-        logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
         saveState(started: started)
     }
 

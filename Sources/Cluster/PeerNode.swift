@@ -337,18 +337,26 @@ public final class PeerNode {
         return [kind.channels, kind.height, kind.width]
     }
 
-    /// Epoch end: test-set logits to the coordinator, then this peer's epoch line and checkpoint.
+    /// Epoch end: test-set logits to the coordinator (on the epochs the cohort evaluates), then this peer's
+    /// epoch line and checkpoint.
     private func evaluate(_ e: Message.Evaluate) throws {
         let kind = configuration.data.dataSet
-        let logits = testLogits(trainer.model, on: data.testSet, batchSize: configuration.evaluationBatchSize)
-        try socket.send(.evaluation(.init(rank: rank, epoch: e.epoch),
-                                    tensors: [TensorPayload(name: "logits", shape: [data.testSet.count, kind.classCount], values: logits)]))
-        let test = score(logits: logits, labels: data.testSet.labels, classCount: kind.classCount)
-        lastTestTop1 = test.top1
+        var test: EvaluationResult?
+        if e.evaluatesTestSet {
+            let logits = testLogits(trainer.model, on: data.testSet, batchSize: configuration.evaluationBatchSize)
+            try socket.send(.evaluation(.init(rank: rank, epoch: e.epoch),
+                                        tensors: [TensorPayload(name: "logits", shape: [data.testSet.count, kind.classCount], values: logits)]))
+            test = score(logits: logits, labels: data.testSet.labels, classCount: kind.classCount)
+            lastTestTop1 = test!.top1
+        }
         let position = TrainingPosition(epoch: e.epoch + 1, stepInEpoch: 0, globalStep: done, elapsedSeconds: 0)
         try directory.endEpoch(trainer, test: test, position: position, shape: shape)
-        logger.info(Logger.Message(stringLiteral: String(format: "epoch %d/%d: test top-1 %.2f%%, checkpoint written", e.epoch + 1,
-                                                         configuration.epochs, 100 * test.top1)))
+        if let test {
+            logger.info(Logger.Message(stringLiteral: String(format: "epoch %d/%d: test top-1 %.2f%%, checkpoint written", e.epoch + 1,
+                                                             configuration.epochs, 100 * test.top1)))
+        } else {
+            logger.info(Logger.Message(stringLiteral: "epoch \(e.epoch + 1)/\(configuration.epochs): checkpoint written"))
+        }
         flushLogs()
     }
 

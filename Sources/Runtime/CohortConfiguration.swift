@@ -121,6 +121,8 @@ public struct CohortConfiguration: Sendable, Equatable {
     public var teacher: TeacherSettings?
     public var output = "runs/cohort"
     public var evaluationBatchSize = 500
+    /// Epochs between test-set evaluations (the last epoch is always evaluated); 1: every epoch.
+    public var evaluationEvery = 1
     public var network = NetworkSettings()
     /// CURVE security; `nil`: plain TCP (loopback only, unless the processes are started with --insecure).
     public var security: SecuritySettings?
@@ -128,6 +130,10 @@ public struct CohortConfiguration: Sendable, Equatable {
     public var checkpointEvery = 0
 
     public init() {}
+
+    /// Whether the cohort evaluates on the test set at the end of `epoch` (0-based): every
+    /// `evaluation_every`-th epoch and the last one.
+    public func evaluates(epoch: Int) -> Bool { (epoch + 1) % evaluationEvery == 0 || epoch + 1 >= epochs }
 
     /// Reads and validates a configuration file.
     public static func load(path: String) throws -> CohortConfiguration {
@@ -143,7 +149,7 @@ public struct CohortConfiguration: Sendable, Equatable {
         var c = CohortConfiguration()
         let top = try ConfigurationNode.parse(text).mapping(allowed: [
             "data", "seed", "epochs", "batch_size", "sampler", "optimizer", "schedule", "peers", "mcl", "teacher",
-            "output", "evaluation_batch_size", "network", "security", "checkpoint_every"])
+            "output", "evaluation_batch_size", "evaluation_every", "network", "security", "checkpoint_every"])
         if let d = top["data"] {
             let m = try d.mapping(allowed: ["dataset", "directory", "train_limit", "test_limit"])
             if let v = m["dataset"] {
@@ -161,6 +167,7 @@ public struct CohortConfiguration: Sendable, Equatable {
         if let v = top["batch_size"] { c.batchSize = try v.int(2...65_536) }
         if let v = top["sampler"] { c.sampler = TrainingOptions.SamplerKind(rawValue: try v.choice(TrainingOptions.SamplerKind.allCases.map(\.rawValue)))! }
         if let v = top["evaluation_batch_size"] { c.evaluationBatchSize = try v.int(1...100_000) }
+        if let v = top["evaluation_every"] { c.evaluationEvery = try v.int(1...100_000) }
         if let v = top["output"] { c.output = try v.string() }
         if let n = top["network"] {
             let m = try n.mapping(allowed: ["coordinator", "stream", "timeout", "join_timeout", "heartbeat_interval", "heartbeat_timeout"])
@@ -336,6 +343,7 @@ public struct CohortConfiguration: Sendable, Equatable {
         o.learningRate = learningRate; o.momentum = momentum; o.weightDecay = weightDecay; o.nesterov = nesterov
         o.schedule = schedule; o.milestones = milestones; o.gamma = gamma; o.warmupEpochs = warmupEpochs
         o.seed = seed; o.evaluationBatchSize = evaluationBatchSize
+        o.evaluateEvery = evaluationEvery == 1 ? nil : evaluationEvery
         return o
     }
 }

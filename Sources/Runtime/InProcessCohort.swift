@@ -66,15 +66,19 @@ public final class InProcessCohort {
                                      ProgressReporter.duration(Double(totalSteps - position.globalStep) * Double(configuration.batchSize) / max(rate, 1e-9))),
                               final: batch.step + 1 == data.stepsPerEpoch)
             }
-            last = evaluateCohort(peers.map(\.model), on: data.testSet, batchSize: configuration.evaluationBatchSize)
+            let evaluated = configuration.evaluates(epoch: epoch)
+            if evaluated { last = evaluateCohort(peers.map(\.model), on: data.testSet, batchSize: configuration.evaluationBatchSize) }
             var saved = position
             saved.epoch = epoch + 1; saved.stepInEpoch = 0
             saved.elapsedSeconds = Date().timeIntervalSince(started)
             for p in peers {
-                try peerDirectories[p.rank].endEpoch(p, test: last.peers[p.rank], position: saved, shape: [kind.channels, kind.height, kind.width])
+                try peerDirectories[p.rank].endEpoch(p, test: evaluated ? last.peers[p.rank] : nil, position: saved,
+                                                     shape: [kind.channels, kind.height, kind.width])
             }
-            cohortDirectory.recordEpoch(epoch, globalStep: position.globalStep, evaluation: last, seconds: Date().timeIntervalSince(started))
-            progress.log(epochReport(epoch: epoch, configuration: configuration, evaluation: last))
+            if evaluated {
+                cohortDirectory.recordEpoch(epoch, globalStep: position.globalStep, evaluation: last, seconds: Date().timeIntervalSince(started))
+                progress.log(epochReport(epoch: epoch, configuration: configuration, evaluation: last))
+            }
         }
         let summary = CohortSummary(configuration: configuration, evaluation: last, teacherTop1: teacherTop1, steps: position.globalStep,
                                     seconds: Date().timeIntervalSince(started), images: images, transport: "inproc")

@@ -44,11 +44,11 @@ public final class PeerRunDirectory {
         return (loaded, skipped)
     }
 
-    /// Ends an epoch: writes its line with `test` and the epoch's means, and checkpoints `peer` at
-    /// `position` (the start of the next epoch).
-    public func endEpoch(_ peer: PeerTrainer, test: EvaluationResult, position: TrainingPosition, shape: [Int]) throws {
-        var line: [String: any Sendable] = ["kind": "epoch", "epoch": position.epoch - 1, "global_step": position.globalStep,
-                                            "test_top1": test.top1, "test_top5": test.top5, "test_loss": test.loss]
+    /// Ends an epoch: writes its line with `test` (`nil`: an epoch the cohort does not evaluate) and the
+    /// epoch's means, and checkpoints `peer` at `position` (the start of the next epoch).
+    public func endEpoch(_ peer: PeerTrainer, test: EvaluationResult?, position: TrainingPosition, shape: [Int]) throws {
+        var line: [String: any Sendable] = ["kind": "epoch", "epoch": position.epoch - 1, "global_step": position.globalStep]
+        if let test { line["test_top1"] = test.top1; line["test_top5"] = test.top5; line["test_loss"] = test.loss }
         for (k, v) in running { line["train_" + k] = v / Double(max(seen, 1)) }
         metrics.write(line)
         running = [:]; seen = 0

@@ -140,19 +140,22 @@ public final class Trainer {
                     try save(position, atEpochEnd: false)
                 }
             }
-            last = evaluate(model, on: testSet, batchSize: options.evaluationBatchSize)
-            bestTop1 = Swift.max(bestTop1, last.top1)
-            position.bestTestTop1 = bestTop1
+            let trainLoss = seen > 0 ? lossSum / Double(seen) : 0, trainAccuracy = seen > 0 ? Double(correct) / Double(seen) : 0
+            var line: [String: any Sendable] = ["kind": "epoch", "epoch": epoch, "global_step": position.globalStep,
+                                                "train_loss": trainLoss, "train_accuracy": trainAccuracy,
+                                                "lr": Double(optimizer.learningRate)]
+            var report = String(format: "epoch %d/%d: train loss %.4f, train acc %.2f%%", epoch + 1, options.epochs, trainLoss, 100 * trainAccuracy)
+            if options.evaluates(epoch: epoch) {
+                last = evaluate(model, on: testSet, batchSize: options.evaluationBatchSize)
+                bestTop1 = Swift.max(bestTop1, last.top1)
+                position.bestTestTop1 = bestTop1
+                line["test_top1"] = last.top1; line["test_top5"] = last.top5; line["test_loss"] = last.loss
+                report += String(format: ", test top-1 %.2f%%, top-5 %.2f%%", 100 * last.top1, 100 * last.top5)
+            }
             let epochSeconds = Date().timeIntervalSince(epochStart)
-            metrics.write(["kind": "epoch", "epoch": epoch, "global_step": position.globalStep,
-                           "train_loss": seen > 0 ? lossSum / Double(seen) : 0,
-                           "train_accuracy": seen > 0 ? Double(correct) / Double(seen) : 0,
-                           "test_top1": last.top1, "test_top5": last.top5, "test_loss": last.loss,
-                           "seconds": epochSeconds, "lr": Double(optimizer.learningRate)])
-            progress.log(String(format: "epoch %d/%d: train loss %.4f, train acc %.2f%%, test top-1 %.2f%%, top-5 %.2f%% (%.0f s)",
-                                epoch + 1, options.epochs, seen > 0 ? lossSum / Double(seen) : 0,
-                                seen > 0 ? 100 * Double(correct) / Double(seen) : 0, 100 * last.top1, 100 * last.top5,
-                                epochSeconds))
+            line["seconds"] = epochSeconds
+            metrics.write(line)
+            progress.log(report + String(format: " (%.0f s)", epochSeconds))
             position.epoch += 1
             position.stepInEpoch = 0
             position.elapsedSeconds = previousSeconds + Date().timeIntervalSince(started)
@@ -187,6 +190,7 @@ public final class Trainer {
         var a = saved, b = options
         a.epochs = 0; b.epochs = 0
         a.dataDirectory = nil; b.dataDirectory = nil
+        a.evaluateEvery = nil; b.evaluateEvery = nil
         guard a != b else { return }
         // Name the first differing setting.
         func fields(_ o: TrainingOptions) -> [String: String] {

@@ -30,8 +30,15 @@ public struct TrainingOptions: Codable, Sendable, Equatable {
     /// Also checkpoint every N steps (0: only at the end of each epoch).
     public var checkpointEvery: Int = 0
     public var evaluationBatchSize: Int = 500
+    /// Evaluate on the test set every N epochs (and always after the last one); `nil`: every epoch. It does
+    /// not change the weights, so a resumed run may change it (older runs' options lack it).
+    public var evaluateEvery: Int?
 
     public init() {}
+
+    /// Whether the test set is evaluated at the end of `epoch` (0-based): every `evaluateEvery`-th epoch
+    /// and the last one.
+    public func evaluates(epoch: Int) -> Bool { (epoch + 1) % (evaluateEvery ?? 1) == 0 || epoch + 1 >= epochs }
 
     public enum ScheduleKind: String, Codable, Sendable, CaseIterable {
         case cosine, multistep, constant
@@ -62,6 +69,7 @@ public struct TrainingOptions: Codable, Sendable, Equatable {
         if let testLimit, testLimit < 1 { throw fail("test-limit", "must be at least 1, got \(testLimit)") }
         guard checkpointEvery >= 0 else { throw fail("checkpoint-every", "must be non-negative, got \(checkpointEvery)") }
         guard evaluationBatchSize >= 1 else { throw fail("eval-batch", "must be at least 1") }
+        guard (evaluateEvery ?? 1) >= 1 else { throw fail("evaluate-every", "must be at least 1 (epochs), got \(evaluateEvery ?? 1)") }
     }
 
     /// The learning rate at each global step, for `stepsPerEpoch` steps per epoch.

@@ -66,10 +66,17 @@ public enum Message: Sendable, Equatable {
             self.rank = rank; self.globalStep = globalStep; self.ranks = ranks; self.waitSeconds = waitSeconds
         }
     }
+    /// An epoch's end: the peer checkpoints and, unless `test` is false, sends its test-set logits.
     public struct Evaluate: Codable, Sendable, Equatable {
         public let epoch: Int
         public let globalStep: Int
-        public init(epoch: Int, globalStep: Int) { self.epoch = epoch; self.globalStep = globalStep }
+        /// `false`: an epoch the cohort does not evaluate (`evaluation_every`); absent or `true`: evaluate.
+        public let test: Bool?
+        public init(epoch: Int, globalStep: Int, test: Bool = true) {
+            self.epoch = epoch; self.globalStep = globalStep; self.test = test ? nil : false
+        }
+        /// Whether the peer evaluates on the test set.
+        public var evaluatesTestSet: Bool { test ?? true }
     }
     public struct Checkpoint: Codable, Sendable, Equatable {
         /// Steps trained: the checkpoint's position.

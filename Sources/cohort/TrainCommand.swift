@@ -41,6 +41,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Train on the first N training images only.") var trainLimit: Int?
     @Option(help: "Evaluate on the first N test images only.") var testLimit: Int?
     @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).") var checkpointEvery = 0
+    @Option(help: "Evaluate on the test set every N epochs (and after the last).") var evaluateEvery = 1
     @Option(help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Output directory.") var out = "runs/train"
     @Flag(help: "Continue the run in --out from its newest checkpoint.") var resume = false
@@ -77,6 +78,7 @@ struct TrainCommand: ParsableCommand {
         o.trainLimit = trainLimit
         o.testLimit = testLimit
         o.checkpointEvery = checkpointEvery
+        o.evaluateEvery = evaluateEvery == 1 ? nil : evaluateEvery
         do { try o.validate() } catch { throw ValidationError("\(error)") }
         return o
     }

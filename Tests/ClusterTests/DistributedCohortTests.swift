@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import NN
 import Runtime
 
@@ -45,17 +46,19 @@ import Runtime
 
     /// Equivalence with layer-wise MCL (issue 10): three peers with auxiliary branches exchange their
     /// per-layer embeddings; the processes train bit-identical backbones, branches, heads and momentum to
-    /// the in-process run's, and the exported weights hold the backbone alone.
+    /// the in-process run's, and the exported weights hold the backbone alone. With `evaluation_every: 2`
+    /// the first epoch's end is a checkpoint without a test score, over the wire as in-process.
     @Test func layerWiseMCLCohortTrainsExactlyTheInProcessNetworks() throws {
         let directory = scratch("layerwise")
         let config = directory + "/cohort.yaml"
         try write("""
-            data: {dataset: fashion-mnist, train_limit: 640, test_limit: 300}
+            data: {dataset: fashion-mnist, train_limit: 320, test_limit: 300}
             seed: 4
-            epochs: 1
+            epochs: 2
             batch_size: 64
             peers: [{model: resnet8}, {model: resnet8}, {model: resnet14}]
             mcl: {embedding_dim: 32, layer_weights: [1.0, 0.5, 1.0]}
+            evaluation_every: 2
             network: {coordinator: "tcp://127.0.0.1:*", stream: "tcp://127.0.0.1:*", timeout: 60, join_timeout: 60}
             """, to: config)
         let inproc = try CohortProcess(["launch", "--config", config, "--transport", "inproc", "--threads", "1", "--out", directory + "/inproc"])
@@ -63,12 +66,12 @@ import Runtime
         let zmq = try CohortProcess(["launch", "--config", config, "--threads", "3", "--out", directory + "/zmq"])
         #expect(zmq.finish() == 0, "\(zmq.output)")
         for rank in 0..<3 {
-            for file in ["last.safetensors", "epoch-0001.state.safetensors"] {
+            for file in ["last.safetensors", "epoch-0001.safetensors", "epoch-0002.state.safetensors"] {
                 try expectIdentical(directory + "/inproc/peer-\(rank)/checkpoints/" + file, directory + "/zmq/peer-\(rank)/checkpoints/" + file)
             }
             let weights = try SafeTensors.read(directory + "/zmq/peer-\(rank)/checkpoints/last.safetensors")
             #expect(!weights.names.contains { $0.hasPrefix("auxiliary") }, "exported weights are the backbone's")
-            let state = try SafeTensors.read(directory + "/zmq/peer-\(rank)/checkpoints/epoch-0001.state.safetensors")
+            let state = try SafeTensors.read(directory + "/zmq/peer-\(rank)/checkpoints/epoch-0002.state.safetensors")
             for key in ["auxiliary_classifier.block_extractor1.1.0.conv1.weight", "auxiliary_classifier.fc2.weight",
                         "loss.mcl_head_aux2.proj_head.2.weight", "momentum.auxiliary_classifier.fc1.weight"] {
                 #expect(state.entry(key) != nil, "\(key)")
@@ -76,6 +79,9 @@ import Runtime
         }
         let steps = try jsonLines(directory + "/zmq/peer-2/metrics.jsonl").filter { $0["kind"] as? String == "step" }
         #expect(steps.count == 10 && steps.allSatisfy { $0["mcl_aux1"] is Double && $0["ce_aux2"] is Double })
+        // evaluation_every: 2 — the first epoch ends with a checkpoint and no test score, the second with both.
+        let epochs = try jsonLines(directory + "/zmq/peer-2/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+        #expect(epochs.map { $0["test_top1"] != nil } == [false, true])
         let a = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: directory + "/inproc/summary.json")))
         let b = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: directory + "/zmq/summary.json")))
         #expect(a.peers.map(\.test_top1) == b.peers.map(\.test_top1) && a.ensemble_top1 == b.ensemble_top1)

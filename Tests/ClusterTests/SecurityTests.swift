@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import Runtime
 import Wire
 import ZeroMQ

@@ -102,19 +102,6 @@ func jsonLines(_ path: String) throws -> [[String: Any]] {
         .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
 }
 
-/// Expects two safetensors files to hold the same tensors, bit for bit.
-func expectIdentical(_ a: String, _ b: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let x = try SafeTensors.read(a), y = try SafeTensors.read(b)
-    #expect(x.names == y.names, sourceLocation: sourceLocation)
-    for name in x.names where y.entry(name) != nil {
-        if x.entry(name)!.dtype.isFloat {
-            #expect(try x.floats(name).scalars == y.floats(name).scalars, "\(name) differs: \(a) vs \(b)", sourceLocation: sourceLocation)
-        } else {
-            #expect(try x.integers(name) == y.integers(name), "\(name) differs: \(a) vs \(b)", sourceLocation: sourceLocation)
-        }
-    }
-}
-
 /// Process ids whose command line contains every one of `parts` (read from /proc).
 func processes(matching parts: [String]) -> [Int32] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import Tensors
 import NN
 import Training
@@ -102,6 +103,46 @@ import Training
         }
         let (a, b) = try Parallelism.withThreadCount(1) { (try run("repro-a"), try run("repro-b")) }
         #expect(a.peers.map(\.test_top1) == b.peers.map(\.test_top1) && a.ensemble_top1 == b.ensemble_top1)
+    }
+
+    /// `evaluation_every: 2` over 3 epochs: the test set is scored after epochs 2 and 3 only (the last is
+    /// always scored), every epoch still ends with its line and checkpoint, and the networks are
+    /// bit-identical to a run that evaluates every epoch (evaluation does not touch the weights).
+    @Test func evaluationEveryScoresSomeEpochsAndTrainsTheSameWeights() throws {
+        func run(_ name: String, every: Int) throws -> String {
+            let out = scratch(name)
+            let c = try CohortConfiguration.parse("""
+                data: {dataset: fashion-mnist, train_limit: 128, test_limit: 100}
+                epochs: 3
+                batch_size: 64
+                seed: 2
+                peers: [{model: resnet8}, {model: resnet8}]
+                evaluation_every: \(every)
+                output: \(out)
+                """)
+            _ = try InProcessCohort(configuration: c).run(progress: ProgressReporter(interactive: false))
+            return out
+        }
+        let (every, sparse) = try Parallelism.withThreadCount(1) { (try run("eval-every-1", every: 1), try run("eval-every-2", every: 2)) }
+        func epochLines(_ path: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+                .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                .filter { $0["kind"] as? String == "epoch" }
+        }
+        let peerEpochs = try epochLines(sparse + "/peer-1/metrics.jsonl")
+        #expect(peerEpochs.map { $0["epoch"] as? Int } == [0, 1, 2])
+        #expect(peerEpochs.map { $0["test_top1"] != nil } == [false, true, true])
+        #expect(peerEpochs.allSatisfy { $0["train_ce"] is Double })
+        #expect(try epochLines(sparse + "/metrics.jsonl").map { $0["epoch"] as? Int } == [1, 2])
+        for rank in 0..<2 {
+            for file in ["last.safetensors", "epoch-0001.safetensors", "epoch-0003.state.safetensors"] {
+                try expectIdentical(every + "/peer-\(rank)/checkpoints/" + file, sparse + "/peer-\(rank)/checkpoints/" + file)
+            }
+        }
+        let a = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: every + "/summary.json")))
+        let b = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: sparse + "/summary.json")))
+        #expect(a.peers.map(\.test_top1) == b.peers.map(\.test_top1) && a.ensemble_top1 == b.ensemble_top1)
+        #expect(throws: ConfigurationError.self) { try CohortConfiguration.parse("evaluation_every: 0") }
     }
 
     /// A diverging peer (an absurd learning rate): its non-finite steps are skipped — the weights stay

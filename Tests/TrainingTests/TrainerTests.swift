@@ -99,6 +99,30 @@ func scratchDirectory(_ name: String) -> String {
         #expect(summary.resumed_from_step == 2 && summary.steps == 4)
     }
 
+    /// `--evaluate-every 2` over 3 epochs: test scores after epochs 2 and 3 only, the same weights as
+    /// evaluating every epoch, and a resume may change it (it does not change the weights).
+    @Test func evaluateEveryScoresSomeEpochsAndTrainsTheSameWeights() throws {
+        var options = TrainingOptions()
+        options.model = "resnet8"; options.epochs = 3; options.batchSize = 64; options.trainLimit = 128; options.testLimit = 100
+        let quiet = ProgressReporter(interactive: false, plainInterval: 1e9)
+        let every = scratchDirectory("eval-every-1"), sparse = scratchDirectory("eval-every-2")
+        let a = try Trainer(options: options, outputDirectory: every, threads: 1).run(resume: false, progress: quiet)
+        options.evaluateEvery = 2
+        let b = try Trainer(options: options, outputDirectory: sparse, threads: 1).run(resume: false, progress: quiet)
+        #expect(a.test_top1 == b.test_top1)
+        let epochs = try String(contentsOfFile: sparse + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .filter { $0["kind"] as? String == "epoch" }
+        #expect(epochs.map { $0["test_top1"] != nil } == [false, true, true])
+        #expect(epochs.allSatisfy { $0["train_accuracy"] is Double })
+        try expectIdentical(every + "/checkpoints/last.safetensors", sparse + "/checkpoints/last.safetensors")
+        options.epochs = 4; options.evaluateEvery = nil
+        let resumed = try Trainer(options: options, outputDirectory: sparse, threads: 1).run(resume: true, progress: quiet)
+        #expect(resumed.steps == 8)
+        options.evaluateEvery = 0
+        do { try options.validate(); Issue.record("0 accepted") } catch { #expect("\(error)".contains("evaluate-every")) }
+    }
+
     @Test func badOptionsNameTheOption() {
         var o = TrainingOptions()
         o.model = "resnet18"

@@ -63,6 +63,7 @@ def parse():
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     ap.add_argument("--train-limit", type=int, help="use only the first N training images (smaller budget)")
     ap.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    ap.add_argument("--evaluation-every", type=int, default=1, help="epochs between test-set evaluations (the last always)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--teacher-train-limit", type=int,
                     help="training images the teacher sees (default: --train-limit; 0: all of them)")
@@ -102,6 +103,8 @@ def configuration(a, student, method, seed, output, teacher_checkpoint):
         "schedule: {kind: cosine}",
         "peers: [" + ", ".join("{model: %s}" % m for m in models) + "]",
     ]
+    if a.evaluation_every > 1:
+        lines.append(f"evaluation_every: {a.evaluation_every}")
     if len(models) > 1:
         mcl = "mcl: {weights: {logit: %s, soft_vcl: %g, soft_icl: %g}" % (
             "0" if method.endswith("nologit") else "1.0", a.soft_weight, a.soft_weight)
@@ -149,7 +152,7 @@ def network_scores(run_dir, student):
             continue
         metrics = run_dir / f"peer-{peer['rank']}" / "metrics.jsonl"
         epochs = [json.loads(l) for l in metrics.read_text().splitlines() if '"kind":"epoch"' in l]
-        tops = [e["test_top1"] for e in epochs]
+        tops = [e["test_top1"] for e in epochs if "test_top1" in e]
         scores.append((tops[-1], max(tops), tops))
     ensemble = summary.get("ensemble_top1") if len(summary["peers"]) > 1 else None
     return scores, ensemble, summary["seconds"]
