@@ -39,6 +39,8 @@ let package = Package(
         .target(name: "ZeroMQ", dependencies: ["CZMQ"]),
         // The cohort's wire protocol: messages, frames, validation. Opens no sockets.
         .target(name: "Wire"),
+        // Linux process control Swift cannot call directly (prctl's parent-death signal).
+        .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
         // zlib, for gzip-compressed IDX files.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // Hand-vectorised C kernels: an AVX-512 sgemm and CRCD's per-entry loop (optimised in debug too).
@@ -56,7 +58,7 @@ let package = Package(
         // The cohort: configuration, the per-peer trainer, the teacher, the in-process cohort.
         .target(name: "Runtime", dependencies: ["Training", "Distill", .product(name: "Yams", package: "Yams")]),
         // The distributed cohort: coordinator, peer processes, the log stream and monitor, the launcher.
-        .target(name: "Cluster", dependencies: ["Runtime", "ZeroMQ", "Wire", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "Cluster", dependencies: ["Runtime", "ZeroMQ", "Wire", "CProcess", .product(name: "Logging", package: "swift-log")]),
         // Reference-fixture runner (`cohort conformance`).
         .target(name: "Conformance", dependencies: ["NN", "Distill"]),
         // Timed training steps (`cohort bench`).

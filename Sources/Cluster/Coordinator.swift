@@ -69,6 +69,9 @@ public final class Coordinator {
     private var statuses: [PeerStatus?]
     private var state = CoordinatorState()
     private var training = false
+    /// Started from a cohort checkpoint (`--resume`): the run continues at the newest step every member
+    /// has a checkpoint of.
+    private var resumedFromState = false
 
     /// Loads the data and the teacher, binds both endpoints and creates the run directory.
     /// - Parameters:
@@ -161,7 +164,9 @@ public final class Coordinator {
         do {
             // Resuming from a cohort checkpoint, the cohort may go on without peers that do not come back;
             // a fresh start (also `resume` with nothing to resume) waits for every peer.
-            let restored = resume && restoreState()
+            let restored = try resume && restoreState()
+            resumedFromState = restored
+            if !restored { state.settings = configuration.canonicalSettings }
             // Before admitting anyone: a long evaluation must not happen while peers await heartbeat answers.
             if state.teacherTop1 == nil, let teacher {
                 state.teacherTop1 = evaluate(teacher.model, on: data.testSet, batchSize: configuration.evaluationBatchSize).top1
@@ -180,8 +185,9 @@ public final class Coordinator {
         }
     }
 
-    /// Loads the newest valid cohort checkpoint; whether there was one.
-    private func restoreState() -> Bool {
+    /// Loads the newest valid cohort checkpoint; whether there was one. Refuses one saved with other
+    /// settings, and cuts the cohort's metrics back to its step.
+    private func restoreState() throws -> Bool {
         let (newest, skipped) = CoordinatorState.newest(output: configuration.output)
         for s in skipped { logger.warning("passed over a cohort checkpoint", metadata: ["why": "\(s)"]) }
         guard var restored = newest else {
@@ -191,7 +197,10 @@ public final class Coordinator {
         if restored.lastEvaluation.count != configuration.peers.count {
             restored.lastEvaluation = Array(repeating: nil, count: configuration.peers.count)
         }
+        try configuration.checkUnchanged(since: restored.settings)
+        if restored.settings == nil { restored.settings = configuration.canonicalSettings }
         state = restored
+        try directory.truncateHistory(afterGlobalStep: state.globalStep)
         logger.notice("resumed", metadata: ["global_step": "\(state.globalStep)", "epochs_evaluated": "\(state.evaluatedEpochs)"])
         return true
     }
@@ -353,13 +362,11 @@ public final class Coordinator {
     private func train() throws -> CohortSummary {
         let n = configuration.peers.count
         let kind = configuration.data.dataSet
-        let classes = kind.classCount
         let spe = data.stepsPerEpoch
         let total = configuration.epochs * spe
         training = true
         if let t = state.teacherTop1 { logger.info(Logger.Message(stringLiteral: String(format: "teacher %@: test top-1 %.2f%%", configuration.teacher!.model, 100 * t))) }
-        // Continue from the cohort checkpoint, or from further on when the peers are (a restarted coordinator).
-        let start = min(total, max(state.globalStep, presentRanks.map { resumeSteps[$0] }.max() ?? 0))
+        let start = try startingStep(total: total)
         if start > 0 { logger.notice("continuing at step \(start)", metadata: ["checkpoint_step": "\(state.globalStep)"]) }
         state.globalStep = start
         logger.info("cohort of \(n) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(kind.rawValue): \(data.trainSet.count) images, \(spe) steps/epoch, \(configuration.epochs) epochs")
@@ -441,6 +448,35 @@ public final class Coordinator {
                                     seconds: Date().timeIntervalSince(started), images: state.images, transport: "zmq")
         try directory.writeSummary(summary)
         return summary
+    }
+
+    /// Where training continues. Resumed from a cohort checkpoint: at the newest step for which this
+    /// coordinator has a state and every present peer a checkpoint (peers further on go back to it,
+    /// so the run trains exactly what an uninterrupted one would; the coordinator's state is reloaded
+    /// there). Otherwise: from where the peers are (a coordinator started afresh beside running peers).
+    private func startingStep(total: Int) throws -> Int {
+        let peerSteps = presentRanks.map { resumeSteps[$0] }
+        guard resumedFromState else { return min(total, max(state.globalStep, peerSteps.max() ?? 0)) }
+        let target = min(total, state.globalStep, peerSteps.min() ?? state.globalStep)
+        if target < state.globalStep {
+            let (older, skipped) = CoordinatorState.newest(output: configuration.output, atMost: target)
+            for s in skipped { logger.warning("passed over a cohort checkpoint", metadata: ["why": "\(s)"]) }
+            // Without an older state of its own, the coordinator keeps its measurements and goes back in steps.
+            var restored = older ?? state
+            if older == nil {
+                restored.globalStep = target
+                restored.evaluatedEpochs = min(state.evaluatedEpochs, target / data.stepsPerEpoch)
+            }
+            if restored.lastEvaluation.count != configuration.peers.count {
+                restored.lastEvaluation = Array(repeating: nil, count: configuration.peers.count)
+            }
+            if restored.teacherTop1 == nil { restored.teacherTop1 = state.teacherTop1 }
+            logger.notice("going back to the step every peer has a checkpoint of",
+                          metadata: ["cohort_checkpoint_step": "\(state.globalStep)", "peer_steps": "\(peerSteps)", "step": "\(restored.globalStep)"])
+            state = restored
+            try directory.truncateHistory(afterGlobalStep: state.globalStep)
+        }
+        return state.globalStep
     }
 
     /// An epoch's end: every present peer evaluates (on the epochs `evaluation_every` names) and

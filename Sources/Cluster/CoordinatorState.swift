@@ -17,6 +17,9 @@ struct CoordinatorState: Codable, Equatable {
     var lastEvaluation: [EvaluationResult?] = []
     var ensembleTop1 = 0.0
     var ensembleTop5 = 0.0
+    /// The cohort's canonical settings when the run started (nil in states from before they were kept):
+    /// a resume with other settings is refused.
+    var settings: String?
 
     static func directory(_ output: String) -> String { output + "/coordinator" }
 
@@ -37,11 +40,12 @@ struct CoordinatorState: Codable, Equatable {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("state-") && $0.hasSuffix(".json") }.sorted()
     }
 
-    /// The newest state that reads back whole, and what was passed over (corrupt or partial files).
-    static func newest(output: String) -> (CoordinatorState?, skipped: [String]) {
+    /// The newest state (at `atMost` steps or fewer) that reads back whole, and what was passed over
+    /// (corrupt or partial files).
+    static func newest(output: String, atMost limit: Int? = nil) -> (CoordinatorState?, skipped: [String]) {
         let directory = Self.directory(output)
         var skipped: [String] = []
-        for name in files(directory).reversed() {
+        for name in files(directory).reversed() where (Int(name.dropFirst("state-".count).prefix { $0.isNumber }) ?? Int.max) <= (limit ?? Int.max) {
             let path = directory + "/" + name
             do { return (try read(path), skipped) } catch { skipped.append("\(path): \(error)") }
         }

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Glibc
 
 /// Single-machine multi-process mode (`cohort launch`): starts the coordinator and one process per
 /// peer, shares the cores among them, prefixes and merges their output, stops them all on SIGINT or
@@ -22,6 +23,8 @@ public final class Launcher {
         public var maxRestarts = 3
         /// A directory with `coordinator.key` and `peer-<rank>.key` (cohort keygen), for a secured cohort.
         public var keys: String?
+        /// Start every process with `--resume` (continue the run in the output directory).
+        public var resume = false
 
         public init(executable: String, configurationPath: String, peerCount: Int, hasTeacher: Bool, output: String?, threads: Int) {
             self.executable = executable; self.configurationPath = configurationPath; self.peerCount = peerCount
@@ -44,10 +47,21 @@ public final class Launcher {
         var settled = false
     }
 
-    /// Writes whole lines to standard error, one writer at a time.
+    /// Writes whole lines to standard error, one writer at a time. A closed standard error (the reader
+    /// of a pipe gone, `cohort launch ... | head`) loses the lines, not the run.
     private final class LineWriter: Sendable {
         private let lock = Mutex(())
-        func write(_ text: String) { lock.withLock { _ in FileHandle.standardError.write(Data(text.utf8)) } }
+        func write(_ text: String) {
+            lock.withLock { _ in
+                var bytes = Array(text.utf8)[...]
+                while !bytes.isEmpty {
+                    let written = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+                    if written < 0 && errno == EINTR { continue }
+                    guard written > 0 else { return }
+                    bytes = bytes.dropFirst(written)
+                }
+            }
+        }
     }
 
     let plan: Plan
@@ -59,13 +73,16 @@ public final class Launcher {
     /// Runs the cohort to its end. Returns the exit status: 0 when every process succeeded, the first
     /// failure's status otherwise, 128 + the signal's number when stopped by one.
     public func run() throws -> Int32 {
+        // Writing to a closed pipe must not kill the launcher (and orphan its children): it gets EPIPE.
+        signal(SIGPIPE, SIG_IGN)
         let ready = NSTemporaryDirectory() + "cohort-launch-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).json"
         defer { try? FileManager.default.removeItem(atPath: ready) }
         var common = ["--config", plan.configurationPath]
         if let out = plan.output { common += ["--out", out] }
         func key(_ name: String) -> [String] { plan.keys.map { ["--key", $0 + "/" + name + ".key"] } ?? [] }
+        let resume = plan.resume ? ["--resume"] : []
         let coordinator = try start(name: "coordinator",
-                                    ["coordinator"] + common + key("coordinator") + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready])
+                                    ["coordinator"] + common + key("coordinator") + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready] + resume)
         // The coordinator writes its endpoints once bound (with the data and teacher loaded).
         let deadline = Date() + plan.startTimeout
         var endpoints: [String: String]?
@@ -90,7 +107,7 @@ public final class Launcher {
         for rank in 0..<plan.peerCount {
             let arguments = ["peer"] + common + key("peer-\(rank)") + ["--rank", "\(rank)", "--coordinator", control,
                                                                       "--threads", "\(plan.peerThreads)"]
-            let child = try start(name: "peer \(rank)", arguments)
+            let child = try start(name: "peer \(rank)", arguments + resume)
             children[children.count - 1] = Child(name: child.name, process: child.process, arguments: arguments + ["--resume"])
         }
         return supervise()
@@ -156,6 +173,9 @@ public final class Launcher {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: plan.executable)
         process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment[LauncherChild.environmentKey] = "\(getpid())"
+        process.environment = environment
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe

@@ -124,10 +124,14 @@ public final class PeerNode {
             logger.info("no checkpoint to resume from; starting from the initial weights")
             return
         }
+        do { try configuration.checkUnchanged(since: PeerRunDirectory.cohortSettings(of: loaded)) } catch {
+            throw PeerError.resume("\(error)")
+        }
         do { try trainer.restore(weights: loaded.weights, state: loaded.state) } catch {
             throw PeerError.resume("\(loaded.path): \(error)")
         }
         done = loaded.position.globalStep
+        try directory.truncateHistory(afterGlobalStep: done)
         logger.notice("resumed", metadata: ["checkpoint": "\(loaded.path)", "global_step": "\(done)"])
     }
 
@@ -234,9 +238,7 @@ public final class PeerNode {
         guard step.epoch < configuration.epochs, step.step < spe, step.globalStep == step.epoch * spe + step.step else {
             throw PeerError.outOfStep("step \(step.step) of epoch \(step.epoch) as global step \(step.globalStep) does not fit \(configuration.epochs) epochs of \(spe) steps")
         }
-        guard step.globalStep >= done else {
-            throw PeerError.outOfStep("the coordinator is at step \(step.globalStep), this peer's state has trained \(done) steps")
-        }
+        if step.globalStep < done { try rewind(to: step.globalStep) }
         if step.globalStep > done {
             logger.warning("skipping ahead to the cohort's step", metadata: ["steps_done": "\(done)", "cohort_step": "\(step.globalStep)"])
         }
@@ -340,6 +342,7 @@ public final class PeerNode {
     /// Epoch end: test-set logits to the coordinator (on the epochs the cohort evaluates), then this peer's
     /// epoch line and checkpoint.
     private func evaluate(_ e: Message.Evaluate) throws {
+        if e.globalStep < done { try rewind(to: e.globalStep) }
         let kind = configuration.data.dataSet
         var test: EvaluationResult?
         if e.evaluatesTestSet {
@@ -358,6 +361,23 @@ public final class PeerNode {
             logger.info(Logger.Message(stringLiteral: "epoch \(e.epoch + 1)/\(configuration.epochs): checkpoint written"))
         }
         flushLogs()
+    }
+
+    /// Goes back to this peer's checkpoint at `step`: a resumed cohort continues from the newest step
+    /// every member has a checkpoint of, so that it trains exactly what an uninterrupted run would.
+    private func rewind(to step: Int) throws {
+        let (loaded, skipped) = directory.newestCheckpoint(atMost: step)
+        for s in skipped { logger.warning("passed over a checkpoint", metadata: ["why": "\(s)"]) }
+        guard let loaded, loaded.position.globalStep == step else {
+            throw PeerError.outOfStep("the cohort continues at step \(step), this peer's state has trained \(done) steps and it has no checkpoint at step \(step) to go back to")
+        }
+        do { try trainer.restore(weights: loaded.weights, state: loaded.state) } catch {
+            throw PeerError.resume("\(loaded.path): \(error)")
+        }
+        logger.notice("went back to the cohort's step", metadata: ["steps_done": "\(done)", "cohort_step": "\(step)", "checkpoint": "\(loaded.path)"])
+        done = step
+        loader = nil
+        try directory.truncateHistory(afterGlobalStep: step)
     }
 
     /// A cohort checkpoint between epoch ends.

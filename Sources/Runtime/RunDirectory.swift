@@ -33,15 +33,38 @@ public final class PeerRunDirectory {
     /// Writes a step checkpoint of `peer` at `position` (a cohort checkpoint between epoch ends).
     public func saveCheckpoint(_ peer: PeerTrainer, position: TrainingPosition, shape: [Int]) throws {
         try checkpoints.save(model: peer.model, architecture: peer.architecture.rawValue, inputShape: shape, optimizer: peer.optimizer,
-                             settings: "{\"rank\":\(peer.rank),\"model\":\"\(peer.architecture.rawValue)\"}", position: position,
-                             atEpochEnd: false, extraState: peer.lossState)
+                             settings: Self.settings(peer), position: position, atEpochEnd: false, extraState: peer.lossState)
     }
 
-    /// The newest checkpoint that reads back whole (checksums verified), and what was passed over.
-    public func newestCheckpoint() -> (CheckpointStore.Loaded?, skipped: [String]) {
+    /// The newest checkpoint that reads back whole (checksums verified) at `atMost` steps or fewer
+    /// (`nil`: any), and what was passed over.
+    public func newestCheckpoint(atMost limit: Int? = nil) -> (CheckpointStore.Loaded?, skipped: [String]) {
         var skipped: [String] = []
-        let loaded = checkpoints.newest(skipped: &skipped)
+        let loaded = checkpoints.newest(atMost: limit, skipped: &skipped)
         return (loaded, skipped)
+    }
+
+    /// The `settings` a peer's checkpoints record: its rank, its model and the cohort's canonical
+    /// settings (compared on resume, so that a run cannot drift to other settings).
+    static func settings(_ peer: PeerTrainer) -> String {
+        let object: [String: Any] = ["rank": peer.rank, "model": peer.architecture.rawValue,
+                                     "cohort_settings": peer.configuration.canonicalSettings]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The cohort's canonical settings a checkpoint's `settings` recorded (nil for checkpoints from
+    /// before they were recorded).
+    public static func cohortSettings(of loaded: CheckpointStore.Loaded) -> String? {
+        guard let json = loaded.settings,
+              let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return nil }
+        return object["cohort_settings"] as? String
+    }
+
+    /// Cuts this peer's metrics after `globalStep` (a resume from a checkpoint there).
+    public func truncateHistory(afterGlobalStep globalStep: Int) throws {
+        try metrics.truncate(afterGlobalStep: globalStep)
+        running = [:]; seen = 0
     }
 
     /// Ends an epoch: writes its line with `test` (`nil`: an epoch the cohort does not evaluate) and the
@@ -53,8 +76,7 @@ public final class PeerRunDirectory {
         metrics.write(line)
         running = [:]; seen = 0
         try checkpoints.save(model: peer.model, architecture: peer.architecture.rawValue, inputShape: shape, optimizer: peer.optimizer,
-                             settings: "{\"rank\":\(peer.rank),\"model\":\"\(peer.architecture.rawValue)\"}", position: position,
-                             atEpochEnd: true, extraState: peer.lossState)
+                             settings: Self.settings(peer), position: position, atEpochEnd: true, extraState: peer.lossState)
     }
 }
 
@@ -73,6 +95,11 @@ public final class CohortRunDirectory {
     /// Records which peers took part in a step (`globalStep` counts the step itself).
     public func recordStep(_ globalStep: Int, present: [Int]) {
         metrics.write(["kind": "step", "global_step": globalStep, "present": present])
+    }
+
+    /// Cuts the cohort's metrics after `globalStep` (a resume from a checkpoint there).
+    public func truncateHistory(afterGlobalStep globalStep: Int) throws {
+        try metrics.truncate(afterGlobalStep: globalStep)
     }
 
     public func recordEpoch(_ epoch: Int, globalStep: Int, evaluation: CohortEvaluation, seconds: Double) {

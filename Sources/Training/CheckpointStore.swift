@@ -86,9 +86,12 @@ public struct CheckpointStore {
         if !atEpochEnd { removeOlderStepCheckpoints(keeping: name) }
     }
 
+    /// Keeps the two newest step checkpoints (`name` and the one before): a resumed cohort may go back
+    /// one checkpoint to the step every member reached.
     private func removeOlderStepCheckpoints(keeping name: String) {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for file in files where file.hasPrefix("step-") && !file.hasPrefix(name) {
+        let names = Set(files.filter { $0.hasPrefix("step-") }.map { String($0.prefix { $0 != "." }) }).filter { $0 <= name }.sorted()
+        for file in files where file.hasPrefix("step-") && names.dropLast(2).contains(String(file.prefix { $0 != "." })) {
             try? FileManager.default.removeItem(atPath: directory + "/" + file)
         }
     }
@@ -108,7 +111,10 @@ public struct CheckpointStore {
     /// A checkpoint whose weights file exists is complete — its state file is written before it — so a
     /// crash between a checkpoint and the update of `last` loses nothing. `skipped` collects what was
     /// passed over and why (missing, corrupt or partial files).
-    public func newest(skipped: inout [String]) -> Loaded? {
+    public func newest(skipped: inout [String]) -> Loaded? { newest(atMost: nil, skipped: &skipped) }
+
+    /// The newest usable checkpoint at `atMost` steps or fewer (`nil`: any), as ``newest(skipped:)``.
+    public func newest(atMost limit: Int?, skipped: inout [String]) -> Loaded? {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         let named = files.filter { ($0.hasPrefix("epoch-") || $0.hasPrefix("step-")) && $0.hasSuffix(".safetensors")
             && !$0.hasSuffix(".state.safetensors") }.sorted()
@@ -122,7 +128,7 @@ public struct CheckpointStore {
                 skipped.append("\(path): \(error)")
             }
         }
-        for candidate in candidates.sorted(by: { ($0.step, -$0.order) > ($1.step, -$1.order) }) {
+        for candidate in candidates.sorted(by: { ($0.step, -$0.order) > ($1.step, -$1.order) }) where candidate.step <= (limit ?? Int.max) {
             do {
                 return try load(candidate.path)
             } catch {

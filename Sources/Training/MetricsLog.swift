@@ -33,5 +33,27 @@ public final class MetricsLog {
         }
     }
 
+    /// Cuts the log before its first line past `globalStep` (a line whose `global_step` is larger), so
+    /// that a run resumed from a checkpoint at `globalStep` continues a single, monotone history instead
+    /// of appending a second one. Lines without a `global_step` before that point are kept. Returns how
+    /// many lines were removed.
+    @discardableResult
+    public func truncate(afterGlobalStep globalStep: Int) throws -> Int {
+        let content = (try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data()
+        var offset = 0, cut: Int?
+        var removed = 0
+        for line in content.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+            defer { offset += line.count + 1 }
+            guard !line.isEmpty else { continue }
+            let step = (try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any])?["global_step"] as? Int
+            if cut == nil, let step, step > globalStep { cut = offset }
+            if cut != nil { removed += 1 }
+        }
+        guard let cut else { return 0 }
+        try handle.truncate(atOffset: UInt64(cut))
+        handle.seekToEndOfFile()
+        return removed
+    }
+
     deinit { try? handle.close() }
 }

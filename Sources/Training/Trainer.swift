@@ -68,9 +68,12 @@ public final class Trainer {
 
     /// Trains to the last epoch and writes `metrics.jsonl`, checkpoints and `summary.json`.
     ///
-    /// - Parameter resume: continue from the newest checkpoint in the output directory.
+    /// - Parameter resume: continue from the newest checkpoint in the output directory (its metrics are
+    ///   cut back to the checkpoint's step, so they stay one history).
+    /// - Throws: ``RunLock/Held`` when another process writes the output directory.
     public func run(resume: Bool, progress: ProgressReporter = ProgressReporter()) throws -> RunSummary {
-        try FileManager.default.createDirectory(atPath: outputDirectory, withIntermediateDirectories: true)
+        let lock = try RunLock(directory: outputDirectory, role: "train", what: "cohort train")
+        defer { withExtendedLifetime(lock) {} }
         var position = TrainingPosition(epoch: 0, stepInEpoch: 0, globalStep: 0, elapsedSeconds: 0)
         var resumedFrom: Int?
         if resume {
@@ -93,7 +96,10 @@ public final class Trainer {
         }
         try AtomicFile.write(Data(options.json().utf8), to: outputDirectory + "/options.json")
         let metrics = try MetricsLog(path: outputDirectory + "/metrics.jsonl")
-        if let resumedFrom { metrics.write(["kind": "resume", "global_step": resumedFrom]) }
+        if let resumedFrom {
+            try metrics.truncate(afterGlobalStep: resumedFrom)
+            metrics.write(["kind": "resume", "global_step": resumedFrom])
+        }
 
         let started = Date()
         let previousSeconds = position.elapsedSeconds

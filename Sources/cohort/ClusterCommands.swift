@@ -3,6 +3,7 @@ import Foundation
 import Tensors
 import Data
 import Runtime
+import Training
 import Cluster
 import Wire
 
@@ -32,6 +33,10 @@ func reportingErrors(_ config: String, _ body: () throws -> Void) throws {
     } catch let error as SecurityError {
         throw CLIError(message: "\(error)")
     } catch let error as DivergenceError {
+        throw CLIError(message: "\(error)")
+    } catch let error as ResumeError {
+        throw CLIError(message: "\(error)")
+    } catch let error as RunLock.Held {
         throw CLIError(message: "\(error)")
     }
 }
@@ -64,6 +69,13 @@ struct CoordinatorCommand: ParsableCommand {
         if let stream { configuration.network.stream = stream }
         if FileManager.default.fileExists(atPath: configuration.output + "/summary.json") {
             throw CLIError(message: "\(configuration.output) already holds a finished cohort run; choose another output")
+        }
+        guard LauncherChild.bindToLauncher() else { throw ExitCode(StopSignal.exitStatus(SIGTERM)) }
+        let lock = try holding { try RunLock(directory: configuration.output, role: "coordinator", what: "cohort coordinator") }
+        defer { withExtendedLifetime(lock) {} }
+        if !resume, case .unfinished(let step) = ExistingRun.inspectCoordinator(configuration.output) {
+            throw CLIError(message: "\(configuration.output) holds a cohort run's coordinator state\(step.map { " (step \($0))" } ?? ""); "
+                           + "continue it with --resume, or choose another output")
         }
         Parallelism.setThreadCount(threads)
         StopSignal.install()
@@ -102,6 +114,14 @@ struct PeerCommand: ParsableCommand {
         let endpoint = coordinator ?? configuration.network.coordinator
         guard !endpoint.contains("://*:"), !endpoint.contains("://0.0.0.0:") else {
             throw ValidationError("--coordinator: give the coordinator's address, e.g. tcp://HOST:PORT (network.coordinator is \(endpoint))")
+        }
+        guard LauncherChild.bindToLauncher() else { throw ExitCode(StopSignal.exitStatus(SIGTERM)) }
+        let directory = configuration.output + "/peer-\(rank)"
+        let lock = try holding { try RunLock(directory: directory, role: "peer", what: "cohort peer --rank \(rank)") }
+        defer { withExtendedLifetime(lock) {} }
+        if !resume, case .unfinished(let step) = ExistingRun.inspectPeer(configuration.output, rank: rank) {
+            throw CLIError(message: "\(directory) holds this peer's checkpoints\(step.map { " (step \($0))" } ?? ""); "
+                           + "continue with --resume, or choose another output")
         }
         Parallelism.setThreadCount(threads)
         StopSignal.install()

@@ -3,6 +3,7 @@ import Foundation
 import Tensors
 import Data
 import Runtime
+import Training
 import Cluster
 
 /// `cohort launch`: runs a cohort described by a YAML file on this machine.
@@ -16,6 +17,11 @@ struct LaunchCommand: ParsableCommand {
             them all. With --transport inproc every peer runs in this process. The configuration's keys are \
             in docs/configuration.md. Writes OUTPUT/summary.json, OUTPUT/metrics.jsonl, OUTPUT/stream.jsonl \
             (zmq) and per peer OUTPUT/peer-<rank>/metrics.jsonl and checkpoints/.
+
+            An output directory that holds a run is never overwritten: continue an interrupted run with \
+            --resume (every process from the cohort's newest checkpoint, with the settings it started with), \
+            or pass --fresh to move the old run aside (OUTPUT.old-N) and start over. One launch per output \
+            directory at a time.
             """)
 
     @Option(help: "The cohort's YAML configuration.") var config: String
@@ -24,22 +30,59 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Cores to use (shared among the processes with zmq).") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Restarts allowed per process after a crash (each resumes from its newest checkpoint).") var maxRestarts = 3
     @Option(help: "Directory with coordinator.key and peer-<rank>.key (cohort keygen), for a secured cohort.") var keys: String?
+    @Flag(help: "Continue the run in the output directory from the cohort's newest checkpoint.") var resume = false
+    @Flag(help: "Move a run already in the output directory aside (to OUTPUT.old-N) and start a new one.") var fresh = false
 
     func validate() throws {
         guard ["zmq", "inproc"].contains(transport) else { throw ValidationError("--transport \(transport): zmq or inproc") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
+        guard !(resume && fresh) else { throw ValidationError("--resume continues the run in the output directory, --fresh moves it aside: choose one") }
+    }
+
+    /// The command that continues this launch (printed when it is interrupted).
+    var resumeCommand: String {
+        var words = ["cohort", "launch", "--config", config]
+        if transport != "zmq" { words += ["--transport", transport] }
+        if let out { words += ["--out", out] }
+        if let keys { words += ["--keys", keys] }
+        return words.map { $0.contains(" ") ? "'\($0)'" : $0 }.joined(separator: " ") + " --resume"
     }
 
     func run() throws {
         let configuration = try loadConfiguration(config, out: out)
-        if FileManager.default.fileExists(atPath: configuration.output + "/summary.json") {
-            throw CLIError(message: "\(configuration.output) already holds a finished cohort run; choose another output")
+        let output = configuration.output
+        // One launch per output directory; then nothing in it is overwritten.
+        var lock = try holding { try RunLock(directory: output, role: "launch", what: "cohort launch") }
+        switch ExistingRun.inspect(output) {
+        case .none:
+            break
+        case .finished where !fresh:
+            throw CLIError(message: "\(output) holds a finished cohort run; choose another output (--out), or pass --fresh to move it aside and start over")
+        case .unfinished(let step) where !fresh && !resume:
+            let at = step.map { " (checkpoint at step \($0) of \(configuration.epochs) epochs)" } ?? ""
+            throw CLIError(message: "\(output) holds an unfinished cohort run\(at); continue it with: \(resumeCommand)\n"
+                           + "or pass --fresh to move it aside (to \(output).old-N) and start over")
+        default:
+            if fresh {
+                let moved = try ExistingRun.moveAside(output)
+                printError("moved the previous run in \(output) to \(moved)")
+            }
         }
+        if fresh { lock = try holding { try RunLock(directory: output, role: "launch", what: "cohort launch") } }
         if transport == "inproc" {
             Parallelism.setThreadCount(threads)
-            try reportingErrors(config) {
-                printSummary(try InProcessCohort(configuration: configuration).run(), output: configuration.output)
+            StopSignal.install()
+            let locks = try holding { try inProcessLocks(configuration) }
+            defer { withExtendedLifetime((lock, locks)) {} }
+            do {
+                try reportingErrors(config) {
+                    printSummary(try InProcessCohort(configuration: configuration).run(resume: resume, shouldStop: { StopSignal.current != nil }),
+                                 output: output)
+                }
+            } catch let stopped as CohortStopped {
+                printError("\(stopped); continue with: \(resumeCommand)")
+                throw ExitCode(StopSignal.exitStatus(StopSignal.current ?? SIGINT))
             }
             return
         }
@@ -48,7 +91,31 @@ struct LaunchCommand: ParsableCommand {
                                  hasTeacher: configuration.teacher != nil, output: out, threads: threads)
         plan.maxRestarts = maxRestarts
         plan.keys = keys
+        plan.resume = resume
         let status = try Launcher(plan: plan).run()
+        withExtendedLifetime(lock) {}
+        if let signal = StopSignal.current {
+            printError("[launch] stopped by signal \(signal); continue with: \(resumeCommand)")
+        }
         if status != 0 { throw ExitCode(status) }
     }
+
+    /// The in-process cohort writes every part of the directory: it holds the coordinator's lock and every peer's.
+    private func inProcessLocks(_ configuration: CohortConfiguration) throws -> [RunLock] {
+        try [RunLock(directory: configuration.output, role: "coordinator", what: "cohort launch --transport inproc")]
+            + configuration.peers.indices.map {
+                try RunLock(directory: configuration.output + "/peer-\($0)", role: "peer", what: "cohort launch --transport inproc")
+            }
+    }
+}
+
+/// Runs `body`, turning a directory in use into a one-line error.
+func holding<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let held as RunLock.Held { throw CLIError(message: "\(held)") }
+}
+
+/// Writes a line to standard error (a closed one is ignored).
+func printError(_ text: String) {
+    let line = text + "\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
 }

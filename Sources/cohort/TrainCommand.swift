@@ -100,6 +100,8 @@ struct TrainCommand: ParsableCommand {
             throw CLIError(message: "\(error)")
         } catch let error as TrainingError {
             throw CLIError(message: "\(error)")
+        } catch let error as RunLock.Held {
+            throw CLIError(message: "\(error)")
         }
     }
 }

@@ -206,3 +206,37 @@ func scratchDirectory(_ name: String) -> String {
         }
     }
 }
+
+/// One writer per run directory, and logs cut back to a resumed checkpoint's step (issue 16).
+@Suite struct RunDirectorySafetyTests {
+    @Test func aSecondWriterIsRefusedWithTheHoldersPID() throws {
+        let directory = scratchDirectory("lock")
+        var first: RunLock? = try RunLock(directory: directory, role: "train", what: "a test")
+        do {
+            _ = try RunLock(directory: directory, role: "train", what: "another")
+            Issue.record("the second lock was granted")
+        } catch let held as RunLock.Held {
+            #expect(held.holder.hasPrefix("PID \(getpid()) on ") && held.holder.hasSuffix("(a test)"), "\(held)")
+        }
+        _ = try RunLock(directory: directory, role: "peer", what: "another role")  // other parts of the directory are free
+        withExtendedLifetime(first) {}
+        first = nil
+        _ = try RunLock(directory: directory, role: "train", what: "after release")
+    }
+
+    @Test func metricsAreCutBackToTheResumedStep() throws {
+        let directory = scratchDirectory("truncate")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let log = try MetricsLog(path: directory + "/metrics.jsonl")
+        for step in 1...5 { log.write(["kind": "step", "global_step": step]) }
+        log.write(["kind": "epoch", "global_step": 5])
+        log.write(["kind": "step", "global_step": 6])
+        #expect(try log.truncate(afterGlobalStep: 5) == 1)
+        log.write(["kind": "step", "global_step": 6])
+        #expect(try log.truncate(afterGlobalStep: 3) == 4)
+        let steps = try String(contentsOfFile: directory + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.compactMap { $0["global_step"] as? Int }
+        #expect(steps == [1, 2, 3])
+        #expect(try log.truncate(afterGlobalStep: 10) == 0)
+    }
+}
