@@ -47,6 +47,7 @@ def parse(argv=None):
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--eval-batch", type=int, default=500)
+    ap.add_argument("--eval-every", type=int, default=1, help="epochs between test-set evaluations (the last always), as Cohort's evaluation_every")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="result.json")
     # the official repositories (clones)
@@ -779,6 +780,8 @@ def main(argv=None):
                 for k in names:
                     per_net[i][k].append(sig(logs[i].get(k)))
             step += 1
+        if (epoch + 1) % a.eval_every != 0 and epoch + 1 != a.epochs:
+            continue
         tops, ensemble_top1 = evaluate(nets, test_x, test_y, a.eval_batch)
         for i, t in enumerate(tops):
             test_curves[i].append(t)
