@@ -57,6 +57,8 @@ public final class Coordinator {
     let context: ZMQContext
     let control: ProtocolSocket
     let zap: ZAPHandler?
+    /// Logs CURVE handshakes on the control socket that fail before ZAP (a client without CURVE, a wrong server key).
+    let handshakes: HandshakeMonitor?
     let keys: CohortKeys?
     let data: CohortData
     let teacher: TeacherRunner?
@@ -65,6 +67,8 @@ public final class Coordinator {
     private var members: [[UInt8]?]
     private var hosts: [String]
     private var lastHeard: [Date]
+    /// Each member's admission token (``Message/Welcome/session``): only heartbeats that carry it count.
+    private var sessions: [Int?]
     private var resumeSteps: [Int]
     private var statuses: [PeerStatus?]
     private var state = CoordinatorState()
@@ -86,6 +90,7 @@ public final class Coordinator {
         members = Array(repeating: nil, count: n)
         hosts = Array(repeating: "?", count: n)
         lastHeard = Array(repeating: Date(), count: n)
+        sessions = Array(repeating: nil, count: n)
         resumeSteps = Array(repeating: 0, count: n)
         statuses = Array(repeating: nil, count: n)
         state.lastEvaluation = Array(repeating: nil, count: n)
@@ -131,6 +136,9 @@ public final class Coordinator {
         if let keys {
             try socket.makeCurveServer(secretKey: keys.own.secretKey)
             try socket.setZAPDomain(ZAPHandler.controlDomain)
+            handshakes = try HandshakeMonitor(socket: socket, name: "control", logger: logger)
+        } else {
+            handshakes = nil
         }
         try socket.bind(network.coordinator)
         controlEndpoint = socket.lastEndpoint
@@ -139,7 +147,7 @@ public final class Coordinator {
         teacher = try configuration.teacher.map { try TeacherRunner(settings: $0, dataSet: configuration.data.dataSet) }
     }
 
-    deinit { zap?.stop() }
+    deinit { zap?.stop(); handshakes?.stop() }
 
     /// Whether `endpoint` is reachable from this host only (loopback or IPC).
     static func isLocal(_ endpoint: String) -> Bool {
@@ -246,19 +254,23 @@ public final class Coordinator {
             return nil
         case .message(.heartbeat(let beat), let identity, let user):
             guard let rank = beat.rank, configuration.peers.indices.contains(rank), keys == nil || user == "peer-\(rank)" else {
-                logger.warning("dropped a heartbeat that does not come from the rank it names",
-                               metadata: ["rank": "\(beat.rank.map(String.init) ?? "none")", "user": "\(user ?? "none")"])
+                control.warnings.warn(logger, sender: ProtocolSocket.describe(identity), "dropped a heartbeat that does not come from the rank it names",
+                                      metadata: ["rank": "\(beat.rank.map(String.init) ?? "none")", "user": "\(user ?? "none")",
+                                                 "from": "\(ProtocolSocket.describe(identity))"])
                 return nil
             }
             // Answered for members only: a peer this coordinator has not admitted (it was marked absent, or
             // this is a restarted coordinator) hears nothing, concludes it lost the coordinator, and rejoins.
             guard membership[rank] != .absent else { return nil }
-            lastHeard[rank] = Date()
+            // Only beats that vouch for the member's current connection keep it alive: not those of a
+            // process whose rank was taken over, nor of one still joining.
+            if sessions[rank] == nil || beat.session == sessions[rank] { lastHeard[rank] = Date() }
             try? control.send(.heartbeat(.init(rank: nil, sequence: beat.sequence)), to: identity!)
             return nil
         case .message(let message, let identity, _):
             guard let rank = rank(of: identity!) else {
-                logger.warning("dropped a message from an unknown sender", metadata: ["type": "\(message.type)", "from": "\(ProtocolSocket.describe(identity))"])
+                control.warnings.warn(logger, sender: ProtocolSocket.describe(identity), "dropped a message from an unknown sender",
+                                      metadata: ["type": "\(message.type)", "from": "\(ProtocolSocket.describe(identity))"])
                 return nil
             }
             lastHeard[rank] = Date()
@@ -296,13 +308,27 @@ public final class Coordinator {
             reason = "this connection's key is not peer \(r)'s"
         }
         if let reason {
-            logger.warning("refused a peer", metadata: ["rank": "\(r)", "host": "\(hello.host ?? "?")", "reason": "\(reason)"])
+            control.warnings.warn(logger, sender: ProtocolSocket.describe(identity), "refused a peer",
+                                  metadata: ["rank": "\(r)", "host": "\(hello.host ?? "?")", "reason": "\(reason)", "from": "\(ProtocolSocket.describe(identity))"])
             try? control.send(.welcome(.init(accepted: false, reason: reason)), to: identity)
             return
         }
         if members[r] == identity && membership[r] != .absent {
-            try? control.send(.welcome(.init(accepted: true)), to: identity)  // a repeated hello
+            try? control.send(.welcome(.init(accepted: true, session: sessions[r])), to: identity)  // a repeated hello
             return
+        }
+        if membership[r] != .absent, let old = members[r] {
+            // A rank held by a live connection is taken over only by a hello that proves to be that rank
+            // (its CURVE key); otherwise once the holder has been silent for heartbeat_timeout. The
+            // hello is not answered meanwhile: a legitimately restarted peer keeps saying it.
+            let silent = Date().timeIntervalSince(lastHeard[r])
+            guard keys != nil || silent > configuration.network.heartbeatTimeout else {
+                control.warnings.warn(logger, sender: ProtocolSocket.describe(identity), "ignored a hello for rank \(r): a live connection holds it",
+                                      metadata: ["host": "\(HeaderBounds.clipped(hello.host ?? "?"))", "holder_heard_seconds_ago": "\(Int(silent))",
+                                                 "from": "\(ProtocolSocket.describe(identity))"])
+                return
+            }
+            try? control.send(.shutdown(.init(reason: "rank \(r) was taken over by a new connection")), to: old)
         }
         if membership[r] != .absent {
             logger.warning("peer \(r) joined again from a new connection; the old one is dropped\(training ? " and it rejoins at the next step" : "")",
@@ -315,7 +341,8 @@ public final class Coordinator {
         hosts[r] = hello.host ?? "?"
         lastHeard[r] = Date()
         resumeSteps[r] = hello.resumeStep ?? 0
-        do { try control.send(.welcome(.init(accepted: true)), to: identity) } catch {
+        sessions[r] = Int.random(in: 1...Int.max)
+        do { try control.send(.welcome(.init(accepted: true, session: sessions[r])), to: identity) } catch {
             markAbsent(r, "unreachable: \(error)")
             return
         }
@@ -327,7 +354,7 @@ public final class Coordinator {
     private func refuseStranger(_ error: WireError, identity: [UInt8]) {
         guard case .configuration(let expected, let found) = error else { return }
         try? control.send(.welcome(.init(accepted: false, reason:
-            "configuration digest \(found) differs from this cohort's \(expected): start every process with the same configuration file")),
+            "configuration digest \(HeaderBounds.clipped(found)) differs from this cohort's \(expected): start every process with the same configuration file")),
                           to: identity)
     }
 
@@ -338,6 +365,7 @@ public final class Coordinator {
         guard membership[rank] != .absent else { return }
         membership[rank] = .absent
         members[rank] = nil
+        sessions[rank] = nil
         let present = membership.indices.filter { membership[$0] != .absent }
         logger.error("peer \(rank) is absent: \(why); the cohort goes on with peer(s) \(present.map(String.init).joined(separator: ", "))",
                      metadata: ["rank": "\(rank)"])

@@ -10,6 +10,17 @@ final class HeartbeatThread: Sendable {
     private let flags = ThreadFlags()
     /// When the coordinator last answered (milliseconds since 1970).
     private let lastAnswer = Clock()
+    /// The session of the peer's current admission.
+    private let currentSession = Session()
+
+    /// A session token shared with the beating thread; 0 while there is none.
+    final class Session: Sendable {
+        private let token = Atomic<Int>(0)
+        var value: Int? {
+            get { let s = token.load(ordering: .relaxed); return s == 0 ? nil : s }
+            set { token.store(newValue ?? 0, ordering: .relaxed) }
+        }
+    }
 
     final class Clock: Sendable {
         private let milliseconds = Atomic<Int64>(Int64(Date().timeIntervalSince1970 * 1000))
@@ -25,7 +36,7 @@ final class HeartbeatThread: Sendable {
         if let keys { try socket.makeCurveClient(serverKey: keys.coordinator, keys: keys.own) }
         try socket.connect(endpoint)
         let box = SocketBox(socket)
-        let thread = Thread { [flags, lastAnswer] in
+        let thread = Thread { [flags, lastAnswer, currentSession] in
             defer { flags.finish() }
             guard let socket = box.take() else { return }
             var sequence = 0
@@ -33,7 +44,8 @@ final class HeartbeatThread: Sendable {
             while !flags.stopRequested {
                 if Date() >= next {
                     // A full queue (coordinator unreachable) drops the beat: nothing piles up.
-                    try? socket.send(codec.encode(.heartbeat(.init(rank: rank, sequence: sequence))), dontWait: true)
+                    try? socket.send(codec.encode(.heartbeat(.init(rank: rank, sequence: sequence, session: currentSession.value))),
+                                     dontWait: true)
                     sequence += 1
                     next = Date() + interval
                 }
@@ -55,6 +67,13 @@ final class HeartbeatThread: Sendable {
 
     /// Counts the coordinator as heard from now (after a (re)join).
     func touch() { lastAnswer.touch() }
+
+    /// The admission the beats vouch for (``Message/Welcome/session``); nil while (re)joining, so that a
+    /// connection this peer has left stops counting as alive.
+    var session: Int? {
+        get { currentSession.value }
+        set { currentSession.value = newValue }
+    }
 
     func stop() { flags.stopAndWait() }
 }

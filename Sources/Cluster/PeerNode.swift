@@ -171,6 +171,7 @@ public final class PeerNode {
                 guard w.accepted else { throw PeerError.refused(reason: w.reason ?? "no reason given") }
                 lastHeard = Date()
                 heartbeat?.touch()
+                heartbeat?.session = w.session
                 logger.info("joined the cohort")
                 flushLogs()
                 return
@@ -187,6 +188,7 @@ public final class PeerNode {
     /// After losing the coordinator: a fresh connection (nothing stale queued), then hello again.
     private func rejoin(_ why: String) throws {
         logger.warning("lost the coordinator; rejoining", metadata: ["why": "\(why)", "steps_done": "\(done)"])
+        heartbeat?.session = nil  // the beats stop vouching for the connection left behind
         socket = try Self.connect(context: context, endpoint: coordinatorEndpoint, codec: codec, keys: keys,
                                   timeout: configuration.network.timeout, logger: logger)
         try join()

@@ -13,6 +13,8 @@ final class ProtocolSocket {
     let routed: Bool
     /// Messages dropped because they failed validation.
     private(set) var rejected = 0
+    /// Warnings about dropped messages, rate-limited per sender.
+    let warnings = RateLimitedWarnings()
 
     init(_ socket: ZMQSocket, codec: WireCodec, logger: Logger, routed: Bool) {
         self.socket = socket; self.codec = codec; self.logger = logger; self.routed = routed
@@ -52,7 +54,8 @@ final class ProtocolSocket {
             return .message(try codec.decode(frames), from: identity, user: received.userID)
         } catch let error as WireError {
             rejected += 1
-            logger.warning("dropped a malformed message", metadata: ["reason": "\(error)", "from": "\(ProtocolSocket.describe(identity))"])
+            let sender = ProtocolSocket.describe(identity)
+            warnings.warn(logger, sender: sender, "dropped a malformed message", metadata: ["reason": "\(error)", "from": "\(sender)"])
             return .invalid(error, from: identity)
         }
     }

@@ -73,6 +73,40 @@ public struct CohortKeys: Sendable {
     }
 }
 
+/// Logs the CURVE handshakes that fail before the ZAP handler is asked — a client without CURVE, one
+/// holding the wrong server key, a garbled handshake — with the remote address, from ZeroMQ's socket
+/// monitor, rate-limited per address. (Denials of unknown keys are the ZAP handler's to log.)
+public final class HandshakeMonitor: Sendable {
+    private let flags = ThreadFlags()
+
+    /// Starts watching `socket` (a CURVE server) on a thread of its own; `name` tells the sockets apart.
+    public init(socket: ZMQSocket, name: String, logger: Logger) throws {
+        let endpoint = "inproc://cohort-handshakes-\(name)"
+        try socket.monitor(endpoint, events: SocketEvent.handshakeFailedNoDetail | SocketEvent.handshakeFailedProtocol)
+        let pair = try ZMQSocket(socket.context, type: .pair)
+        try pair.setLinger(milliseconds: 0)
+        try pair.connect(endpoint)
+        let box = SocketBox(pair)
+        let thread = Thread { [flags] in
+            defer { flags.finish() }
+            guard let pair = box.take() else { return }
+            let warnings = RateLimitedWarnings()
+            while !flags.stopRequested {
+                guard (try? pair.waitForMessage(milliseconds: 100)) == true else { continue }
+                while let frames = try? pair.receive(dontWait: true), let event = SocketEvent(frames: frames) {
+                    let problem = event.event == SocketEvent.handshakeFailedProtocol ? event.handshakeProblem : "no detail"
+                    warnings.warn(logger, sender: event.address, "CURVE handshake failed: \(problem)",
+                                  metadata: ["address": "\(event.address)", "socket": "\(name)"])
+                }
+            }
+        }
+        thread.name = "cohort-handshakes"
+        thread.start()
+    }
+
+    public func stop() { flags.stopAndWait() }
+}
+
 /// The coordinator's ZAP handler (ZeroMQ's authentication protocol, RFC 27): for every CURVE connection
 /// to a socket of the coordinator's context it admits the configured keys and denies everything else,
 /// logging each denial with the remote address.

@@ -18,7 +18,7 @@ public enum WireError: Error, Equatable, CustomStringConvertible {
         case .signature: "the first frame is not the Cohort protocol signature"
         case .header(let why): "bad header: \(why)"
         case .version(let v): "protocol version \(v), this side speaks \(WireCodec.version)"
-        case .configuration(let expected, let found): "configuration digest \(found) differs from this cohort's \(expected)"
+        case .configuration(let expected, let found): "configuration digest \(HeaderBounds.clipped(found)) differs from this cohort's \(expected)"
         case .unknownType(let t): "unknown message type \"\(t)\""
         case .tensor(let why): "bad tensor frame: \(why)"
         case .tooLarge(let bytes, let limit): "message of \(bytes) bytes exceeds the limit of \(limit)"
@@ -116,9 +116,10 @@ public struct WireCodec: Sendable {
         guard total <= maximumBytes else { throw WireError.tooLarge(bytes: total, limit: maximumBytes) }
         guard frames.count >= 2 else { throw WireError.frameCount(frames.count) }
         guard frames[0] == Self.signature else { throw WireError.signature }
+        try HeaderBounds.check(frames[1])
         let header: Preamble
         do { header = try Self.decoder.decode(Preamble.self, from: Data(frames[1])) } catch {
-            throw WireError.header("not the expected JSON (\(error))")
+            throw WireError.header("not the expected JSON (\(Self.summary(of: error)))")
         }
         guard header.version == Self.version else { throw WireError.version(header.version) }
         guard header.digest == digest else { throw WireError.configuration(expected: digest, found: header.digest) }
@@ -127,7 +128,8 @@ public struct WireCodec: Sendable {
         }
         var tensors: [TensorPayload] = []
         for (descriptor, frame) in zip(header.tensors, frames.dropFirst(2)) {
-            guard descriptor.dtype == "F32" else { throw WireError.tensor("\(descriptor.name): dtype \(descriptor.dtype), expected F32") }
+            try HeaderBounds.field("a tensor name", descriptor.name, limit: HeaderBounds.maximumNameBytes)
+            guard descriptor.dtype == "F32" else { throw WireError.tensor("\(descriptor.name): dtype \(HeaderBounds.clipped(descriptor.dtype)), expected F32") }
             guard descriptor.shape.allSatisfy({ $0 >= 0 }), descriptor.shape.count <= 8 else {
                 throw WireError.tensor("\(descriptor.name): bad shape \(descriptor.shape)")
             }
@@ -146,15 +148,24 @@ public struct WireCodec: Sendable {
         }
         func body<T: Codable>(_ type: T.Type) throws -> T {
             do { return try Self.decoder.decode(Header<T>.self, from: Data(frames[1])).body } catch {
-                throw WireError.header("\(header.type) body: \(error)")
+                throw WireError.header("\(header.type) body: \(Self.summary(of: error))")
             }
         }
         func noTensors() throws {
             guard tensors.isEmpty else { throw WireError.tensor("\(header.type) carries no tensors, got \(tensors.count)") }
         }
         switch header.type {
-        case "hello": try noTensors(); return .hello(try body(Message.Hello.self))
-        case "welcome": try noTensors(); return .welcome(try body(Message.Welcome.self))
+        case "hello":
+            try noTensors()
+            let hello = try body(Message.Hello.self)
+            try HeaderBounds.field("hello.model", hello.model, limit: HeaderBounds.maximumNameBytes)
+            try HeaderBounds.field("hello.host", hello.host, limit: HeaderBounds.maximumHostBytes)
+            return .hello(hello)
+        case "welcome":
+            try noTensors()
+            let welcome = try body(Message.Welcome.self)
+            try HeaderBounds.field("welcome.reason", welcome.reason, limit: HeaderBounds.maximumReasonBytes)
+            return .welcome(welcome)
         case "step": return .step(try body(Message.Step.self), teacher: tensors)
         case "outputs": return .outputs(try body(Message.StepOutputs.self), tensors: tensors)
         case "others": return .others(try body(Message.Others.self), tensors: tensors)
@@ -163,8 +174,26 @@ public struct WireCodec: Sendable {
         case "evaluation": return .evaluation(try body(Message.Evaluation.self), tensors: tensors)
         case "log": try noTensors(); return .log(try body(Message.LogBatch.self))
         case "heartbeat": try noTensors(); return .heartbeat(try body(Message.Heartbeat.self))
-        case "shutdown": try noTensors(); return .shutdown(try body(Message.Shutdown.self))
-        default: throw WireError.unknownType(header.type)
+        case "shutdown":
+            try noTensors()
+            let shutdown = try body(Message.Shutdown.self)
+            try HeaderBounds.field("shutdown.reason", shutdown.reason, limit: HeaderBounds.maximumReasonBytes)
+            return .shutdown(shutdown)
+        default: throw WireError.unknownType(HeaderBounds.clipped(header.type))
+        }
+    }
+
+    /// A decoding error without the sender's values: what was wrong and where (a coding path), short.
+    static func summary(of error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, let context):
+            return "missing \(HeaderBounds.clipped((context.codingPath + [key]).map(\.stringValue).joined(separator: ".")))"
+        case DecodingError.typeMismatch(let type, let context), DecodingError.valueNotFound(let type, let context):
+            return "\(HeaderBounds.clipped(context.codingPath.map(\.stringValue).joined(separator: "."))) is not a \(type)"
+        case DecodingError.dataCorrupted(let context):
+            return "malformed at \(HeaderBounds.clipped(context.codingPath.map(\.stringValue).joined(separator: ".")))"
+        default:
+            return "malformed"
         }
     }
 }

@@ -40,7 +40,12 @@ public enum Message: Sendable, Equatable {
     public struct Welcome: Codable, Sendable, Equatable {
         public let accepted: Bool
         public let reason: String?
-        public init(accepted: Bool, reason: String? = nil) { self.accepted = accepted; self.reason = reason }
+        /// A token naming this admission: the peer's heartbeats carry it, so that they vouch for this
+        /// connection only (not for one that replaced it). Absent from older coordinators.
+        public let session: Int?
+        public init(accepted: Bool, reason: String? = nil, session: Int? = nil) {
+            self.accepted = accepted; self.reason = reason; self.session = session
+        }
     }
     public struct Step: Codable, Sendable, Equatable {
         public let epoch: Int
@@ -96,7 +101,9 @@ public enum Message: Sendable, Equatable {
     public struct Heartbeat: Codable, Sendable, Equatable {
         public let rank: Int?
         public let sequence: Int
-        public init(rank: Int?, sequence: Int) { self.rank = rank; self.sequence = sequence }
+        /// The session of the peer's current admission (``Welcome/session``); absent while joining.
+        public let session: Int?
+        public init(rank: Int?, sequence: Int, session: Int? = nil) { self.rank = rank; self.sequence = sequence; self.session = session }
     }
     public struct Shutdown: Codable, Sendable, Equatable {
         public let reason: String

@@ -123,6 +123,12 @@ public final class ZMQSocket {
         guard zmq_connect(handle, endpoint) == 0 else { throw ZeroMQError.last("connect \(endpoint)") }
     }
 
+    /// Publishes this socket's events whose `ZMQ_EVENT_*` bits are in `events` on `endpoint` (an
+    /// `inproc://` address), where a `.pair` socket reads them as ``SocketEvent``s.
+    public func monitor(_ endpoint: String, events: Int32) throws {
+        guard zmq_socket_monitor(handle, endpoint, events) == 0 else { throw ZeroMQError.last("monitor \(endpoint)") }
+    }
+
     /// The endpoint the socket last bound to (with the port a wildcard bind chose).
     public var lastEndpoint: String {
         var buffer = [CChar](repeating: 0, count: 256)
@@ -261,5 +267,36 @@ public final class ZMQSocket {
             throw ZeroMQError.last("poll")
         }
         return items.map { $0.revents & Int16(ZMQ_POLLIN) != 0 }
+    }
+}
+
+/// One event from a socket monitor (``ZMQSocket/monitor(_:events:)``): its `ZMQ_EVENT_*` code, its value
+/// (for handshake failures, a `ZMQ_PROTOCOL_ERROR_*` code) and the connection's remote address.
+public struct SocketEvent: Sendable, Equatable {
+    /// A handshake failed without more detail (`ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL`).
+    public static let handshakeFailedNoDetail = Int32(ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    /// A handshake broke the protocol; `value` says how (`ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL`).
+    public static let handshakeFailedProtocol = Int32(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+    public let event: Int32
+    public let value: UInt32
+    public let address: String
+
+    /// Parses a monitor message: a 6-byte frame (event as uint16, value as uint32, little-endian) and the address.
+    public init?(frames: [[UInt8]]) {
+        guard frames.count >= 2, frames[0].count >= 6 else { return nil }
+        let f = frames[0]
+        event = Int32(UInt16(f[0]) | UInt16(f[1]) << 8)
+        value = UInt32(f[2]) | UInt32(f[3]) << 8 | UInt32(f[4]) << 16 | UInt32(f[5]) << 24
+        address = String(decoding: frames[1], as: UTF8.self)
+    }
+
+    /// What a failed handshake's value says, in words.
+    public var handshakeProblem: String {
+        switch Int32(bitPattern: value) {
+        case ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "the client does not speak CURVE (security mechanism mismatch)"
+        case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "the handshake does not decrypt (a wrong server key?)"
+        default: String(format: "protocol error 0x%08x", value)
+        }
     }
 }

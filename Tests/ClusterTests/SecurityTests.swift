@@ -61,6 +61,13 @@ import ZeroMQ
             }
             #expect(try !s.waitForMessage(milliseconds: 3000), "a stranger (curve: \(curve)) got an answer")
         }
+        // A client that believes another key is the coordinator's: its handshake cannot be decrypted.
+        let misled = try ZMQSocket(context, type: .dealer)
+        try misled.setLinger(milliseconds: 0)
+        try misled.makeCurveClient(serverKey: try KeyFile.readKey(keys + "/peer-1.pub"), keys: stranger)
+        try misled.connect(control)
+        try misled.send(codec.encode(.hello(.init(rank: 1, model: "resnet8"))), dontWait: true)
+        #expect(try !misled.waitForMessage(milliseconds: 2000), "a client with the wrong server key got an answer")
         let listener = try ZMQSocket(context, type: .subscriber)
         try listener.setLinger(milliseconds: 0)
         try listener.makeCurveClient(serverKey: coordinatorKey, keys: stranger)
@@ -78,6 +85,9 @@ import ZeroMQ
         let log = try String(contentsOfFile: directory + "/run/stream.jsonl", encoding: .utf8)
         #expect(log.contains("authentication failed: unknown key") && log.contains("\"address\":\"127.0.0.1\""), "denials are logged with the address")
         #expect(log.contains("authentication failed: not CURVE") || log.contains("authentication failed"))
+        // Failures before ZAP is asked: a client without CURVE, one holding a wrong server key.
+        #expect(log.contains("CURVE handshake failed: the client does not speak CURVE"), "a NULL-mechanism client is logged")
+        #expect(log.contains("CURVE handshake failed: the handshake does not decrypt"), "a wrong server key is logged")
     }
 
     /// Binding beyond loopback without keys is refused unless --insecure.
