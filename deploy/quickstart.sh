@@ -7,8 +7,9 @@
 #      the teacher (KD), as a coordinator (which runs the teacher) and one process per peer on this machine;
 #   5. prints the network alone beside the cohort's networks and their ensemble.
 # docs/results.md ("A strong teacher, little data") has the same setting over three seeds, and why.
-# About 17 minutes on 2 cores of an AMD EPYC Zen 3 (AVX2; a fresh release build about 4 of them); everything goes to runs/quickstart (the teacher and the finished runs are
-# reused when run again). Watch the cohort live from another terminal with the `cohort monitor` command it
+# About 17 minutes on 2 cores of an AMD EPYC Zen 3 (AVX2; a fresh release build about 4 of them); everything goes
+# to runs/quickstart (the teacher and the finished runs are reused when run again, an interrupted run is
+# continued with --resume). Watch the cohort live from another terminal with the `cohort monitor` command it
 # prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +37,14 @@ seed: 0
 epochs: $EPOCHS
 batch_size: 128
 peers: [{model: resnet8}]
+evaluation_every: 10
 output: $OUT/alone
 YAML
+# Continues a run that was interrupted (Ctrl-C), rather than starting it over.
+resume_if_started() { if [ -d "$1" ]; then echo "--resume"; fi; }
 if [ ! -f "$OUT/alone/summary.json" ]; then
     echo "quickstart: one resnet8 alone (1,024 images, $EPOCHS epochs)"
-    rm -rf "$OUT/alone"
-    "$COHORT" launch --config "$OUT/alone.yaml" --transport inproc
+    "$COHORT" launch --config "$OUT/alone.yaml" --transport inproc $(resume_if_started "$OUT/alone")
 fi
 
 cat > "$OUT/cohort.yaml" <<YAML
@@ -60,12 +63,12 @@ teacher:
   checkpoint: $OUT/teacher/checkpoints/last.safetensors
   kd: {weight: 0.9, temperature: 4}
 network: {coordinator: "tcp://127.0.0.1:*", stream: "tcp://127.0.0.1:*"}
+evaluation_every: 10
 output: $OUT/cohort
 YAML
 if [ ! -f "$OUT/cohort/summary.json" ]; then
-    rm -rf "$OUT/cohort"
     echo "quickstart: the cohort (two resnet8 peers guided by the teacher's KD; a coordinator and one process per peer)"
-    "$COHORT" launch --config "$OUT/cohort.yaml"
+    "$COHORT" launch --config "$OUT/cohort.yaml" $(resume_if_started "$OUT/cohort")
 fi
 
 echo
