@@ -229,7 +229,7 @@ public struct CohortConfiguration: Sendable, Equatable {
             guard let model = m["model"] else { throw ConfigurationError.missing(path: p.path + ".model", expected: Architecture.allNames) }
             let name = try model.string()
             guard Architecture(name: name) != nil else {
-                throw ConfigurationError.badValue(path: model.path, expected: "one of \(Architecture.allNames)", found: "\"\(name)\"")
+                throw ConfigurationError.badValue(path: model.path, expected: "one of \(Architecture.allNames)", found: "\"\(name)\"\(suggestion(for: name, among: Architecture.allCases.map(\.rawValue)))")
             }
             c.peers.append(Peer(model: name))
         }
@@ -266,7 +266,7 @@ public struct CohortConfiguration: Sendable, Equatable {
             guard let model = m["model"] else { throw ConfigurationError.missing(path: "teacher.model", expected: Architecture.allNames) }
             let name = try model.string()
             guard Architecture(name: name) != nil else {
-                throw ConfigurationError.badValue(path: "teacher.model", expected: "one of \(Architecture.allNames)", found: "\"\(name)\"")
+                throw ConfigurationError.badValue(path: "teacher.model", expected: "one of \(Architecture.allNames)", found: "\"\(name)\"\(suggestion(for: name, among: Architecture.allCases.map(\.rawValue)))")
             }
             guard let checkpoint = m["checkpoint"] else {
                 throw ConfigurationError.missing(path: "teacher.checkpoint", expected: "a safetensors file, e.g. from cohort train")

@@ -14,8 +14,22 @@ public struct CohortData: Sendable {
     /// - Throws: ``DataSetError`` (missing files say how to install the data set).
     public init(configuration: CohortConfiguration) throws {
         let kind = configuration.data.dataSet
-        trainSet = try DataSet.load(kind, split: .train, directory: configuration.data.directory).prefix(configuration.data.trainLimit)
-        testSet = try DataSet.load(kind, split: .test, directory: configuration.data.directory).prefix(configuration.data.testLimit)
+        func load(_ split: Split, limit: Int?, key: String) throws -> DataSet {
+            let full: DataSet
+            do { full = try DataSet.load(kind, split: split, directory: configuration.data.directory) } catch DataSetError.missingFile(let path, let name, let hint) {
+                // A configuration names the directory with data.directory, not the command line's --data-dir.
+                throw DataSetError.missingFile(path: path.replacingOccurrences(of: "--data-dir", with: "data.directory"), dataSet: name,
+                                               hint: hint.replacingOccurrences(of: "pass --data-dir with", with: "set data.directory to")
+                                                   .replacingOccurrences(of: "Pass --data-dir with", with: "Set data.directory to")
+                                                   .replacingOccurrences(of: "pass --data-dir\nwith", with: "set data.directory to"))
+            }
+            if let limit, limit > full.count {
+                throw ConfigurationError.badValue(path: key, expected: "at most \(full.count) (the \(split) images of \(kind.rawValue))", found: "\(limit)")
+            }
+            return full.prefix(limit)
+        }
+        trainSet = try load(.train, limit: configuration.data.trainLimit, key: "data.train_limit")
+        testSet = try load(.test, limit: configuration.data.testLimit, key: "data.test_limit")
         switch configuration.sampler {
         case .shuffled: sampler = ShuffledSampler(count: trainSet.count, batchSize: configuration.batchSize, seed: configuration.seed)
         case .mPerClass: sampler = MPerClassSampler(labels: trainSet.labels, batchSize: configuration.batchSize, seed: configuration.seed)

@@ -1,4 +1,5 @@
 import Yams
+import Training
 
 /// Why a configuration file was rejected: always the key path (`peers[1].model`) and what is allowed.
 public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
@@ -12,7 +13,8 @@ public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .unreadable(let path, let reason): "cannot read configuration \(path): \(reason)"
         case .syntax(let why): "configuration is not valid YAML: \(why)"
-        case .unknownKey(let path, let allowed): "unknown key \(path); allowed here: \(allowed.joined(separator: ", "))"
+        case .unknownKey(let path, let allowed):
+            "unknown key \(path)\(suggestion(for: String(path.split(separator: ".").last ?? ""), among: allowed)); allowed here: \(allowed.joined(separator: ", "))"
         case .missing(let path, let expected): "missing \(path) (\(expected))"
         case .badValue(let path, let expected, let found): "\(path) must be \(expected), got \(found)"
         }
@@ -83,7 +85,9 @@ struct ConfigurationNode {
     /// A string that must be one of `choices`.
     func choice(_ choices: [String]) throws -> String {
         let s = try string()
-        guard choices.contains(s) else { throw ConfigurationError.badValue(path: path, expected: "one of \(choices.joined(separator: ", "))", found: "\"\(s)\"") }
+        guard choices.contains(s) else {
+            throw ConfigurationError.badValue(path: path, expected: "one of \(choices.joined(separator: ", "))", found: "\"\(s)\"\(suggestion(for: s, among: choices))")
+        }
         return s
     }
 
@@ -95,3 +99,4 @@ struct ConfigurationNode {
         }
     }
 }
+

@@ -81,7 +81,14 @@ public final class TeacherRunner {
         architecture = Architecture(name: settings.model)!
         model = architecture.make(inputChannels: dataSet.channels, classCount: dataSet.classCount, seed: 0)
         do {
-            try model.load(try SafeTensors.read(settings.checkpoint))
+            let file = try SafeTensors.read(settings.checkpoint)
+            if let saved = file.metadata["model"], saved != settings.model {
+                throw ConfigurationError.badValue(path: "teacher.checkpoint", expected: "a \(settings.model) checkpoint (teacher.model)",
+                                                  found: "\(settings.checkpoint), which holds a \(saved) (its metadata says so); set teacher.model: \(saved) or give a \(settings.model) checkpoint")
+            }
+            try model.load(file)
+        } catch let error as ConfigurationError {
+            throw error
         } catch {
             throw ConfigurationError.badValue(path: "teacher.checkpoint", expected: "a \(settings.model) checkpoint for \(dataSet.rawValue)",
                                               found: "\(settings.checkpoint): \(error)")

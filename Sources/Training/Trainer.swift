@@ -47,8 +47,15 @@ public final class Trainer {
         self.options = options
         self.outputDirectory = outputDirectory
         self.threads = threads
-        trainSet = try DataSet.load(options.dataSet, split: .train, directory: options.dataDirectory).prefix(options.trainLimit)
-        testSet = try DataSet.load(options.dataSet, split: .test, directory: options.dataDirectory).prefix(options.testLimit)
+        let fullTrain = try DataSet.load(options.dataSet, split: .train, directory: options.dataDirectory)
+        let fullTest = try DataSet.load(options.dataSet, split: .test, directory: options.dataDirectory)
+        for (limit, full, key) in [(options.trainLimit, fullTrain, "train-limit"), (options.testLimit, fullTest, "test-limit")] {
+            if let limit, limit > full.count {
+                throw TrainingError.invalidOption(key: key, reason: "\(options.dataSet.rawValue) has \(full.count) images there, got \(limit)")
+            }
+        }
+        trainSet = fullTrain.prefix(options.trainLimit)
+        testSet = fullTest.prefix(options.testLimit)
         architecture = Architecture(name: options.model)!
         let kind = options.dataSet
         var seedStream = RandomStream.generator(seed: options.seed, .initialisation, 0)
@@ -91,7 +98,9 @@ public final class Trainer {
             position = loaded.position
             resumedFrom = position.globalStep
             progress.log("resuming from \(loaded.path): epoch \(position.epoch + 1), step \(position.stepInEpoch + 1) (global step \(position.globalStep))")
-        } else if FileManager.default.fileExists(atPath: checkpoints.lastPath) {
+        } else if FileManager.default.fileExists(atPath: checkpoints.lastPath)
+                    || FileManager.default.fileExists(atPath: outputDirectory + "/summary.json")
+                    || ((try? FileManager.default.attributesOfItem(atPath: outputDirectory + "/metrics.jsonl"))?[.size] as? NSNumber)?.intValue ?? 0 > 0 {
             throw TrainingError.invalidOption(key: "out", reason: "\(outputDirectory) already holds a run; pass --resume to continue it or choose a new --out")
         }
         try AtomicFile.write(Data(options.json().utf8), to: outputDirectory + "/options.json")

@@ -53,7 +53,7 @@ public struct TrainingOptions: Codable, Sendable, Equatable {
     /// Checks the values; the error names the option and what is allowed.
     public func validate() throws {
         func fail(_ key: String, _ why: String) -> TrainingError { .invalidOption(key: key, reason: why) }
-        guard Architecture(name: model) != nil else { throw fail("model", "unknown \"\(model)\"; choose one of: \(Architecture.allNames)") }
+        guard Architecture(name: model) != nil else { throw fail("model", "unknown \"\(model)\"\(suggestion(for: model, among: Architecture.allCases.map(\.rawValue))); choose one of: \(Architecture.allNames)") }
         guard epochs >= 1 else { throw fail("epochs", "must be at least 1, got \(epochs)") }
         guard batchSize >= 2 else { throw fail("batch", "must be at least 2 (batch norm needs two samples), got \(batchSize)") }
         guard learningRate > 0, learningRate.isFinite else { throw fail("lr", "must be a positive number, got \(learningRate)") }

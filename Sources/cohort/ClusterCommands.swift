@@ -109,11 +109,11 @@ struct PeerCommand: ParsableCommand {
     func run() throws {
         let configuration = try loadConfiguration(config, out: out)
         guard configuration.peers.indices.contains(rank) else {
-            throw ValidationError("--rank \(rank): the configuration has \(configuration.peers.count) peer(s), ranks 0...\(configuration.peers.count - 1)")
+            throw CLIError(message: "--rank \(rank): \(config) has \(configuration.peers.count) peer(s), ranks 0...\(configuration.peers.count - 1)")
         }
         let endpoint = coordinator ?? configuration.network.coordinator
         guard !endpoint.contains("://*:"), !endpoint.contains("://0.0.0.0:") else {
-            throw ValidationError("--coordinator: give the coordinator's address, e.g. tcp://HOST:PORT (network.coordinator is \(endpoint))")
+            throw CLIError(message: "--coordinator: give the coordinator's address, e.g. tcp://HOST:PORT (network.coordinator is \(endpoint))")
         }
         guard LauncherChild.bindToLauncher() else { throw ExitCode(StopSignal.exitStatus(SIGTERM)) }
         let directory = configuration.output + "/peer-\(rank)"
@@ -274,7 +274,10 @@ struct VerifyCommand: ParsableCommand {
                 if let problem { bad += 1; print("CORRUPT \(path): \(problem)") }
             }
         }
+        if checked == 0 {
+            throw CLIError(message: "no checkpoint files under \(directories.joined(separator: ", ")) (a run directory holds checkpoints/*.safetensors, peer-<rank>/checkpoints/*.safetensors or coordinator/state-*.json)")
+        }
         print("\(checked) checkpoint file(s) checked, \(bad) corrupt")
-        if bad > 0 || checked == 0 { throw ExitCode(1) }
+        if bad > 0 { throw ExitCode(1) }
     }
 }

@@ -20,9 +20,9 @@ struct ConformanceCommand: ParsableCommand {
         do {
             files = try ConformanceRunner.fixtureFiles(in: URL(fileURLWithPath: directory))
         } catch {
-            throw ValidationError("cannot read fixtures: \(error)")
+            throw CLIError(message: "cannot read fixtures: \(error)")
         }
-        guard !files.isEmpty else { throw ValidationError("no .json fixture files under \(directory)") }
+        guard !files.isEmpty else { throw CLIError(message: "no .json fixture files under \(directory)") }
         let runner = ConformanceRunner()
         var passed = 0, failed = 0
         for file in files {

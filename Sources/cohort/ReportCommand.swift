@@ -34,13 +34,13 @@ struct ReportCommand: ParsableCommand {
     func run() throws {
         var records: [RunRecords]
         do { records = try runs.map { try RunRecords(directory: $0) } } catch {
-            throw ValidationError("\(error)")
+            throw CLIError(message: "\(error)")
         }
         for i in label.indices { records[i].name = label[i] }
         if !peer.isEmpty {
             records = records.map { $0.keepingPeers(Set(peer)) }
             if let empty = records.first(where: { $0.members.isEmpty }) {
-                throw ValidationError("--peer \(peer.map(String.init).joined(separator: ", ")): \(empty.directory) has no such peer")
+                throw CLIError(message: "--peer \(peer.map(String.init).joined(separator: ", ")): \(empty.directory) has no such peer")
             }
         }
         let report = RunReport(runs: records)

@@ -4,6 +4,7 @@ import Tensors
 import NN
 import Data
 import Training
+import Runtime
 
 /// `cohort train`: trains one network.
 struct TrainCommand: ParsableCommand {
@@ -24,25 +25,25 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Data set: fashion-mnist, mnist, cifar10, cifar100.") var dataset = "fashion-mnist"
     @Option(help: "Directory of the data set's files (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
     var dataDir: String?
-    @Option(help: "Epochs.") var epochs = 3
-    @Option(help: "Images per step.") var batch = 128
-    @Option(help: "Initial learning rate.") var lr: Float = 0.1
+    @Option(parsing: .unconditional, help: "Epochs.") var epochs = 3
+    @Option(parsing: .unconditional, help: "Images per step.") var batch = 128
+    @Option(parsing: .unconditional, help: "Initial learning rate.") var lr: Float = 0.1
     @Option(help: "Learning-rate schedule over the steps: cosine, multistep, constant.") var schedule = "cosine"
     @Option(help: "Epochs at which a multistep schedule multiplies the rate by --gamma, e.g. 150,180,210.")
     var milestones: String?
-    @Option(help: "Factor of a multistep schedule.") var gamma: Float = 0.1
-    @Option(help: "Epochs of linear warm-up from 10% of the rate.") var warmupEpochs = 0
-    @Option(help: "SGD momentum.") var momentum: Float = 0.9
-    @Option(help: "Weight decay.") var weightDecay: Float = 5e-4
+    @Option(parsing: .unconditional, help: "Factor of a multistep schedule.") var gamma: Float = 0.1
+    @Option(parsing: .unconditional, help: "Epochs of linear warm-up from 10% of the rate.") var warmupEpochs = 0
+    @Option(parsing: .unconditional, help: "SGD momentum.") var momentum: Float = 0.9
+    @Option(parsing: .unconditional, help: "Weight decay.") var weightDecay: Float = 5e-4
     @Flag(inversion: .prefixedNo, help: "Nesterov momentum.") var nesterov = true
-    @Option(help: "Seed of every random choice (initial weights, batches, augmentation).") var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Seed of every random choice (initial weights, batches, augmentation).") var seed: UInt64 = 0
     @Option(help: "Batch sampler: shuffled, or m-per-class (each class in a batch at least twice, as MCL).")
     var sampler = "shuffled"
-    @Option(help: "Train on the first N training images only.") var trainLimit: Int?
-    @Option(help: "Evaluate on the first N test images only.") var testLimit: Int?
-    @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).") var checkpointEvery = 0
-    @Option(help: "Evaluate on the test set every N epochs (and after the last).") var evaluateEvery = 1
-    @Option(help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(parsing: .unconditional, help: "Train on the first N training images only.") var trainLimit: Int?
+    @Option(parsing: .unconditional, help: "Evaluate on the first N test images only.") var testLimit: Int?
+    @Option(parsing: .unconditional, help: "Also checkpoint every N steps (0: at the end of each epoch only).") var checkpointEvery = 0
+    @Option(parsing: .unconditional, help: "Evaluate on the test set every N epochs (and after the last).") var evaluateEvery = 1
+    @Option(parsing: .unconditional, help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Output directory.") var out = "runs/train"
     @Flag(help: "Continue the run in --out from its newest checkpoint.") var resume = false
 
@@ -116,7 +117,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Data set: fashion-mnist, mnist, cifar10, cifar100.") var dataset = "fashion-mnist"
     @Option(help: "Directory of the data set's files.") var dataDir: String?
     @Option(help: "Architecture, when the file does not name one (PyTorch-saved state dicts).") var model: String?
-    @Option(help: "Evaluate on the first N test images only.") var testLimit: Int?
+    @Option(parsing: .unconditional, help: "Evaluate on the first N test images only.") var testLimit: Int?
     @Option(help: "Images per evaluation batch.") var batch = 500
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Flag(help: "Print one JSON line.") var json = false
@@ -125,13 +126,25 @@ struct EvaluateCommand: ParsableCommand {
         Parallelism.setThreadCount(threads)
         let kind: DataSetKind
         do { kind = try DataSetKind(name: dataset) } catch { throw ValidationError("--dataset: \(error)") }
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: checkpoint, isDirectory: &isDirectory), isDirectory.boolValue {
+            let candidates = ["/checkpoints/last.safetensors", "/peer-0/checkpoints/last.safetensors"].map { checkpoint + $0 }
+                .filter { FileManager.default.fileExists(atPath: $0) }
+            throw CLIError(message: "\(checkpoint) is a directory; give a checkpoint file" + (candidates.first.map { ", e.g. --checkpoint \($0)" } ?? " (*.safetensors)"))
+        }
+        if checkpoint.hasSuffix(".state.safetensors") {
+            throw CLIError(message: "\(checkpoint) is a training-state file (momentum, loss memories), not weights; evaluate \(checkpoint.dropLast(".state.safetensors".count)).safetensors")
+        }
         let file: SafeTensors
         do { file = try SafeTensors.read(checkpoint) } catch { throw CLIError(message: "\(error)") }
         guard let name = model ?? file.metadata["model"] else {
-            throw ValidationError("\(checkpoint) does not say which model it holds; pass --model (one of: \(Architecture.allNames))")
+            throw CLIError(message: "\(checkpoint) does not say which model it holds; pass --model (one of: \(Architecture.allNames))")
         }
         guard let architecture = Architecture(name: name) else {
-            throw ValidationError("unknown model \"\(name)\"; choose one of: \(Architecture.allNames)")
+            throw CLIError(message: "unknown model \"\(name)\"\(suggestion(for: name, among: Architecture.allCases.map(\.rawValue))); choose one of: \(Architecture.allNames)")
+        }
+        if let saved = file.metadata["model"], saved != name {
+            throw CLIError(message: "\(checkpoint) holds a \(saved) (its metadata says so), not a \(name); drop --model or pass --model \(saved)")
         }
         let net = architecture.make(inputChannels: kind.channels, classCount: kind.classCount, seed: 0)
         do { try net.load(file) } catch {
