@@ -162,6 +162,10 @@ struct MonitorCommand: ParsableCommand {
             throw ValidationError("--level \(level): one of \(LogRecord.levels.joined(separator: ", "))")
         }
         guard interval > 0 else { throw ValidationError("--interval must be positive") }
+        guard ["tcp://", "ipc://"].contains(where: { endpoint.hasPrefix($0) }), endpoint.contains(":") else {
+            let guess = endpoint.contains("://") ? "tcp://" + endpoint.drop { $0 != "/" }.drop { $0 == "/" } : "tcp://" + endpoint
+            throw ValidationError("ENDPOINT \"\(endpoint)\" is not a ZeroMQ endpoint; give the log stream's address, e.g. \(guess.contains(":") ? guess : "tcp://127.0.0.1:5571") (cohort launch prints it)")
+        }
     }
 
     func run() throws {
@@ -178,8 +182,22 @@ struct MonitorCommand: ParsableCommand {
         let interactive = isatty(STDOUT_FILENO) == 1
         var recent: [String] = []
         StopSignal.install()
+        let started = Date()
+        var heardAnything = false
+        var nextSilenceNote = started + 5
         while StopSignal.current == nil {
             let event = try subscriber.next(milliseconds: 200)
+            if event != nil { heardAnything = true }
+            if !heardAnything, Date() >= nextSilenceNote {
+                // Say why the screen may stay empty, once and then every minute.
+                let waited = Int(Date().timeIntervalSince(started))
+                let secured = key == nil
+                    ? "A secured cohort's stream (security in its configuration) needs --key (this monitor's key) and --server-key (the coordinator's public key)."
+                    : "Check that --server-key is the coordinator's public key and that this monitor's public key is in security.monitor_keys."
+                FileHandle.standardError.write(Data(("cohort monitor: nothing from \(endpoint) for \(waited) s. Is a cohort running there? "
+                    + "`cohort launch` prints its log stream's endpoint (\"log stream at ...\"); a coordinator binds network.stream. \(secured)\n").utf8))
+                nextSilenceNote = Date() + 60
+            }
             if let event, filter.accepts(event) {
                 if json {
                     write(StreamPublisher.jsonLine(event.frames()) + "\n")

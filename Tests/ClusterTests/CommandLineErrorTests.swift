@@ -48,6 +48,7 @@ import Testing
             Case(["train", "--epochs", "1", "--train-limit", "128", "--out", directory + "/finished"], ["already holds a run", "--resume"]),
             Case(["peer", "--config", finishedConfig, "--rank", "5"], ["--rank 5", "ranks 0...0"]),
             Case(["launch", "--config", directory + "/missing.yaml"], ["cannot read configuration", "missing.yaml"]),
+            Case(["monitor", "localhost:5571"], ["not a ZeroMQ endpoint", "tcp://localhost:5571"], usage: true),
             Case(["launch", "--config", finishedConfig, "--transport", "tcp"], ["zmq or inproc"], usage: true),
             Case(["launch", "--config", finishedConfig, "--resume", "--fresh"], ["choose one"], usage: true),
             Case(["launch", "--config", finishedConfig], ["holds a finished cohort run", "--fresh"]),
@@ -77,5 +78,15 @@ import Testing
             #expect(output.hasPrefix("Error: "), "cohort \(c.arguments.joined(separator: " ")): \(output)")
             if !c.usageError { #expect(!output.contains("Usage:"), "cohort \(c.arguments.joined(separator: " ")): a usage text for a run-time error\n\(output)") }
         }
+    }
+
+    /// A monitor pointed where nothing publishes says so after a few seconds, and what to check.
+    @Test func aSilentMonitorSaysWhy() throws {
+        let monitor = try CohortProcess(["monitor", "tcp://127.0.0.1:9"])
+        let said = monitor.waitForOutput(seconds: 30) { $0.contains("nothing from tcp://127.0.0.1:9 for 5 s") }
+        kill(monitor.process.processIdentifier, SIGINT)
+        _ = monitor.finish(seconds: 10)
+        #expect(said, "\(monitor.output)")
+        #expect(monitor.output.contains("--key") && monitor.output.contains("log stream at"))
     }
 }
