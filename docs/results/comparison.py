@@ -302,14 +302,16 @@ def main():
               + (f"; teacher {a.teacher} ({a.teacher_epochs} epochs): test top-1 {100 * teacher_top1:.2f}%" if teacher_top1 else "")
               + ". Each cell: per run, the mean over its networks of the student model; then mean ± standard deviation over the seeds.\n\n")
     epochs = min(len(c) for r in results.values() for c in r["curve"])
-    by_epoch = ["| student | method | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " |",
+    # The evaluated epochs: every --evaluation-every-th and the last.
+    evaluated = [e + 1 for e in range(a.epochs) if (e + 1) % a.evaluation_every == 0 or e + 1 == a.epochs]
+    by_epoch = ["| student | method | " + " | ".join(f"epoch {evaluated[e] if e < len(evaluated) else e + 1}" for e in range(epochs)) + " |",
                 "|---|---|" + "---|" * epochs]
     for student in a.students:
         for method in a.methods:
             curves = results[(student, method)]["curve"]
             by_epoch.append(f"| {student} | {method} | " + " | ".join(
                 f"{100 * statistics.mean(c[e] for c in curves):.2f}" for e in range(epochs)) + " |")
-    table = (header + "\n".join(rows) + "\n\nTest top-1 % after each epoch (mean over the networks and the seeds):\n\n"
+    table = (header + "\n".join(rows) + "\n\nTest top-1 % after each evaluated epoch (mean over the networks and the seeds):\n\n"
              + "\n".join(by_epoch) + "\n")
     path = pathlib.Path(a.table) if a.table else out / "results.md"
     path.write_text(table)

@@ -45,3 +45,9 @@ if [ -d "$runs/small/resnet8/alone/seed-0" ]; then
   for chart in test_top1 train_accuracy step_embedding_cosine; do cp "$tmp/small/$chart.svg" "$here/small-resnet8-$chart.svg"; done
 fi
 ls "$here"/*.svg
+# A small labelled set, fitted: resnet20 alone and MCL x2 (soft ramp 20) on 1,024 images for 60 epochs (seed 0).
+if [ -d "$runs/fit20/resnet20/alone/seed-0" ]; then
+  "$cohort" report "$runs/fit20/resnet20"/{alone,mcl2}/seed-0 --label alone --label "MCL x2" \
+    --out "$tmp/fit20.html" --charts "$tmp/fit20"
+  for chart in test_top1 train_accuracy step_embedding_cosine; do cp "$tmp/fit20/$chart.svg" "$here/fit-resnet20-$chart.svg"; done
+fi
