@@ -31,7 +31,7 @@ public enum ExistingRun: Equatable, Sendable {
         if FileManager.default.fileExists(atPath: output + "/summary.json") { return .finished }
         let states = ((try? FileManager.default.contentsOfDirectory(atPath: output + "/coordinator")) ?? []).filter { $0.hasPrefix("state-") }
         if let newest = states.sorted().last { return .unfinished(step: Int(newest.dropFirst("state-".count).prefix { $0.isNumber })) }
-        return nonEmpty(output + "/metrics.jsonl") ? .unfinished(step: nil) : .none
+        return MetricsLog.hasRecords(at: output + "/metrics.jsonl") ? .unfinished(step: nil) : .none
     }
 
     /// Peer `rank`'s part of `output`: its checkpoints and `metrics.jsonl`.
@@ -42,11 +42,7 @@ public enum ExistingRun: Equatable, Sendable {
             let steps = checkpoints.compactMap { try? SafeTensors.readMetadata(directory + "/checkpoints/" + $0)["global_step"].flatMap(Int.init) }
             return .unfinished(step: steps.max())
         }
-        return nonEmpty(directory + "/metrics.jsonl") ? .unfinished(step: nil) : .none
-    }
-
-    private static func nonEmpty(_ path: String) -> Bool {
-        ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0 > 0
+        return MetricsLog.hasRecords(at: directory + "/metrics.jsonl") ? .unfinished(step: nil) : .none
     }
 
     /// Moves `output` aside to the first free `output.old-N` (N = 1, 2, ...) and returns that path.

@@ -33,6 +33,11 @@ public final class MetricsLog {
         }
     }
 
+    /// Whether a metrics file exists at `path` and holds anything: a run has written there.
+    public static func hasRecords(at path: String) -> Bool {
+        ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0 > 0
+    }
+
     /// Cuts the log before its first line past `globalStep` (a line whose `global_step` is larger), so
     /// that a run resumed from a checkpoint at `globalStep` continues a single, monotone history instead
     /// of appending a second one. Lines without a `global_step` before that point are kept. Returns how

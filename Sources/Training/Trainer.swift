@@ -100,7 +100,7 @@ public final class Trainer {
             progress.log("resuming from \(loaded.path): epoch \(position.epoch + 1), step \(position.stepInEpoch + 1) (global step \(position.globalStep))")
         } else if FileManager.default.fileExists(atPath: checkpoints.lastPath)
                     || FileManager.default.fileExists(atPath: outputDirectory + "/summary.json")
-                    || ((try? FileManager.default.attributesOfItem(atPath: outputDirectory + "/metrics.jsonl"))?[.size] as? NSNumber)?.intValue ?? 0 > 0 {
+                    || MetricsLog.hasRecords(at: outputDirectory + "/metrics.jsonl") {
             throw TrainingError.invalidOption(key: "out", reason: "\(outputDirectory) already holds a run; pass --resume to continue it or choose a new --out")
         }
         try AtomicFile.write(Data(options.json().utf8), to: outputDirectory + "/options.json")

@@ -92,13 +92,8 @@ import ZeroMQ
             """
         let config = directory + "/cohort.yaml"
         try write(text, to: config)
-        let ready = directory + "/ready.json"
-        let coordinator = try CohortProcess(["coordinator", "--config", config, "--out", directory + "/run", "--threads", "1",
-                                             "--ready-file", ready, "--key", keys + "/coordinator.key"])
+        let (coordinator, endpoint) = try startCoordinator(config: config, directory: directory, extra: ["--key", keys + "/coordinator.key"])
         defer { if coordinator.process.isRunning { kill(coordinator.process.processIdentifier, SIGKILL) } }
-        try #require(coordinator.waitForOutput(seconds: 120) { _ in FileManager.default.fileExists(atPath: ready) }, "\(coordinator.output)")
-        let endpoints = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ready))) as! [String: String]
-        let endpoint = try #require(endpoints["coordinator"])
         let codec = WireCodec(digest: try CohortConfiguration.parse(text).digest)
         let context = try ZMQContext()
         let serverKey = try KeyFile.readKey(keys + "/coordinator.pub")

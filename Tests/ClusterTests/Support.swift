@@ -102,6 +102,27 @@ func jsonLines(_ path: String) throws -> [[String: Any]] {
         .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
 }
 
+/// A `cohort coordinator` on `config` (output `directory/run`, one thread, `extra` arguments), waited for until
+/// it has bound: the process (the caller kills it) and its control endpoint.
+func startCoordinator(config: String, directory: String, extra: [String] = []) throws -> (process: CohortProcess, endpoint: String) {
+    let ready = directory + "/ready.json"
+    let coordinator = try CohortProcess(["coordinator", "--config", config, "--out", directory + "/run", "--threads", "1",
+                                         "--ready-file", ready] + extra)
+    guard coordinator.waitForOutput(seconds: 120, { _ in FileManager.default.fileExists(atPath: ready) }) else {
+        kill(coordinator.process.processIdentifier, SIGKILL)
+        throw CLIFailure(message: "the coordinator did not start: \(coordinator.output)")
+    }
+    let endpoints = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ready))) as? [String: String]
+    guard let endpoint = endpoints?["coordinator"] else { throw CLIFailure(message: "no coordinator endpoint in \(ready)") }
+    return (coordinator, endpoint)
+}
+
+/// A helper's failure, with what the process printed.
+struct CLIFailure: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
 /// Process ids whose command line contains every one of `parts` (read from /proc).
 func processes(matching parts: [String]) -> [Int32] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []

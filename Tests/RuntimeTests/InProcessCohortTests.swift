@@ -6,12 +6,14 @@ import NN
 import Training
 @testable import Runtime
 
+/// A fresh (absent) scratch path for a run directory of this module's tests.
+func scratch(_ name: String) -> String {
+    let path = NSTemporaryDirectory() + "cohort-runtime-\(name)-\(getpid())"
+    try? FileManager.default.removeItem(atPath: path)
+    return path
+}
+
 @Suite(.serialized) struct InProcessCohortTests {
-    func scratch(_ name: String) -> String {
-        let path = NSTemporaryDirectory() + "cohort-runtime-\(name)-\(getpid())"
-        try? FileManager.default.removeItem(atPath: path)
-        return path
-    }
 
     /// A small teacher-guided cohort on real Fashion-MNIST data: every loss runs, the run directory has
     /// the promised layout, and the checkpoints carry the losses' state.

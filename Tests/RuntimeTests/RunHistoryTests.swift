@@ -8,12 +8,6 @@ import Training
 
 /// Resuming the in-process cohort, and what protects a run directory (issue 16).
 @Suite(.serialized) struct RunHistoryTests {
-    func scratch(_ name: String) -> String {
-        let path = NSTemporaryDirectory() + "cohort-history-\(name)-\(getpid())"
-        try? FileManager.default.removeItem(atPath: path)
-        return path
-    }
-
     func configuration(_ out: String, extra: String = "") throws -> CohortConfiguration {
         try CohortConfiguration.parse("""
             data: {dataset: fashion-mnist, train_limit: 256, test_limit: 100}
@@ -42,7 +36,7 @@ import Training
     /// learning rate is refused before anything is written.
     @Test func stoppedCohortResumesToTheUninterruptedWeights() throws {
         let quiet = ProgressReporter(interactive: false)
-        let (reference, run) = (scratch("reference"), scratch("run"))
+        let (reference, run) = (scratch("history-reference"), scratch("history-run"))
         try Parallelism.withThreadCount(1) {
             _ = try InProcessCohort(configuration: try configuration(reference)).run(progress: quiet)
             var asked = 0
