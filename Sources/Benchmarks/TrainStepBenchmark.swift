@@ -3,7 +3,7 @@ import Tensors
 import NN
 
 /// Times whole training steps — forward, cross-entropy, backward, SGD — on random data, the same work as
-/// `../shared/tools/torch_bench.py` does for PyTorch.
+/// `docs/benchmarks/torch_bench.py` does for PyTorch.
 public struct TrainStepBenchmark: Sendable {
     public var architecture: Architecture
     public var channels: Int

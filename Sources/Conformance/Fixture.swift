@@ -27,7 +27,7 @@ public struct FixtureTensor: Decodable, Sendable {
     public var tensor: Tensor { Tensor(floats, shape: shape) }
 }
 
-/// A reference case produced by an official PyTorch implementation (see `../shared/fixtures/README.md`).
+/// A reference case produced by an official PyTorch implementation (see `Tests/ConformanceTests/Fixtures/README.md`).
 public struct Fixture: Decodable, Sendable {
     public let `case`: String
     public let kind: String

@@ -12,7 +12,7 @@ struct ConformanceCommand: ParsableCommand {
             the worst error against its bound) and a final "N passed, M failed". Exits 1 when any case fails.
             """)
 
-    @Argument(help: "A directory of fixture files, e.g. ../shared/fixtures/reference.")
+    @Argument(help: "A directory of fixture files, e.g. Tests/ConformanceTests/Fixtures.")
     var directory: String
 
     func run() throws {

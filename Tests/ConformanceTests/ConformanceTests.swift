@@ -6,9 +6,12 @@ import Testing
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
     static let files = (try? ConformanceRunner.fixtureFiles(in: directory)) ?? []
 
-    @Test func everyEngineKindIsCovered() {
+    /// Every kind the runner knows has at least one case in the repository's own copy of the fixtures, so a clone
+    /// without `../shared` still checks every layer and loss against the official implementations.
+    @Test func everyKindIsCovered() {
         let kinds = Set(Self.files.compactMap { try? Fixture.load($0).kind })
-        #expect(kinds == ["conv2d", "batchnorm2d_train", "pool_linear_cross_entropy", "sgd_nesterov", "resnet_train_step"])
+        #expect(Self.files.count == 15)
+        #expect(kinds == Set(ConformanceRunner().kinds.keys))
     }
 
     @Test(arguments: files) func fixturePasses(_ file: URL) {

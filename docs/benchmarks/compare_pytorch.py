@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--cohort", default=os.path.join(ROOT, ".build/release/cohort"))
-ap.add_argument("--torch-bench", default=os.path.join(ROOT, "../shared/tools/torch_bench.py"))
+ap.add_argument("--torch-bench", default=os.path.join(HERE, "torch_bench.py"))
 ap.add_argument("--configs", default="resnet20:3x32x32,resnet20:1x28x28,resnet8x4:3x32x32,resnet32x4:3x32x32",
                 help="comma-separated MODEL:CxHxW")
 ap.add_argument("--threads", default="1,2")
