@@ -41,14 +41,14 @@ let package = Package(
         .target(name: "Wire"),
         // Linux process control Swift cannot call directly (prctl's parent-death signal).
         .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
-        // zlib, for gzip-compressed IDX files.
+        // zlib: gzip-compressed IDX files, and the checkpoints' CRC-32.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // Hand-vectorised C kernels: an AVX-512 sgemm and CRCD's per-entry loop (optimised in debug too).
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Float32 tensors, reverse-mode autograd, and the kernels under them.
         .target(name: "Tensors", dependencies: ["CBLAS", "CKernels"], swiftSettings: kernelSettings + optimisedInDebug),
         // Modules, layers, models, optimizers and learning-rate schedules.
-        .target(name: "NN", dependencies: ["Tensors"], swiftSettings: optimisedInDebug),
+        .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: optimisedInDebug),
         // Data sets, augmentation, deterministic samplers and the background batch loader.
         .target(name: "Data", dependencies: ["Tensors", "CZlib"], swiftSettings: optimisedInDebug),
         // Single-network training, evaluation, metrics and run directories (`cohort train`).

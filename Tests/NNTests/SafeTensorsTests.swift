@@ -34,6 +34,33 @@ import Tensors
         #expect(try SafeTensors.decode(file.encoded()).metadata[SafeTensors.checksumKey] == nil, "no checksum unless asked")
     }
 
+    /// zlib's CRC-32 gives the checksums the earlier byte-at-a-time table loop gave (checkpoints written before
+    /// stay valid bit for bit), over odd lengths and when continued piece by piece.
+    @Test func checksumMatchesTheBytewiseDefinition() {
+        let table: [UInt32] = (0..<256).map { n -> UInt32 in
+            var c = UInt32(n)
+            for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+            return c
+        }
+        func bytewise(_ bytes: [UInt8]) -> UInt32 {
+            var c: UInt32 = ~0
+            for b in bytes { c = table[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+            return ~c
+        }
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        let bytes: [UInt8] = (0..<100_003).map { _ in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return UInt8(truncatingIfNeeded: state >> 33)
+        }
+        for length in [0, 1, 7, 64, 1_000, 100_003] {
+            let piece = Array(bytes[0..<length])
+            #expect(piece.withUnsafeBytes { CRC32.checksum($0) } == bytewise(piece), "length \(length)")
+        }
+        let whole = bytes.withUnsafeBytes { CRC32.checksum($0) }
+        let first = bytes[0..<12_345].withUnsafeBytes { CRC32.checksum($0) }
+        #expect(bytes[12_345...].withUnsafeBytes { CRC32.checksum($0, continuing: first) } == whole)
+    }
+
     /// A header whose shape overflows Int is rejected, not trapped on.
     @Test func overflowingShapeIsRejected() {
         let header = #"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}"#
