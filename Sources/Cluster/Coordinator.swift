@@ -63,6 +63,7 @@ public final class Coordinator {
     let data: CohortData
     let teacher: TeacherRunner?
     let directory: CohortRunDirectory
+    let host: String
     private var membership: [Membership]
     private var members: [[UInt8]?]
     private var hosts: [String]
@@ -143,8 +144,10 @@ public final class Coordinator {
         try socket.bind(network.coordinator)
         controlEndpoint = socket.lastEndpoint
         control = ProtocolSocket(socket, codec: codec, logger: logger, routed: true)
-        data = try CohortData(configuration: configuration)
+        self.host = host
+        publisher.publish(.phase(PhaseChange(rank: nil, host: host, phase: .loading, detail: "data", time: Date().timeIntervalSince1970)))
         teacher = try configuration.teacher.map { try TeacherRunner(settings: $0, dataSet: configuration.data.dataSet) }
+        data = try CohortData.loading(configuration: configuration) { logger.info(Logger.Message(stringLiteral: $0)) }
     }
 
     deinit { zap?.stop(); handshakes?.stop() }
@@ -177,7 +180,13 @@ public final class Coordinator {
             if !restored { state.settings = configuration.canonicalSettings }
             // Before admitting anyone: a long evaluation must not happen while peers await heartbeat answers.
             if state.teacherTop1 == nil, let teacher {
-                state.teacherTop1 = evaluate(teacher.model, on: data.testSet, batchSize: configuration.evaluationBatchSize).top1
+                let name = "the teacher (\(configuration.teacher!.model))"
+                publishPhase(nil, .evaluating, name)
+                let progress = PhaseProgress("evaluating \(name) on the test set", total: data.testSet.count) { [logger] in
+                    logger.info(Logger.Message(stringLiteral: $0))
+                }
+                state.teacherTop1 = evaluate(teacher.model, on: data.testSet, batchSize: configuration.evaluationBatchSize, progress: progress).top1
+                progress.finish(String(format: "test top-1 %.2f%%", 100 * state.teacherTop1!))
             }
             try admit(requireAll: !restored)
             let summary = try train()
@@ -219,6 +228,7 @@ public final class Coordinator {
     /// `network.join_timeout`, for any.
     private func admit(requireAll: Bool) throws {
         let n = configuration.peers.count
+        publishPhase(nil, .waiting, "for \(n) peer(s) to join")
         logger.info("waiting for \(n) peer(s)", metadata: ["endpoint": "\(controlEndpoint)", "stream": "\(streamEndpoint)",
                                                          "digest": "\(configuration.digest)", "secure": "\(keys != nil)"])
         let deadline = Date() + configuration.network.joinTimeout
@@ -285,6 +295,7 @@ public final class Coordinator {
                     statuses[rank] = status
                     publisher.publish(.status(status))
                 }
+                if let phase = batch.phase, phase != .absent, phase != .finished { publishPhase(rank, phase) }
                 return nil
             case .shutdown(let s):
                 markAbsent(rank, "it stopped: \(s.reason)")
@@ -347,6 +358,7 @@ public final class Coordinator {
             return
         }
         logger.info("peer \(r) joined", metadata: ["host": "\(hosts[r])", "model": "\(hello.model)"])
+        publishPhase(r, training ? .joining : .waiting, training ? "takes part from the next step" : nil)
     }
 
     /// Answers a sender whose message failed validation: a peer started with another configuration
@@ -369,6 +381,13 @@ public final class Coordinator {
         let present = membership.indices.filter { membership[$0] != .absent }
         logger.error("peer \(rank) is absent: \(why); the cohort goes on with peer(s) \(present.map(String.init).joined(separator: ", "))",
                      metadata: ["rank": "\(rank)"])
+        publishPhase(rank, .absent, why)
+    }
+
+    /// Tells the stream what `rank` (nil: the coordinator) does from now on.
+    private func publishPhase(_ rank: Int?, _ phase: Phase, _ detail: String? = nil) {
+        publisher.publish(.phase(PhaseChange(rank: rank, host: rank.map { hosts[$0] } ?? host, phase: phase, detail: detail,
+                                             time: Date().timeIntervalSince1970)))
     }
 
     private var presentRanks: [Int] { membership.indices.filter { membership[$0] == .present } }
@@ -399,6 +418,7 @@ public final class Coordinator {
         state.globalStep = start
         logger.info("cohort of \(n) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(kind.rawValue): \(data.trainSet.count) images, \(spe) steps/epoch, \(configuration.epochs) epochs")
         let started = Date() - state.elapsedSeconds
+        publishPhase(nil, .training)
         var lastReport = Date()
         var loader: (epoch: Int, loader: BatchLoader)?
         var batches: (epoch: Int, sizes: [Int])?
@@ -464,6 +484,7 @@ public final class Coordinator {
             } else if configuration.checkpointEvery > 0, state.globalStep % configuration.checkpointEvery == 0 {
                 send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
                 saveState(started: started)
+                logger.info("checkpoint at step \(state.globalStep)")
             }
             if Date().timeIntervalSince(lastReport) >= 10 {
                 lastReport = Date()
@@ -520,6 +541,7 @@ public final class Coordinator {
         }
         try promote()
         if configuration.evaluates(epoch: epoch) {
+            publishPhase(nil, .evaluating, "epoch \(epoch + 1): awaiting the peers' test-set outputs")
             let evaluation = try gatherEvaluation(epoch: epoch)
             directory.recordEpoch(epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
             logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
@@ -529,6 +551,7 @@ public final class Coordinator {
         }
         state.evaluatedEpochs = epoch + 1
         saveState(started: started)
+        if epoch + 1 < configuration.epochs { publishPhase(nil, .training) }
     }
 
     private func saveState(started: Date) {

@@ -3,8 +3,12 @@ import Synchronization
 import Glibc
 
 /// Single-machine multi-process mode (`cohort launch`): starts the coordinator and one process per
-/// peer, shares the cores among them, prefixes and merges their output, stops them all on SIGINT or
-/// SIGTERM, and fails when any of them fails.
+/// peer, shares the cores among them, prefixes and merges their output (and with a log directory writes
+/// each process's own file), stops them all on SIGINT or SIGTERM, and fails when any of them fails.
+///
+/// The merged output is standard error; what a process prints on standard output (the coordinator's
+/// result table) is held back and printed on standard output once every process has ended, so the
+/// results come last and can be redirected on their own.
 public final class Launcher {
     /// What to start.
     public struct Plan: Sendable {
@@ -25,6 +29,9 @@ public final class Launcher {
         public var keys: String?
         /// Start every process with `--resume` (continue the run in the output directory).
         public var resume = false
+        /// Where to write one log file per process (`coordinator.log`, `peer-<rank>.log`, `launch.log`),
+        /// appended to across restarts and resumes.
+        public var logDirectory: String?
 
         public init(executable: String, configurationPath: String, peerCount: Int, hasTeacher: Bool, output: String?, threads: Int) {
             self.executable = executable; self.configurationPath = configurationPath; self.peerCount = peerCount
@@ -64,9 +71,28 @@ public final class Launcher {
         }
     }
 
+    /// Appends lines to one process's log file; writes that fail (a full disk) lose the line, not the run.
+    private final class LogFile: Sendable {
+        private let handle: Mutex<FileHandle?>
+        init(path: String) throws {
+            if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+            guard let h = FileHandle(forWritingAtPath: path) else { throw LauncherError(description: "cannot write the log file \(path)") }
+            h.seekToEndOfFile()
+            handle = Mutex(h)
+        }
+        func write(_ text: String) { handle.withLock { try? $0?.write(contentsOf: Data(text.utf8)) } }
+        func close() { handle.withLock { try? $0?.close(); $0 = nil } }
+    }
+
     let plan: Plan
     private let output = LineWriter()
     private var children: [Child] = []
+    private var logFiles: [String: LogFile] = [:]
+    /// Each process's standard output, in start order, printed once every process has ended.
+    private final class HeldOutput: Sendable {
+        let texts = Mutex([String]())
+    }
+    private let results = HeldOutput()
 
     public init(plan: Plan) { self.plan = plan }
 
@@ -75,6 +101,20 @@ public final class Launcher {
     public func run() throws -> Int32 {
         // Writing to a closed pipe must not kill the launcher (and orphan its children): it gets EPIPE.
         signal(SIGPIPE, SIG_IGN)
+        if let directory = plan.logDirectory {
+            do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+                throw LauncherError(description: "cannot create the log directory \(directory): \(error.localizedDescription)")
+            }
+            for name in ["launch", "coordinator"] + (0..<plan.peerCount).map({ "peer-\($0)" }) {
+                logFiles[name] = try LogFile(path: directory + "/" + name + ".log")
+            }
+            let stamp = Date().formatted(Date.ISO8601FormatStyle(timeZone: .current))
+            for file in logFiles.values { file.write("--- cohort launch started \(stamp) (pid \(getpid())) ---\n") }
+        }
+        defer {
+            flushResults()
+            for file in logFiles.values { file.close() }
+        }
         let ready = NSTemporaryDirectory() + "cohort-launch-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).json"
         defer { try? FileManager.default.removeItem(atPath: ready) }
         var common = ["--config", plan.configurationPath]
@@ -176,12 +216,29 @@ public final class Launcher {
         var environment = ProcessInfo.processInfo.environment
         environment[LauncherChild.environmentKey] = "\(getpid())"
         process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
+        let logs = Pipe(), results = Pipe()
+        process.standardOutput = results
+        process.standardError = logs
         let prefix = "[\(name)] "
-        let pending = Mutex([UInt8]())
+        let file = logFiles[name.replacingOccurrences(of: " ", with: "-")]
         let lock = output
+        readLines(logs) { lines in
+            file?.write(lines.map { $0 + "\n" }.joined())
+            lock.write(lines.map { prefix + $0 + "\n" }.joined())
+        }
+        let held = self.results
+        let index = held.texts.withLock { r in r.append(""); return r.count - 1 }
+        readLines(results) { lines in
+            file?.write(lines.map { $0 + "\n" }.joined())
+            held.texts.withLock { $0[index] += lines.map { $0 + "\n" }.joined() }
+        }
+        try process.run()
+        return process
+    }
+
+    /// Calls `body` with each batch of whole lines read from `pipe` (a last unterminated line at its end).
+    private func readLines(_ pipe: Pipe, _ body: @escaping @Sendable ([String]) -> Void) {
+        let pending = Mutex([UInt8]())
         pipe.fileHandleForReading.readabilityHandler = { handle in
             let chunk = handle.availableData
             let lines: [UInt8] = pending.withLock { buffer in
@@ -196,22 +253,37 @@ public final class Launcher {
             }
             if chunk.isEmpty { handle.readabilityHandler = nil }
             guard !lines.isEmpty else { return }
-            var text = ""
-            for line in lines.split(separator: 10, omittingEmptySubsequences: false).dropLast() {
-                text += prefix + String(decoding: line, as: UTF8.self) + "\n"
-            }
-            lock.write(text)
+            body(lines.split(separator: 10, omittingEmptySubsequences: false).dropLast().map { String(decoding: $0, as: UTF8.self) })
         }
-        try process.run()
-        return process
+    }
+
+    /// Prints what the processes wrote on standard output (their results), once, on standard output.
+    private func flushResults() {
+        // The pipes' last bytes arrive just after a process ends.
+        Thread.sleep(forTimeInterval: 0.1)
+        let text = results.texts.withLock { r in defer { r = [] }; return r.joined() }
+        guard !text.isEmpty else { return }
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let written = bytes.withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
+            if written < 0 && errno == EINTR { continue }
+            guard written > 0 else { return }
+            bytes = bytes.dropFirst(written)
+        }
     }
 
     private func say(_ text: String) {
         output.write("[launch] \(text)\n")
+        logFiles["launch"]?.write(text + "\n")
     }
 
     /// An endpoint a local process can connect to: a wildcard address becomes loopback.
     static func local(_ endpoint: String) -> String {
         endpoint.replacingOccurrences(of: "://0.0.0.0:", with: "://127.0.0.1:").replacingOccurrences(of: "://*:", with: "://127.0.0.1:")
     }
+}
+
+/// Why the launcher could not start.
+public struct LauncherError: Error, CustomStringConvertible {
+    public let description: String
 }

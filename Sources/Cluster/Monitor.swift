@@ -50,16 +50,24 @@ public struct StreamFilter: Sendable {
             return coordinator
         case .status(let s):
             return ranks.map { $0.contains(s.rank) } ?? true
+        case .phase(let p):
+            if let rank = p.rank { return ranks.map { $0.contains(rank) } ?? true }
+            return coordinator
         case .end:
             return true
         }
     }
 }
 
-/// The monitor's status view: one row per peer with its progress and when it was last heard of.
+/// The monitor's status view: what the coordinator is doing, then one row per peer with its phase, its
+/// progress, its latest test accuracy and when it was last heard of.
 public struct StatusTable: Sendable {
-    private var rows: [Int: (status: PeerStatus, heard: Date)] = [:]
+    private var rows: [Int: PeerStatus] = [:]
     private var lastHeard: [Int: Date] = [:]
+    private var phases: [Int: PhaseChange] = [:]
+    private var coordinatorPhase: PhaseChange?
+    /// The latest test accuracy of each peer, from its status or its epoch line.
+    private var testAccuracy: [Int: Double] = [:]
 
     public init() {}
 
@@ -67,35 +75,60 @@ public struct StatusTable: Sendable {
     public mutating func update(_ event: StreamEvent, at time: Date = Date()) {
         switch event {
         case .status(let s):
-            rows[s.rank] = (s, time)
+            rows[s.rank] = s
             lastHeard[s.rank] = time
+            if let t = s.testAccuracy { testAccuracy[s.rank] = t }
+            // A step's status means the peer trains, whatever it said before (joining, waiting, evaluating).
+            if phases[s.rank]?.phase != .training {
+                phases[s.rank] = PhaseChange(rank: s.rank, host: s.host, phase: .training, time: s.time)
+            }
         case .log(let r):
             if let rank = r.rank { lastHeard[rank] = time }
-        case .end:
-            break
+        case .phase(let p):
+            if let rank = p.rank {
+                phases[rank] = p
+                lastHeard[rank] = time
+            } else {
+                coordinatorPhase = p
+            }
+        case .end(let e):
+            coordinatorPhase = PhaseChange(rank: nil, host: coordinatorPhase?.host ?? "", phase: e.ok ? .finished : .absent,
+                                           detail: e.ok ? "run finished" : "run failed: \(e.reason)", time: e.time)
+            for rank in phases.keys where phases[rank]!.phase != .absent {
+                phases[rank] = PhaseChange(rank: rank, host: phases[rank]!.host, phase: .finished, time: e.time)
+            }
         }
     }
 
+    /// The phase shown for `rank` (nil before anything was heard of it).
+    public func phase(of rank: Int) -> Phase? { phases[rank]?.phase }
+
     /// The table as text, ages measured at `now`.
     public func render(now: Date = Date()) -> String {
-        let header = ["peer", "host", "model", "epoch", "step", "loss", "train acc", "test acc", "emb cos", "img/s", "exchange", "heard"]
+        var text = ""
+        if let c = coordinatorPhase {
+            text = "coordinator: \(c.phase.rawValue)" + (c.detail.map { " (\($0))" } ?? "") + "\n"
+        }
+        let header = ["peer", "host", "phase", "model", "epoch", "step", "loss", "train acc", "test acc", "emb cos", "img/s", "exchange", "heard"]
         var lines = [header]
-        for rank in Set(rows.keys).union(lastHeard.keys).sorted() {
+        for rank in Set(rows.keys).union(lastHeard.keys).union(phases.keys).sorted() {
             let heard = lastHeard[rank].map { String(format: "%.0f s ago", now.timeIntervalSince($0)) } ?? "-"
-            guard let s = rows[rank]?.status else {
-                lines.append(["\(rank)", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", heard])
+            let phase = phases[rank].map { $0.phase.rawValue } ?? "-"
+            let test = testAccuracy[rank].map { String(format: "%.2f%%", 100 * $0) } ?? "-"
+            guard let s = rows[rank] else {
+                lines.append(["\(rank)", phases[rank]?.host ?? "-", phase, "-", "-", "-", "-", "-", test, "-", "-", "-", heard])
                 continue
             }
             lines.append([
-                "\(rank)", s.host, s.model, "\(s.epoch + 1)/\(s.epochs)", "\(s.step + 1)/\(s.stepsPerEpoch)", String(format: "%.4f", s.loss),
-                String(format: "%.2f%%", 100 * s.accuracy), s.testAccuracy.map { String(format: "%.2f%%", 100 * $0) } ?? "-",
+                "\(rank)", s.host, phase, s.model, "\(s.epoch + 1)/\(s.epochs)", "\(s.step + 1)/\(s.stepsPerEpoch)", String(format: "%.4f", s.loss),
+                String(format: "%.2f%%", 100 * s.accuracy), test,
                 s.embeddingCosine.map { String(format: "%.3f", $0) + ($0 > 0.99 ? " (collapsed)" : "") } ?? "-",
                 String(format: "%.0f", s.imagesPerSecond),
                 String(format: "%.1f ms (%.1f%%)", 1000 * s.exchangeSeconds, 100 * s.exchangeSeconds / max(s.stepSeconds, 1e-9)), heard,
             ])
         }
         let widths = header.indices.map { c in lines.map { $0[c].count }.max()! }
-        return lines.map { row in
+        return text + lines.map { row in
             row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ")
         }.joined(separator: "\n")
     }

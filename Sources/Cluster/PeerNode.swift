@@ -60,7 +60,16 @@ public final class PeerNode {
     private var done = 0
     private var lastHeard = Date()
     private var lastTestTop1: Double?
+    /// The status sent after the last step (sent again with the test accuracy after an evaluation).
+    private var lastStatus: PeerStatus?
     private var imagesSince = (count: 0, since: Date())
+    /// Training time before this process (from the checkpoint it resumed or went back to) and when this
+    /// process's share began: checkpoints record their sum as `elapsed_seconds`.
+    private var secondsBefore = 0.0
+    private var runningSince = Date()
+
+    /// Seconds this peer's run has trained, over every process that took part in it.
+    private var elapsedSeconds: Double { secondsBefore + Date().timeIntervalSince(runningSince) }
 
     /// Loads the data, builds the network (from its newest checkpoint with `resume`) and connects
     /// (without waiting) to `coordinator`.
@@ -90,7 +99,8 @@ public final class PeerNode {
         } else {
             keys = nil
         }
-        data = try CohortData(configuration: configuration)
+        let dataLogger = logger
+        data = try CohortData.loading(configuration: configuration) { dataLogger.info(Logger.Message(stringLiteral: $0)) }
         let kind = configuration.data.dataSet
         teacherFeatureCount = configuration.teacher.map {
             Architecture(name: $0.model)!.make(inputChannels: kind.channels, classCount: kind.classCount, seed: 0).featureCount
@@ -131,6 +141,8 @@ public final class PeerNode {
             throw PeerError.resume("\(loaded.path): \(error)")
         }
         done = loaded.position.globalStep
+        secondsBefore = loaded.position.elapsedSeconds
+        runningSince = Date()
         try directory.truncateHistory(afterGlobalStep: done)
         logger.notice("resumed", metadata: ["checkpoint": "\(loaded.path)", "global_step": "\(done)"])
     }
@@ -138,6 +150,7 @@ public final class PeerNode {
     /// Joins the cohort and trains until the coordinator says the run is finished.
     /// - Throws: ``PeerError`` when refused, out of step, stopped or left without a coordinator.
     public func run() throws {
+        runningSince = Date()
         heartbeat = try HeartbeatThread(context: context, endpoint: coordinatorEndpoint, rank: rank, codec: codec,
                                         interval: configuration.network.heartbeatInterval, keys: keys)
         defer { heartbeat?.stop() }
@@ -158,10 +171,18 @@ public final class PeerNode {
         logger.info("joining", metadata: ["coordinator": "\(coordinatorEndpoint)", "model": "\(trainer.architecture.rawValue)",
                                           "steps_done": "\(done)"])
         let deadline = Date() + configuration.network.joinTimeout
+        let since = Date()
         var nextHello = Date()
+        var nextNotice = Date() + 10
         while true {
             try checkStop()
             guard Date() < deadline else { throw PeerError.noCoordinator(endpoint: coordinatorEndpoint, seconds: configuration.network.joinTimeout) }
+            if Date() >= nextNotice {
+                nextNotice = Date() + 30
+                logger.notice("no answer from the coordinator yet; it may still be loading its data or evaluating its teacher, or not be running at \(coordinatorEndpoint)",
+                              metadata: ["waited_seconds": "\(Int(Date().timeIntervalSince(since)))",
+                                         "gives_up_in_seconds": "\(Int(deadline.timeIntervalSinceNow))"])
+            }
             if Date() >= nextHello {
                 try? socket.send(.hello(.init(rank: rank, model: configuration.peers[rank].model, host: host, resumeStep: done)))
                 nextHello = Date() + max(2, configuration.network.heartbeatInterval * 2)
@@ -289,7 +310,7 @@ public final class PeerNode {
             break
         }
         let exchange = max(0, Date().timeIntervalSince(sent) - waited)
-        let position = TrainingPosition(epoch: step.epoch, stepInEpoch: step.step, globalStep: step.globalStep, elapsedSeconds: 0)
+        let position = TrainingPosition(epoch: step.epoch, stepInEpoch: step.step, globalStep: step.globalStep, elapsedSeconds: elapsedSeconds)
         var terms: [String: Double]
         do {
             terms = try trainer.finish(others: others, teacher: teacherOutputs, position: position, totalSteps: configuration.epochs * spe)
@@ -341,28 +362,40 @@ public final class PeerNode {
         return [kind.channels, kind.height, kind.width]
     }
 
-    /// Epoch end: test-set logits to the coordinator (on the epochs the cohort evaluates), then this peer's
-    /// epoch line and checkpoint.
+    /// Epoch end: this peer's test-set logits (on the epochs the cohort evaluates), its epoch line and
+    /// checkpoint, then the logits to the coordinator — so that the cohort's epoch result follows every
+    /// peer's line, and a coordinator that has the logits knows the checkpoint exists.
     private func evaluate(_ e: Message.Evaluate) throws {
         if e.globalStep < done { try rewind(to: e.globalStep) }
         let kind = configuration.data.dataSet
         var test: EvaluationResult?
+        var logits: [Float] = []
         if e.evaluatesTestSet {
-            let logits = testLogits(trainer.model, on: data.testSet, batchSize: configuration.evaluationBatchSize)
-            try socket.send(.evaluation(.init(rank: rank, epoch: e.epoch),
-                                        tensors: [TensorPayload(name: "logits", shape: [data.testSet.count, kind.classCount], values: logits)]))
+            flushLogs(phase: .evaluating)
+            let progress = PhaseProgress("epoch \(e.epoch + 1): evaluating on the test set", total: data.testSet.count) { [self] line in
+                logger.info(Logger.Message(stringLiteral: line))
+                flushLogs()
+            }
+            logits = testLogits(trainer.model, on: data.testSet, batchSize: configuration.evaluationBatchSize, progress: progress)
             test = score(logits: logits, labels: data.testSet.labels, classCount: kind.classCount)
             lastTestTop1 = test!.top1
         }
-        let position = TrainingPosition(epoch: e.epoch + 1, stepInEpoch: 0, globalStep: done, elapsedSeconds: 0)
+        flushLogs(phase: .checkpointing)
+        let position = TrainingPosition(epoch: e.epoch + 1, stepInEpoch: 0, globalStep: done, elapsedSeconds: elapsedSeconds)
+        let written = Date()
         try directory.endEpoch(trainer, test: test, position: position, shape: shape)
+        let writing = String(format: "checkpoint written (%.1f s)", Date().timeIntervalSince(written))
         if let test {
-            logger.info(Logger.Message(stringLiteral: String(format: "epoch %d/%d: test top-1 %.2f%%, checkpoint written", e.epoch + 1,
-                                                             configuration.epochs, 100 * test.top1)))
+            logger.info(Logger.Message(stringLiteral: String(format: "epoch %d/%d: test top-1 %.2f%%, %@", e.epoch + 1,
+                                                             configuration.epochs, 100 * test.top1, writing)))
         } else {
-            logger.info(Logger.Message(stringLiteral: "epoch \(e.epoch + 1)/\(configuration.epochs): checkpoint written"))
+            logger.info(Logger.Message(stringLiteral: "epoch \(e.epoch + 1)/\(configuration.epochs): \(writing)"))
         }
-        flushLogs()
+        flushLogs(status: lastStatus.map { $0.with(testAccuracy: lastTestTop1) }, phase: .waiting)
+        if e.evaluatesTestSet {
+            try socket.send(.evaluation(.init(rank: rank, epoch: e.epoch),
+                                        tensors: [TensorPayload(name: "logits", shape: [data.testSet.count, kind.classCount], values: logits)]))
+        }
     }
 
     /// Goes back to this peer's checkpoint at `step`: a resumed cohort continues from the newest step
@@ -378,15 +411,19 @@ public final class PeerNode {
         }
         logger.notice("went back to the cohort's step", metadata: ["steps_done": "\(done)", "cohort_step": "\(step)", "checkpoint": "\(loaded.path)"])
         done = step
+        secondsBefore = loaded.position.elapsedSeconds
+        runningSince = Date()
         loader = nil
         try directory.truncateHistory(afterGlobalStep: step)
     }
 
     /// A cohort checkpoint between epoch ends.
     private func checkpoint(_ c: Message.Checkpoint) throws {
+        flushLogs(phase: .checkpointing)
+        defer { flushLogs(phase: .waiting) }
         let spe = data.stepsPerEpoch
         try directory.saveCheckpoint(trainer, position: TrainingPosition(epoch: done / spe, stepInEpoch: done % spe, globalStep: done,
-                                                                         elapsedSeconds: 0), shape: shape)
+                                                                         elapsedSeconds: elapsedSeconds), shape: shape)
         if done != c.globalStep {
             logger.warning("checkpoint written at this peer's own step", metadata: ["steps_done": "\(done)", "cohort_step": "\(c.globalStep)"])
         }
@@ -405,6 +442,12 @@ public final class PeerNode {
             case .message(let message, _, _)?:
                 lastHeard = Date()
                 if case .heartbeat = message { continue }
+                // The answer to a hello repeated while the coordinator was busy (loading a teacher, say):
+                // the admission this peer already holds, nothing to act on.
+                if case .welcome(let w) = message, w.accepted, w.session != nil, w.session == heartbeat?.session {
+                    logger.debug("a repeated welcome (the answer to an earlier hello)")
+                    continue
+                }
                 return message
             case .invalid?, nil:
                 continue
@@ -412,16 +455,17 @@ public final class PeerNode {
         }
     }
 
-    /// Sends the buffered log records (and `status`) to the coordinator.
-    private func flushLogs(status: PeerStatus? = nil) {
+    /// Sends the buffered log records (and `status`, and a change of `phase`) to the coordinator.
+    private func flushLogs(status: PeerStatus? = nil, phase: Phase? = nil) {
         let (records, dropped) = logs.drain()
         var all = records
         if dropped > 0 {
             all.insert(LogRecord(time: Date().timeIntervalSince1970, level: "warning", rank: rank, host: host, label: "cohort.peer",
                                  message: "\(dropped) log record(s) dropped (buffer full)"), at: 0)
         }
-        guard !all.isEmpty || status != nil else { return }
-        try? socket.send(.log(.init(records: all, status: status)))
+        guard !all.isEmpty || status != nil || phase != nil else { return }
+        if let status { lastStatus = status }
+        try? socket.send(.log(.init(records: all, status: status, phase: phase)))
     }
 
     private func checkStop() throws {

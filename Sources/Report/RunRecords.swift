@@ -94,6 +94,10 @@ public struct RunRecords: Sendable {
         guard !members.isEmpty else {
             throw ReportError.notARun(directory, "no metrics.jsonl (a run of cohort launch or cohort train)")
         }
+        guard members.contains(where: { !$0.steps.isEmpty || !$0.epochs.isEmpty }) else {
+            throw ReportError.notARun(directory, "its metrics files hold no step (the run stopped before its first step; its output or "
+                                      + "log files say why)")
+        }
     }
 
     /// The run with only the peers whose rank is in `ranks` (a single network is kept); for comparing

@@ -1,4 +1,6 @@
+import Foundation
 import Data
+import Training
 
 /// The data every member of a cohort derives its batches from: the training and test sets (after the
 /// configured limits) and the sampler. Built from the configuration alone, so every process of a
@@ -36,6 +38,17 @@ public struct CohortData: Sendable {
         }
         stepsPerEpoch = sampler.batches(epoch: 0).count
         seed = configuration.seed
+    }
+
+    /// Loads both splits like ``init(configuration:)``, then reports what it loaded and how long it took.
+    public static func loading(configuration: CohortConfiguration, report: (String) -> Void) throws -> CohortData {
+        let kind = configuration.data.dataSet
+        let started = Date()
+        let data = try CohortData(configuration: configuration)
+        report(String(format: "loaded %@: %@ training and %@ test images, %d steps per epoch (%.1f s)", kind.rawValue,
+                      PhaseProgress.count(data.trainSet.count), PhaseProgress.count(data.testSet.count), data.stepsPerEpoch,
+                      Date().timeIntervalSince(started)))
+        return data
     }
 
     /// The augmented training batches of `epoch`, prepared in the background.

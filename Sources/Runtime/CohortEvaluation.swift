@@ -15,8 +15,9 @@ public struct CohortEvaluation: Sendable {
 }
 
 /// `model`'s logits for every sample of `dataSet`, in order ([count, classes], row-major), computed in
-/// evaluation mode without gradients, `batchSize` samples at a time.
-public func testLogits(_ model: any Classifier, on dataSet: DataSet, batchSize: Int) -> [Float] {
+/// evaluation mode without gradients, `batchSize` samples at a time. `progress` is told the images done
+/// after each batch.
+public func testLogits(_ model: any Classifier, on dataSet: DataSet, batchSize: Int, progress: PhaseProgress? = nil) -> [Float] {
     let wasTraining = model.isTraining
     model.eval()
     defer { model.train(wasTraining) }
@@ -26,6 +27,7 @@ public func testLogits(_ model: any Classifier, on dataSet: DataSet, batchSize: 
     result.reserveCapacity(dataSet.count * model.classCount)
     while let batch = loader.next() {
         withNoGrad { result += model(batch.imageTensor()).scalars }
+        progress?.update(done: result.count / model.classCount)
     }
     return result
 }
@@ -53,8 +55,13 @@ public func evaluateCohort(logits: [[Float]], labels: [Int], classCount: Int) ->
                             ensembleTop1: ensemble.top1, ensembleTop5: ensemble.top5)
 }
 
-/// Evaluates the models on `dataSet` (evaluation mode, no gradients) and their ensemble.
-public func evaluateCohort(_ models: [any Classifier], on dataSet: DataSet, batchSize: Int) -> CohortEvaluation {
-    evaluateCohort(logits: models.map { testLogits($0, on: dataSet, batchSize: batchSize) }, labels: dataSet.labels,
-                   classCount: dataSet.kind.classCount)
+/// Evaluates the models on `dataSet` (evaluation mode, no gradients) and their ensemble; `progress` counts
+/// the images of every model (`models.count` times the set's size in all).
+public func evaluateCohort(_ models: [any Classifier], on dataSet: DataSet, batchSize: Int, progress: PhaseProgress? = nil) -> CohortEvaluation {
+    var logits: [[Float]] = []
+    for model in models {
+        progress?.offset = logits.count * dataSet.count
+        logits.append(testLogits(model, on: dataSet, batchSize: batchSize, progress: progress))
+    }
+    return evaluateCohort(logits: logits, labels: dataSet.labels, classCount: dataSet.kind.classCount)
 }

@@ -15,10 +15,12 @@ public final class InProcessCohort {
     public let teacher: TeacherRunner?
     let data: CohortData
 
-    public init(configuration: CohortConfiguration) throws {
+    /// Loads the data (telling `report` what it loads) and builds every network.
+    public init(configuration: CohortConfiguration, report: (String) -> Void = { _ in }) throws {
         self.configuration = configuration
-        data = try CohortData(configuration: configuration)
+        // The teacher first: a wrong checkpoint is reported before the data set is loaded.
         let teacherRunner = try configuration.teacher.map { try TeacherRunner(settings: $0, dataSet: configuration.data.dataSet) }
+        data = try CohortData.loading(configuration: configuration, report: report)
         teacher = teacherRunner
         let teacherFeatures = teacherRunner?.model.featureCount
         let (count, steps) = (data.trainSet.count, data.stepsPerEpoch)
@@ -47,8 +49,13 @@ public final class InProcessCohort {
             position = restored
             try cohortDirectory.truncateHistory(afterGlobalStep: position.globalStep)
         }
-        let teacherTop1 = teacher.map { evaluate($0.model, on: data.testSet, batchSize: configuration.evaluationBatchSize).top1 }
-        if let teacherTop1 { progress.log(String(format: "teacher %@: test top-1 %.2f%%", configuration.teacher!.model, 100 * teacherTop1)) }
+        let teacherTop1 = teacher.map { teacher in
+            let phase = PhaseProgress("evaluating the teacher (\(configuration.teacher!.model)) on the test set", total: data.testSet.count,
+                                      report: progress.log)
+            let top1 = evaluate(teacher.model, on: data.testSet, batchSize: configuration.evaluationBatchSize, progress: phase).top1
+            phase.finish(String(format: "test top-1 %.2f%%", 100 * top1))
+            return top1
+        }
         progress.log("cohort of \(peers.count) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(kind.rawValue): \(data.trainSet.count) images, \(spe) steps/epoch, \(configuration.epochs) epochs")
         let started = Date() - position.elapsedSeconds
         let runStarted = Date()
@@ -93,7 +100,12 @@ public final class InProcessCohort {
                 }
             }
             let evaluated = configuration.evaluates(epoch: epoch)
-            if evaluated { last = evaluateCohort(peers.map(\.model), on: data.testSet, batchSize: configuration.evaluationBatchSize) }
+            if evaluated {
+                let phase = PhaseProgress("epoch \(epoch + 1): evaluating \(peers.count) networks on the test set",
+                                          total: peers.count * data.testSet.count, report: progress.log)
+                last = evaluateCohort(peers.map(\.model), on: data.testSet, batchSize: configuration.evaluationBatchSize, progress: phase)
+                phase.finish()
+            }
             let saved = savedPosition()
             for p in peers {
                 try peerDirectories[p.rank].endEpoch(p, test: evaluated ? last.peers[p.rank] : nil, position: saved, shape: shape)

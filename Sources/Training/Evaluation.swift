@@ -32,8 +32,9 @@ public func topKCorrect(logits: Tensor, labels: [Int]) -> (top1: Int, top5: Int)
 }
 
 /// Evaluates `model` in evaluation mode (running statistics, no gradients) on `dataSet`, unaugmented, and
-/// restores the module's previous mode.
-public func evaluate(_ model: any Classifier, on dataSet: DataSet, batchSize: Int = 500) -> EvaluationResult {
+/// restores the module's previous mode. `progress` is told the images done after each batch.
+public func evaluate(_ model: any Classifier, on dataSet: DataSet, batchSize: Int = 500,
+                     progress: PhaseProgress? = nil) -> EvaluationResult {
     let wasTraining = model.isTraining
     model.eval()
     defer { model.train(wasTraining) }
@@ -42,6 +43,7 @@ public func evaluate(_ model: any Classifier, on dataSet: DataSet, batchSize: In
     let loader = BatchLoader(assembler: assembler, batches: batches, epoch: 0)
     var top1 = 0, top5 = 0
     var loss = 0.0
+    var done = 0
     while let batch = loader.next() {
         withNoGrad {
             let logits = model(batch.imageTensor())
@@ -50,6 +52,8 @@ public func evaluate(_ model: any Classifier, on dataSet: DataSet, batchSize: In
             top5 += counts.top5
             loss += Double(logits.crossEntropy(labels: batch.labels).item) * Double(batch.size)
         }
+        done += batch.size
+        progress?.update(done: done)
     }
     let n = Double(Swift.max(dataSet.count, 1))
     return EvaluationResult(top1: Double(top1) / n, top5: Double(top5) / n, loss: loss / n, count: dataSet.count)

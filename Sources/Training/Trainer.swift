@@ -161,7 +161,8 @@ public final class Trainer {
                                                 "lr": Double(optimizer.learningRate)]
             var report = String(format: "epoch %d/%d: train loss %.4f, train acc %.2f%%", epoch + 1, options.epochs, trainLoss, 100 * trainAccuracy)
             if options.evaluates(epoch: epoch) {
-                last = evaluate(model, on: testSet, batchSize: options.evaluationBatchSize)
+                let phase = PhaseProgress("epoch \(epoch + 1): evaluating on the test set", total: testSet.count, report: progress.log)
+                last = evaluate(model, on: testSet, batchSize: options.evaluationBatchSize, progress: phase)
                 bestTop1 = Swift.max(bestTop1, last.top1)
                 position.bestTestTop1 = bestTop1
                 line["test_top1"] = last.top1; line["test_top5"] = last.top5; line["test_loss"] = last.loss

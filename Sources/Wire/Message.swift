@@ -96,7 +96,11 @@ public enum Message: Sendable, Equatable {
     public struct LogBatch: Codable, Sendable, Equatable {
         public let records: [LogRecord]
         public let status: PeerStatus?
-        public init(records: [LogRecord], status: PeerStatus? = nil) { self.records = records; self.status = status }
+        /// What the peer is doing from now on (evaluating, checkpointing, training), when it changed.
+        public let phase: Phase?
+        public init(records: [LogRecord], status: PeerStatus? = nil, phase: Phase? = nil) {
+            self.records = records; self.status = status; self.phase = phase
+        }
     }
     public struct Heartbeat: Codable, Sendable, Equatable {
         public let rank: Int?

@@ -62,19 +62,62 @@ public struct PeerStatus: Codable, Sendable, Equatable {
         self.testAccuracy = testAccuracy; self.imagesPerSecond = imagesPerSecond; self.stepSeconds = stepSeconds
         self.exchangeSeconds = exchangeSeconds; self.time = time; self.embeddingCosine = embeddingCosine
     }
+
+    /// This status with another test accuracy (after an evaluation), taken now.
+    public func with(testAccuracy: Double?) -> PeerStatus {
+        PeerStatus(rank: rank, host: host, model: model, epoch: epoch, epochs: epochs, step: step, stepsPerEpoch: stepsPerEpoch,
+                   globalStep: globalStep, loss: loss, accuracy: accuracy, testAccuracy: testAccuracy, imagesPerSecond: imagesPerSecond,
+                   stepSeconds: stepSeconds, exchangeSeconds: exchangeSeconds, time: Date().timeIntervalSince1970,
+                   embeddingCosine: embeddingCosine)
+    }
+}
+
+/// What a cohort process is doing, for the monitor's status view.
+public enum Phase: String, Codable, Sendable, CaseIterable {
+    /// Loading data, building networks (the coordinator before it admits anyone).
+    case loading
+    /// Admitted while the cohort trains; takes part from the next step.
+    case joining
+    /// Admitted, waiting for the cohort to start (or for the coordinator).
+    case waiting
+    case training
+    /// Computing test-set outputs (a peer at an epoch's end, the coordinator its teacher's).
+    case evaluating
+    case checkpointing
+    case finished
+    /// Marked absent by the coordinator (silent, unreachable, or stopped); the cohort goes on without it.
+    case absent
+}
+
+/// A process's change of ``Phase`` on the log stream: `rank` nil for the coordinator.
+public struct PhaseChange: Codable, Sendable, Equatable {
+    public let rank: Int?
+    public let host: String
+    public let phase: Phase
+    /// What exactly (e.g. "the teacher (resnet56)", or why a peer is absent).
+    public let detail: String?
+    /// Seconds since 1970 on the coordinator's host.
+    public let time: Double
+
+    public init(rank: Int?, host: String, phase: Phase, detail: String? = nil, time: Double) {
+        self.rank = rank; self.host = host; self.phase = phase; self.detail = detail; self.time = time
+    }
 }
 
 /// What the coordinator publishes on its log stream (a ZeroMQ PUB socket): two frames, the topic
-/// (`log`, `status` or `end`) and the JSON of a ``LogRecord``, a ``PeerStatus`` or an ``StreamEnd``.
+/// (`log`, `status`, `phase` or `end`) and the JSON of a ``LogRecord``, a ``PeerStatus``, a ``PhaseChange``
+/// or a ``StreamEnd``.
 public enum StreamEvent: Sendable, Equatable {
     case log(LogRecord)
     case status(PeerStatus)
+    case phase(PhaseChange)
     case end(StreamEnd)
 
     public var topic: String {
         switch self {
         case .log: "log"
         case .status: "status"
+        case .phase: "phase"
         case .end: "end"
         }
     }
@@ -86,6 +129,7 @@ public enum StreamEvent: Sendable, Equatable {
         let body: Data = switch self {
         case .log(let r): try! encoder.encode(r)
         case .status(let s): try! encoder.encode(s)
+        case .phase(let p): try! encoder.encode(p)
         case .end(let e): try! encoder.encode(e)
         }
         return [Array(topic.utf8), Array(body)]
@@ -101,6 +145,7 @@ public enum StreamEvent: Sendable, Equatable {
             switch topic {
             case "log": return .log(try decoder.decode(LogRecord.self, from: Data(frames[1])))
             case "status": return .status(try decoder.decode(PeerStatus.self, from: Data(frames[1])))
+            case "phase": return .phase(try decoder.decode(PhaseChange.self, from: Data(frames[1])))
             case "end": return .end(try decoder.decode(StreamEnd.self, from: Data(frames[1])))
             default: throw WireError.unknownType(topic)
             }

@@ -182,6 +182,7 @@ struct MonitorCommand: ParsableCommand {
         let interactive = isatty(STDOUT_FILENO) == 1
         var recent: [String] = []
         StopSignal.install()
+        FileHandle.standardError.write(Data("cohort monitor: following \(endpoint); waiting for its first event (Ctrl-C to stop)\n".utf8))
         let started = Date()
         var heardAnything = false
         var nextSilenceNote = started + 5

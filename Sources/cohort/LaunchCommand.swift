@@ -30,6 +30,10 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Cores to use (shared among the processes with zmq).") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Restarts allowed per process after a crash (each resumes from its newest checkpoint).") var maxRestarts = 3
     @Option(help: "Directory with coordinator.key and peer-<rank>.key (cohort keygen), for a secured cohort.") var keys: String?
+    @Option(help: ArgumentHelp("Also write each process's output to its own file in this directory, appended to.",
+                               discussion: "coordinator.log, peer-<rank>.log and launch.log (zmq); cohort.log (inproc)."),
+            completion: .directory)
+    var logDir: String?
     @Flag(help: "Continue the run in the output directory from the cohort's newest checkpoint.") var resume = false
     @Flag(help: "Move a run already in the output directory aside (to OUTPUT.old-N) and start a new one.") var fresh = false
 
@@ -75,10 +79,13 @@ struct LaunchCommand: ParsableCommand {
             StopSignal.install()
             let locks = try holding { try inProcessLocks(configuration) }
             defer { withExtendedLifetime((lock, locks)) {} }
+            let tees = try logDir.map { try teeOutput(into: $0) } ?? []
+            defer { for tee in tees.reversed() { tee.finish() } }
             do {
                 try reportingErrors(config) {
-                    printSummary(try InProcessCohort(configuration: configuration).run(resume: resume, shouldStop: { StopSignal.current != nil }),
-                                 output: output)
+                    let progress = ProgressReporter()
+                    let cohort = try InProcessCohort(configuration: configuration, report: progress.log)
+                    printSummary(try cohort.run(resume: resume, shouldStop: { StopSignal.current != nil }, progress: progress), output: output)
                 }
             } catch let stopped as CohortStopped {
                 printError("\(stopped); continue with: \(resumeCommand)")
@@ -92,12 +99,27 @@ struct LaunchCommand: ParsableCommand {
         plan.maxRestarts = maxRestarts
         plan.keys = keys
         plan.resume = resume
-        let status = try Launcher(plan: plan).run()
+        plan.logDirectory = logDir
+        let status: Int32
+        do { status = try Launcher(plan: plan).run() } catch let error as LauncherError { throw CLIError(message: "\(error)") }
         withExtendedLifetime(lock) {}
         if let signal = StopSignal.current {
             printError("[launch] stopped by signal \(signal); continue with: \(resumeCommand)")
         }
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// Copies standard error and standard output into DIR/cohort.log (the in-process cohort is one process).
+    private func teeOutput(into directory: String) throws -> [OutputTee] {
+        let path = directory + "/cohort.log"
+        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            throw CLIError(message: "cannot create the log directory \(directory): \(error.localizedDescription)")
+        }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let file = FileHandle(forWritingAtPath: path) else { throw CLIError(message: "cannot write the log file \(path)") }
+        file.seekToEndOfFile()
+        try file.write(contentsOf: Data("--- cohort launch --transport inproc started \(Date().formatted(Date.ISO8601FormatStyle(timeZone: .current))) ---\n".utf8))
+        return [try OutputTee(2, into: file), try OutputTee(1, into: file)]
     }
 
     /// The in-process cohort writes every part of the directory: it holds the coordinator's lock and every peer's.

@@ -32,11 +32,16 @@ import Testing
         try #require(finished.finish() == 0, "\(finished.output)")
         let checkpoints = directory + "/finished/peer-0/checkpoints"
         try FileManager.default.createDirectory(atPath: directory + "/empty", withIntermediateDirectories: true)
+        // What a launch that failed before its first step leaves: the peers' directories with empty metrics.
+        try FileManager.default.createDirectory(atPath: directory + "/failed/peer-0", withIntermediateDirectories: true)
+        try Data().write(to: URL(fileURLWithPath: directory + "/failed/peer-0/metrics.jsonl"))
+        try Data().write(to: URL(fileURLWithPath: directory + "/failed/metrics.jsonl"))
         let base = "data: {dataset: fashion-mnist, train_limit: 128, test_limit: 50}\npeers: [{model: resnet8}]\n"
 
         let cases: [Case] = [
             Case(["--version"], ["cohort ", "wire protocol"]),
             Case(["report", directory + "/empty"], ["is not a run directory", "no metrics.jsonl"]),
+            Case(["report", directory + "/failed"], ["is not a run directory", "hold no step", "say why"]),
             Case(["verify", directory + "/empty"], ["no checkpoint files under"]),
             Case(["evaluate", "--checkpoint", directory + "/finished"], ["is a directory", "peer-0/checkpoints/last.safetensors"]),
             Case(["evaluate", "--checkpoint", checkpoints + "/epoch-0001.state.safetensors"], ["training-state file", "epoch-0001.safetensors"]),

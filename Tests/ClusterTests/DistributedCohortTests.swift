@@ -14,15 +14,43 @@ import Runtime
         let config = directory + "/cohort.yaml"
         try write(cohortConfiguration(), to: config)
         // One thread per process in both runs: the same kernels split the same way.
-        let inproc = try CohortProcess(["launch", "--config", config, "--transport", "inproc", "--threads", "1", "--out", directory + "/inproc"])
+        let inproc = try CohortProcess(["launch", "--config", config, "--transport", "inproc", "--threads", "1", "--out", directory + "/inproc",
+                                        "--log-dir", directory + "/inproc-logs"])
         #expect(inproc.finish() == 0, "\(inproc.output)")
-        let zmq = try CohortProcess(["launch", "--config", config, "--threads", "3", "--out", directory + "/zmq"])
+        let zmq = try CohortProcess(["launch", "--config", config, "--threads", "3", "--out", directory + "/zmq", "--log-dir", directory + "/logs"])
         #expect(zmq.finish() == 0, "\(zmq.output)")
+
+        // --log-dir: one file per process, its own lines unprefixed (inproc: the one process's file).
+        let inprocLog = try String(contentsOfFile: directory + "/inproc-logs/cohort.log", encoding: .utf8)
+        #expect(inprocLog.contains("epoch 2/2") && inprocLog.contains("ensemble: test top-1"), "\(inprocLog)")
+        for (name, expected) in [("coordinator", "coordinator@"), ("peer-0", "peer 0@"), ("peer-1", "peer 1@"), ("peer-2", "peer 2@"),
+                                 ("launch", "log stream at")] {
+            let log = try String(contentsOfFile: directory + "/logs/\(name).log", encoding: .utf8)
+            #expect(log.hasPrefix("--- cohort launch started") && log.contains(expected) && !log.contains("[peer") && !log.contains("[coordinator]"),
+                    "\(name).log: \(log)")
+        }
+        #expect(try String(contentsOfFile: directory + "/logs/coordinator.log", encoding: .utf8).contains("ensemble: test top-1"))
+        // The merged output in order: every peer's epoch line before the cohort's result of that epoch, the
+        // results (the coordinator's standard output) after every process's last line.
+        let merged = zmq.output.split(separator: "\n").map(String.init)
+        for epoch in 1...2 {
+            let result = merged.firstIndex { $0.hasPrefix("[coordinator]") && $0.contains("epoch \(epoch)/2: peer 0") }
+            for rank in 0..<3 {
+                let line = merged.firstIndex { $0.hasPrefix("[peer \(rank)]") && $0.contains("epoch \(epoch)/2: test top-1") }
+                #expect(line != nil && result != nil && line! < result!, "peer \(rank), epoch \(epoch):\n\(zmq.output)")
+            }
+        }
+        #expect(merged.last?.hasPrefix("ensemble: test top-1") == true, "\(zmq.output)")
+        #expect(merged.dropLast(4).allSatisfy { $0.hasPrefix("[") }, "only the results are unprefixed")
 
         for rank in 0..<3 {
             for file in ["last.safetensors", "epoch-0002.state.safetensors", "epoch-0001.safetensors"] {
                 try expectIdentical(directory + "/inproc/peer-\(rank)/checkpoints/" + file, directory + "/zmq/peer-\(rank)/checkpoints/" + file)
             }
+            // A peer process's checkpoints record the time it trained, as the in-process cohort's do.
+            let first = try SafeTensors.read(directory + "/zmq/peer-\(rank)/checkpoints/epoch-0001.safetensors").metadata["elapsed_seconds"]
+            let last = try SafeTensors.read(directory + "/zmq/peer-\(rank)/checkpoints/last.safetensors").metadata["elapsed_seconds"]
+            #expect((first.flatMap(Double.init) ?? 0) > 0 && (last.flatMap(Double.init) ?? 0) > (first.flatMap(Double.init) ?? 0), "\(first ?? "-") \(last ?? "-")")
         }
         let a = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: directory + "/inproc/summary.json")))
         let b = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: directory + "/zmq/summary.json")))
@@ -35,7 +63,10 @@ import Runtime
         let stream = try jsonLines(directory + "/zmq/stream.jsonl")
         for rank in 0..<3 {
             #expect(stream.contains { $0["topic"] as? String == "log" && $0["rank"] as? Int == rank && $0["host"] != nil })
-            #expect(stream.filter { $0["topic"] as? String == "status" && $0["rank"] as? Int == rank }.count == 20)
+            // A status after every step, and again after each epoch's evaluation with its test accuracy.
+            let statuses = stream.filter { $0["topic"] as? String == "status" && $0["rank"] as? Int == rank }
+            #expect(Set(statuses.compactMap { $0["globalStep"] as? Int }) == Set(1...20) && statuses.count == 22)
+            #expect(statuses.last?["testAccuracy"] is Double)
         }
         #expect(stream.contains { $0["topic"] as? String == "log" && $0["rank"] == nil && ($0["message"] as? String)?.hasPrefix("epoch 2/2") == true })
         #expect(stream.last?["topic"] as? String == "end" && stream.last?["ok"] as? Bool == true)
@@ -111,9 +142,21 @@ import Runtime
             #expect(events.contains { $0["topic"] as? String == "status" && $0["rank"] as? Int == rank && $0["loss"] is Double }, "rank \(rank)")
         }
         #expect(events.last?["topic"] as? String == "end")
-        #expect(table.output.contains("peer  host") && table.output.contains("exchange") && table.output.contains("resnet14"))
+        #expect(table.output.contains("peer  host  phase") && table.output.contains("exchange") && table.output.contains("resnet14"))
+        // Phases on the stream: each peer evaluates and checkpoints at each epoch's end; the last table says
+        // finished, with the last epoch's test accuracy.
+        for rank in 0..<3 {
+            let phases = events.filter { $0["topic"] as? String == "phase" && $0["rank"] as? Int == rank }.compactMap { $0["phase"] as? String }
+            #expect(phases.filter { $0 == "evaluating" }.count == 2 && phases.filter { $0 == "checkpointing" }.count == 2, "\(phases)")
+        }
+        let finalTable = table.output.components(separatedBy: "coordinator: ").last ?? ""
+        #expect(finalTable.hasPrefix("finished"), "\(table.output)")
+        let rows = finalTable.split(separator: "\n").filter { $0.first?.isNumber == true }
+        // Percentages: train acc, test acc (the last epoch's, sent after the last step) and the exchange's share.
+        #expect(rows.count == 3 && rows.allSatisfy { $0.contains("finished") && $0.filter { $0 == "%" }.count == 3 }, "\(finalTable)")
         #expect(table.output.hasSuffix("run finished\n"))
-        let lines = filtered.output.split(separator: "\n").dropLast()  // the last: "run finished"
+        // Without the monitor's own note on standard error ("cohort monitor: following ...") and its last line, "run finished".
+        let lines = filtered.output.split(separator: "\n").dropLast().filter { !$0.hasPrefix("cohort monitor:") }
         #expect(!lines.isEmpty && lines.allSatisfy { $0.contains("peer 2@") }, "\(filtered.output)")
     }
 
