@@ -64,6 +64,8 @@ public final class Coordinator {
     let teacher: TeacherRunner?
     let directory: CohortRunDirectory
     let host: String
+    /// The Prometheus endpoint (`--metrics-port`).
+    let metrics: MetricsEndpoint?
     private var membership: [Membership]
     private var members: [[UInt8]?]
     private var hosts: [String]
@@ -83,8 +85,9 @@ public final class Coordinator {
     ///   - keyPath: the coordinator's secret key file, required when the configuration has `security`.
     ///   - insecure: allow binding beyond loopback without keys.
     ///   - console: where the coordinator's own records are printed (info and above).
+    ///   - metricsPort: serve the cohort's metrics for Prometheus on this port (0: any free one).
     public init(configuration: CohortConfiguration, keyPath: String? = nil, insecure: Bool = false,
-                console: any LogSink = ConsoleSink()) throws {
+                console: any LogSink = ConsoleSink(), metricsPort: Int? = nil) throws {
         self.configuration = configuration
         let n = configuration.peers.count
         membership = Array(repeating: .absent, count: n)
@@ -145,6 +148,8 @@ public final class Coordinator {
         controlEndpoint = socket.lastEndpoint
         control = ProtocolSocket(socket, codec: codec, logger: logger, routed: true)
         self.host = host
+        metrics = try metricsPort.map { try MetricsEndpoint(port: $0) }
+        if let metrics { logger.info("serving metrics at http://\(host):\(metrics.port)/metrics", metadata: ["port": "\(metrics.port)"]) }
         publisher.publish(.phase(PhaseChange(rank: nil, host: host, phase: .loading, detail: "data", time: Date().timeIntervalSince1970)))
         teacher = try configuration.teacher.map { try TeacherRunner(settings: $0, dataSet: configuration.data.dataSet) }
         data = try CohortData.loading(configuration: configuration) { logger.info(Logger.Message(stringLiteral: $0)) }
@@ -478,6 +483,11 @@ public final class Coordinator {
             }
             directory.recordStep(globalStep + 1, present: delivered)
             state.globalStep = globalStep + 1
+            if let registry = metrics?.registry {
+                registry.makeGauge(name: "cohort_global_step", labels: [], help: "Steps the cohort has trained.").set(Double(state.globalStep))
+                registry.makeGauge(name: "cohort_peers_present", labels: [], help: "Peers that delivered the last step's outputs.")
+                    .set(Double(delivered.count))
+            }
             state.images += b
             if state.globalStep % spe == 0 {
                 try endEpoch(epoch, started: started)
@@ -543,6 +553,8 @@ public final class Coordinator {
         if configuration.evaluates(epoch: epoch) {
             publishPhase(nil, .evaluating, "epoch \(epoch + 1): awaiting the peers' test-set outputs")
             let evaluation = try gatherEvaluation(epoch: epoch)
+            metrics?.registry.makeGauge(name: "cohort_ensemble_test_accuracy", labels: [], help: "Top-1 test accuracy of the peers' ensemble.")
+                .set(evaluation.ensembleTop1)
             directory.recordEpoch(epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
             logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
         } else {

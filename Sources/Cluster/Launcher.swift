@@ -32,6 +32,8 @@ public final class Launcher {
         /// Where to write one log file per process (`coordinator.log`, `peer-<rank>.log`, `launch.log`),
         /// appended to across restarts and resumes.
         public var logDirectory: String?
+        /// Serve Prometheus metrics: the coordinator on this port, peer r on this port + 1 + r (0: each any free port).
+        public var metricsPort: Int?
 
         public init(executable: String, configurationPath: String, peerCount: Int, hasTeacher: Bool, output: String?, threads: Int) {
             self.executable = executable; self.configurationPath = configurationPath; self.peerCount = peerCount
@@ -121,8 +123,9 @@ public final class Launcher {
         if let out = plan.output { common += ["--out", out] }
         func key(_ name: String) -> [String] { plan.keys.map { ["--key", $0 + "/" + name + ".key"] } ?? [] }
         let resume = plan.resume ? ["--resume"] : []
+        func metrics(_ offset: Int) -> [String] { plan.metricsPort.map { ["--metrics-port", "\($0 == 0 ? 0 : $0 + offset)"] } ?? [] }
         let coordinator = try start(name: "coordinator",
-                                    ["coordinator"] + common + key("coordinator") + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready] + resume)
+                                    ["coordinator"] + common + key("coordinator") + metrics(0) + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready] + resume)
         // The coordinator writes its endpoints once bound (with the data and teacher loaded).
         let deadline = Date() + plan.startTimeout
         var endpoints: [String: String]?
@@ -142,10 +145,10 @@ public final class Launcher {
         say("coordinator at \(control); log stream at \(stream) (watch it with: cohort monitor \(stream))")
         // A restarted coordinator binds the same endpoints again, so the peers find it where it was.
         children[0] = Child(name: "coordinator", process: coordinator.process,
-                            arguments: ["coordinator"] + common + key("coordinator") + ["--threads", "\(plan.coordinatorThreads)",
+                            arguments: ["coordinator"] + common + key("coordinator") + metrics(0) + ["--threads", "\(plan.coordinatorThreads)",
                                         "--bind", endpoints!["coordinator"] ?? "", "--stream", endpoints!["stream"] ?? "", "--resume"])
         for rank in 0..<plan.peerCount {
-            let arguments = ["peer"] + common + key("peer-\(rank)") + ["--rank", "\(rank)", "--coordinator", control,
+            let arguments = ["peer"] + common + key("peer-\(rank)") + metrics(1 + rank) + ["--rank", "\(rank)", "--coordinator", control,
                                                                       "--threads", "\(plan.peerThreads)"]
             let child = try start(name: "peer \(rank)", arguments + resume)
             children[children.count - 1] = Child(name: child.name, process: child.process, arguments: arguments + ["--resume"])

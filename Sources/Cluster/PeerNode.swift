@@ -60,6 +60,8 @@ public final class PeerNode {
     private var done = 0
     private var lastHeard = Date()
     private var lastTestTop1: Double?
+    /// The Prometheus endpoint and this peer's series (`--metrics-port`).
+    private var metrics: (endpoint: MetricsEndpoint, series: PeerMetrics)?
     /// The status sent after the last step (sent again with the test accuracy after an evaluation).
     private var lastStatus: PeerStatus?
     private var imagesSince = (count: 0, since: Date())
@@ -77,8 +79,9 @@ public final class PeerNode {
     ///   - keyPath: this peer's secret key file, required when the configuration has `security`.
     ///   - console: where this peer's records are printed (info and above); every record at info and
     ///     above also goes to the coordinator's log stream.
+    ///   - metricsPort: serve this peer's step metrics for Prometheus on this port (0: any free one).
     public init(configuration: CohortConfiguration, rank: Int, coordinator: String, resume: Bool = false, keyPath: String? = nil,
-                console: any LogSink = ConsoleSink()) throws {
+                console: any LogSink = ConsoleSink(), metricsPort: Int? = nil) throws {
         precondition(configuration.peers.indices.contains(rank), "rank \(rank) is checked by the caller")
         self.rank = rank
         self.configuration = configuration
@@ -112,6 +115,11 @@ public final class PeerNode {
         context = try ZMQContext()
         socket = try Self.connect(context: context, endpoint: coordinator, codec: codec, keys: keys, timeout: configuration.network.timeout,
                                   logger: logger)
+        if let metricsPort {
+            let endpoint = try MetricsEndpoint(port: metricsPort)
+            metrics = (endpoint, PeerMetrics(registry: endpoint.registry, rank: rank, model: configuration.peers[rank].model))
+            logger.info("serving metrics at http://\(host):\(endpoint.port)/metrics", metadata: ["port": "\(endpoint.port)"])
+        }
         if resume { try restore() }
     }
 
@@ -337,6 +345,7 @@ public final class PeerNode {
                                 loss: directory.runningMean("total"), accuracy: directory.runningMean("accuracy"),
                                 testAccuracy: lastTestTop1, imagesPerSecond: rate, stepSeconds: stepSeconds, exchangeSeconds: exchange,
                                 time: Date().timeIntervalSince1970, embeddingCosine: terms["embedding_cosine"])
+        metrics?.series.recordStep(status, terms: terms, batchSize: b)
         flushLogs(status: status)
     }
 
@@ -379,6 +388,7 @@ public final class PeerNode {
             logits = testLogits(trainer.model, on: data.testSet, batchSize: configuration.evaluationBatchSize, progress: progress)
             test = score(logits: logits, labels: data.testSet.labels, classCount: kind.classCount)
             lastTestTop1 = test!.top1
+            metrics?.series.recordEvaluation(top1: test!.top1)
         }
         flushLogs(phase: .checkpointing)
         let position = TrainingPosition(epoch: e.epoch + 1, stepInEpoch: 0, globalStep: done, elapsedSeconds: elapsedSeconds)

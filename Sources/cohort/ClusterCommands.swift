@@ -38,8 +38,14 @@ func reportingErrors(_ config: String, _ body: () throws -> Void) throws {
         throw CLIError(message: "\(error)")
     } catch let error as RunLock.Held {
         throw CLIError(message: "\(error)")
+    } catch let error as MetricsEndpointError {
+        throw CLIError(message: "\(error)")
     }
 }
+
+/// The `--metrics-port` option's help, shared by the commands that serve metrics.
+let metricsPortHelp = ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, logged).",
+                                   valueName: "port")
 
 /// `cohort coordinator`: runs a distributed cohort's coordinator.
 struct CoordinatorCommand: ParsableCommand {
@@ -60,6 +66,7 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Threads for the teacher.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Write the bound endpoints (JSON) to this file once listening.") var readyFile: String?
     @Option(help: "The coordinator's secret key file (cohort keygen), when the configuration has security keys.") var key: String?
+    @Option(help: metricsPortHelp) var metricsPort: Int?
     @Flag(help: "Continue from the newest cohort checkpoint in the output directory, and from where the peers are.") var resume = false
     @Flag(help: "Allow binding beyond loopback without CURVE keys (anyone who can reach the ports can join).") var insecure = false
 
@@ -80,7 +87,7 @@ struct CoordinatorCommand: ParsableCommand {
         Parallelism.setThreadCount(threads)
         StopSignal.install()
         try reportingErrors(config) {
-            let coordinator = try Coordinator(configuration: configuration, keyPath: key, insecure: insecure)
+            let coordinator = try Coordinator(configuration: configuration, keyPath: key, insecure: insecure, metricsPort: metricsPort)
             if let readyFile { try coordinator.writeEndpoints(to: readyFile) }
             let summary = try coordinator.run(resume: resume)
             printSummary(summary, output: configuration.output)
@@ -104,6 +111,7 @@ struct PeerCommand: ParsableCommand {
     @Option(help: "Override the configuration's output directory.") var out: String?
     @Option(help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "This peer's secret key file (cohort keygen), when the configuration has security keys.") var key: String?
+    @Option(help: metricsPortHelp) var metricsPort: Int?
     @Flag(help: "Start from this peer's newest valid checkpoint and rejoin the cohort at its next step.") var resume = false
 
     func run() throws {
@@ -126,7 +134,7 @@ struct PeerCommand: ParsableCommand {
         Parallelism.setThreadCount(threads)
         StopSignal.install()
         try reportingErrors(config) {
-            try PeerNode(configuration: configuration, rank: rank, coordinator: endpoint, resume: resume, keyPath: key).run()
+            try PeerNode(configuration: configuration, rank: rank, coordinator: endpoint, resume: resume, keyPath: key, metricsPort: metricsPort).run()
         }
     }
 }

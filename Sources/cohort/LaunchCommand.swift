@@ -34,12 +34,19 @@ struct LaunchCommand: ParsableCommand {
                                discussion: "coordinator.log, peer-<rank>.log and launch.log (zmq); cohort.log (inproc)."),
             completion: .directory)
     var logDir: String?
+    @Option(help: ArgumentHelp("Serve Prometheus metrics: the coordinator at http://HOST:PORT/metrics, peer r at PORT+1+r (0: any free ports, logged).",
+                               valueName: "port"))
+    var metricsPort: Int?
     @Flag(help: "Continue the run in the output directory from the cohort's newest checkpoint.") var resume = false
     @Flag(help: "Move a run already in the output directory aside (to OUTPUT.old-N) and start a new one.") var fresh = false
 
     func validate() throws {
         guard ["zmq", "inproc"].contains(transport) else { throw ValidationError("--transport \(transport): zmq or inproc") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if let metricsPort, !(0...65535).contains(metricsPort) { throw ValidationError("--metrics-port \(metricsPort): a port is 0...65535") }
+        if metricsPort != nil && transport == "inproc" {
+            throw ValidationError("--metrics-port: each process of a cohort serves its own metrics, and --transport inproc has no such processes; use --transport zmq")
+        }
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
         guard !(resume && fresh) else { throw ValidationError("--resume continues the run in the output directory, --fresh moves it aside: choose one") }
     }
@@ -100,6 +107,7 @@ struct LaunchCommand: ParsableCommand {
         plan.keys = keys
         plan.resume = resume
         plan.logDirectory = logDir
+        plan.metricsPort = metricsPort
         let status: Int32
         do { status = try Launcher(plan: plan).run() } catch let error as LauncherError { throw CLIError(message: "\(error)") }
         withExtendedLifetime(lock) {}

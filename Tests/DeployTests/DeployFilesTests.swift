@@ -87,13 +87,19 @@ import TestSupport
             let volumes = spec["volumes"] as? [[String: Any]] ?? []
             #expect(volumes.contains { ($0["secret"] as? [String: Any])?["secretName"] as? String == "cohort-keys" })
             #expect(container["resources"] != nil)
+            // Scraped by Prometheus: the pod's annotations name the port the process serves its metrics on.
+            let annotations = ((job["spec"] as? [String: Any])?["template"] as? [String: Any]).flatMap { ($0["metadata"] as? [String: Any])?["annotations"] as? [String: String] } ?? [:]
+            #expect(annotations["prometheus.io/scrape"] == "true" && annotations["prometheus.io/path"] == "/metrics", "\(role)")
+            let metricsPort = try #require(annotations["prometheus.io/port"])
+            #expect(command.contains("--metrics-port \(metricsPort)"), "\(command)")
+            let containerPorts = (container["ports"] as? [[String: Any]] ?? []).compactMap { $0["containerPort"] as? Int }
+            #expect(containerPorts.contains(Int(metricsPort)!))
             if role == "peer" {
                 #expect(command.contains("--rank $JOB_COMPLETION_INDEX") && command.contains("--key /keys/peer-$JOB_COMPLETION_INDEX.key"))
                 #expect(command.contains("--coordinator tcp://cohort-coordinator:\(port(configuration.network.coordinator))"))
             } else {
                 #expect(command.contains("--key /keys/coordinator.key"))
-                let ports = (container["ports"] as? [[String: Any]] ?? []).compactMap { $0["containerPort"] as? Int }
-                #expect(Set(ports) == Set(servicePorts))
+                #expect(Set(containerPorts.filter { $0 != Int(metricsPort)! }) == Set(servicePorts))
             }
         }
         // The configuration's keys are the secret's files, one per peer in rank order.
