@@ -24,10 +24,21 @@ LIMITS="train_limit: 1024, test_limit: 5000"
 EPOCHS=40
 mkdir -p "$OUT"
 
+cat > "$OUT/teacher.yaml" <<YAML
+# Written by deploy/quickstart.sh: the teacher, one network trained alone (cohort train --config); the same
+# keys as a cohort's file (docs/configuration.md), with model instead of peers.
+model: resnet20
+data: {dataset: fashion-mnist, test_limit: 5000}
+seed: 0
+epochs: 1
+batch_size: 128
+sampler: shuffled
+output: $OUT/teacher
+YAML
 if [ ! -f "$OUT/teacher/checkpoints/last.safetensors" ]; then
     echo "quickstart: training the teacher (resnet20, one epoch over all 60,000 images)"
     rm -rf "$OUT/teacher"
-    "$COHORT" train --model resnet20 --dataset fashion-mnist --epochs 1 --batch 128 --seed 0 --test-limit 5000 --out "$OUT/teacher"
+    "$COHORT" train --config "$OUT/teacher.yaml"
 fi
 
 cat > "$OUT/alone.yaml" <<YAML

@@ -144,12 +144,16 @@ public struct CohortConfiguration: Sendable, Equatable {
         return try parse(text)
     }
 
+    /// The top-level keys every configuration shares: a cohort's and a single network's (`cohort train --config`).
+    public static let sharedKeys = ["data", "seed", "epochs", "batch_size", "sampler", "optimizer", "schedule", "output",
+                                    "evaluation_batch_size", "evaluation_every", "checkpoint_every"]
+
     /// Parses and validates YAML text.
-    public static func parse(_ text: String) throws -> CohortConfiguration {
+    /// - Parameter singleNetwork: the file describes one network trained alone: `model` instead of `peers`,
+    ///   and none of the cohort's own keys (`mcl`, `teacher`, `network`, `security`).
+    public static func parse(_ text: String, singleNetwork: Bool = false) throws -> CohortConfiguration {
         var c = CohortConfiguration()
-        let top = try ConfigurationNode.parse(text).mapping(allowed: [
-            "data", "seed", "epochs", "batch_size", "sampler", "optimizer", "schedule", "peers", "mcl", "teacher",
-            "output", "evaluation_batch_size", "evaluation_every", "network", "security", "checkpoint_every"])
+        let top = try ConfigurationNode.parse(text).mapping(allowed: sharedKeys + (singleNetwork ? ["model"] : ["peers", "mcl", "teacher", "network", "security"]))
         if let d = top["data"] {
             let m = try d.mapping(allowed: ["dataset", "directory", "train_limit", "test_limit"])
             if let v = m["dataset"] {
@@ -220,6 +224,15 @@ public struct CohortConfiguration: Sendable, Equatable {
             if c.schedule == .multistep && c.milestones.isEmpty {
                 throw ConfigurationError.missing(path: "schedule.milestones", expected: "epochs at which the rate drops, for kind: multistep")
             }
+        }
+        if singleNetwork {
+            guard let model = top["model"] else { throw ConfigurationError.missing(path: "model", expected: Architecture.allNames) }
+            let name = try model.string()
+            guard Architecture(name: name) != nil else {
+                throw ConfigurationError.badValue(path: model.path, expected: "one of \(Architecture.allNames)", found: "\"\(name)\"\(suggestion(for: name, among: Architecture.allCases.map(\.rawValue)))")
+            }
+            c.peers = [Peer(model: name)]
+            return c
         }
         guard let peers = top["peers"] else {
             throw ConfigurationError.missing(path: "peers", expected: "a list of peers, each with a model")
@@ -337,6 +350,8 @@ public struct CohortConfiguration: Sendable, Equatable {
     /// The settings of one peer's SGD and schedule, in `cohort train`'s terms.
     var trainingOptions: TrainingOptions {
         var o = TrainingOptions()
+        o.model = peers.first?.model ?? o.model
+        o.checkpointEvery = checkpointEvery
         o.dataSet = data.dataSet; o.dataDirectory = data.directory
         o.trainLimit = data.trainLimit; o.testLimit = data.testLimit
         o.epochs = epochs; o.batchSize = batchSize; o.sampler = sampler

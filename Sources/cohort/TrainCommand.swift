@@ -16,10 +16,24 @@ struct TrainCommand: ParsableCommand {
             checkpoints in OUT/checkpoints (safetensors with PyTorch state_dict names; last.safetensors is \
             always the newest). Evaluates on the test set after every epoch.
 
-            Example:
+            With --config FILE the settings come from a YAML file with the keys a cohort uses for the same \
+            things (docs/configuration.md): a file with model: and the shared keys (data, seed, epochs, \
+            batch_size, sampler, optimizer, schedule, evaluation_batch_size, evaluation_every, \
+            checkpoint_every, output), or a cohort's own file with --rank R, which trains peer R's network \
+            alone with the cohort's settings (its baseline). Only --out, --threads and --resume may be given \
+            beside it.
+
+            Examples:
               cohort train --model resnet20 --dataset fashion-mnist --epochs 3 --batch 128 --lr 0.1 \\
                 --schedule cosine --seed 0 --out runs/teacher
+              cohort train --config docs/examples/teacher.yaml
+              cohort train --config docs/examples/mcl.yaml --rank 0 --out runs/alone
             """)
+
+    @Option(help: "A YAML file of settings (a network's, or a cohort's with --rank) instead of the flags below.",
+            completion: .file(extensions: ["yaml", "yml"]))
+    var config: String?
+    @Option(help: "With a cohort's --config: the peer whose network to train alone.") var rank: Int?
 
     @Option(help: "Architecture: \(Architecture.allNames).") var model = "resnet20"
     @Option(help: "Data set: fashion-mnist, mnist, cifar10, cifar100.") var dataset = "fashion-mnist"
@@ -44,8 +58,37 @@ struct TrainCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Also checkpoint every N steps (0: at the end of each epoch only).") var checkpointEvery = 0
     @Option(parsing: .unconditional, help: "Evaluate on the test set every N epochs (and after the last).") var evaluateEvery = 1
     @Option(parsing: .unconditional, help: "Threads for BLAS and Cohort's loops.") var threads = ProcessInfo.processInfo.activeProcessorCount
-    @Option(help: "Output directory.") var out = "runs/train"
+    @Option(help: "Output directory (default: the configuration's output, else runs/train).") var out: String?
     @Flag(help: "Continue the run in --out from its newest checkpoint.") var resume = false
+
+    /// The flags that set what --config sets.
+    static let trainingFlags = ["--model", "--dataset", "--data-dir", "--epochs", "--batch", "--lr", "--schedule", "--milestones", "--gamma",
+                                "--warmup-epochs", "--momentum", "--weight-decay", "--nesterov", "--no-nesterov", "--seed", "--sampler",
+                                "--train-limit", "--test-limit", "--checkpoint-every", "--evaluate-every"]
+
+    /// The settings and the output directory: from --config, or from the flags.
+    func settings() throws -> (options: TrainingOptions, output: String) {
+        guard let config else {
+            if rank != nil { throw ValidationError("--rank goes with --config (a cohort's file)") }
+            return (try options(), out ?? "runs/train")
+        }
+        let given = CommandLine.arguments.filter { argument in
+            Self.trainingFlags.contains { argument == $0 || argument.hasPrefix($0 + "=") }
+        }
+        if let first = given.first {
+            throw ValidationError("\(first.split(separator: "=")[0]) and --config: the file sets the training; change it there (docs/configuration.md), "
+                                  + "or drop --config")
+        }
+        do {
+            let loaded = try TrainingConfiguration.load(path: config, rank: rank)
+            try loaded.options.validate()
+            return (loaded.options, out ?? loaded.output ?? "runs/train")
+        } catch let error as ConfigurationError {
+            throw CLIError(message: "\(config): \(error)")
+        } catch let error as TrainingError {
+            throw CLIError(message: "\(config): \(error)")
+        }
+    }
 
     func options() throws -> TrainingOptions {
         var o = TrainingOptions()
@@ -86,13 +129,14 @@ struct TrainCommand: ParsableCommand {
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-        _ = try options()
+        if config == nil { _ = try options() }
     }
 
     func run() throws {
         Parallelism.setThreadCount(threads)
         do {
-            let trainer = try Trainer(options: try options(), outputDirectory: out, threads: threads)
+            let (options, out) = try settings()
+            let trainer = try Trainer(options: options, outputDirectory: out, threads: threads)
             let summary = try trainer.run(resume: resume)
             print(String(format: "%@ on %@: test top-1 %.2f%%, top-5 %.2f%% after %d epochs (%d steps) in %.0f s, %.0f images/s; wrote %@",
                          summary.model, summary.dataset, 100 * summary.test_top1, 100 * summary.test_top5, summary.epochs,

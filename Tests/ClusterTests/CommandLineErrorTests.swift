@@ -66,6 +66,11 @@ import Testing
             Case(["launch", "--config", try yaml("mnist", "data: {dataset: mnist}\npeers: [{model: resnet8}]\noutput: \(directory)/mnist\n"),
                   "--transport", "inproc"], ["data.directory"]),
             Case(["launch", "--config", try yaml("every", base + "evaluation_every: 0\n")], ["evaluation_every"]),
+            Case(["train", "--config", finishedConfig, "--epochs", "2"], ["--epochs and --config", "change it there"], usage: true),
+            Case(["train", "--config", try yaml("two", "peers: [{model: resnet8}, {model: resnet14}]\n")], ["--rank", "a cohort of 2"]),
+            Case(["train", "--config", try yaml("single-mcl", "model: resnet8\nmcl: {enabled: false}\n")], ["unknown key mcl", "allowed here"]),
+            Case(["train", "--config", try yaml("single", "model: resnet8\n"), "--rank", "1"], ["--rank", "describes one network"]),
+            Case(["train", "--config", try yaml("single-model", "model: resnet2O\n")], ["model must be one of", "did you mean \"resnet20\""]),
             Case(["launch", "--config", try yaml("teacher", base + "teacher: {model: resnet20, checkpoint: \(checkpoints)/last.safetensors, kd: {weight: 0.9}}\noutput: \(directory)/teacher\n"),
                   "--transport", "inproc"], ["teacher.checkpoint", "holds a resnet8", "teacher.model: resnet8"]),
         ]

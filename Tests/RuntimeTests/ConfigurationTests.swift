@@ -1,7 +1,22 @@
+import Foundation
 import Testing
 @testable import Runtime
 
 @Suite struct ConfigurationTests {
+    /// Every example in docs/examples reads: the cohorts' files as cohorts, the single network's with
+    /// `cohort train --config` (the teacher of mcl-teacher.yaml, written where that file looks for it).
+    @Test func everyExampleReads() throws {
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/examples").path
+        let files = try FileManager.default.contentsOfDirectory(atPath: docs).filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.count >= 4)
+        for file in files where file != "teacher.yaml" { _ = try CohortConfiguration.load(path: docs + "/" + file) }
+        let teacher = try TrainingConfiguration.load(path: docs + "/teacher.yaml", rank: nil)
+        let cohort = try CohortConfiguration.load(path: docs + "/mcl-teacher.yaml")
+        #expect(teacher.options.model == cohort.teacher?.model)
+        #expect(teacher.output.map { $0 + "/checkpoints/last.safetensors" } == cohort.teacher?.checkpoint)
+    }
+
     @Test func readsEveryKey() throws {
         let c = try CohortConfiguration.parse("""
             data: {dataset: cifar100, directory: /data/c100, train_limit: 500, test_limit: 100}
