@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # From a fresh Debian machine with Swift to a cohort that beats training alone, on Fashion-MNIST:
 #   1. installs what is missing and builds Cohort (release);
-#   2. trains a teacher (resnet20, one epoch over all 60,000 training images);
-#   3. trains one resnet8 ALONE on only the first 1,024 training images for 40 epochs;
+#   2. trains a teacher (resnet14, one epoch over all 60,000 training images);
+#   3. trains one resnet8 ALONE on only the first 1,024 training images for 30 epochs;
 #   4. runs a COHORT of two resnet8 peers on the same 1,024 images, same budget, same seed, each guided by
 #      the teacher (KD), as a coordinator (which runs the teacher) and one process per peer on this machine;
 #   5. prints the network alone beside the cohort's networks and their ensemble.
 # docs/results.md ("A strong teacher, little data") has the same setting over three seeds, and why.
-# About 12 minutes on 2 cores of an AMD EPYC Zen 3 (AVX2), plus about 4 for a first release build; everything goes
+# About 10 minutes from a fresh clone on 2 cores of an AMD EPYC Zen 3 (AVX2), the release build included
+# (docs/results.md, "The quickstart"); everything goes
 # to runs/quickstart (the teacher and the finished runs are reused when run again, an interrupted run is
 # continued with --resume). Watch the cohort live from another terminal with the `cohort monitor` command it
 # prints.
@@ -21,13 +22,13 @@ COHORT=.build/release/cohort
 OUT=runs/quickstart
 # The students' data and budget, the same for the network alone and for the cohort.
 LIMITS="train_limit: 1024, test_limit: 5000"
-EPOCHS=40
+EPOCHS=30
 mkdir -p "$OUT"
 
 cat > "$OUT/teacher.yaml" <<YAML
 # Written by deploy/quickstart.sh: the teacher, one network trained alone (cohort train --config); the same
 # keys as a cohort's file (docs/configuration.md), with model instead of peers.
-model: resnet20
+model: resnet14
 data: {dataset: fashion-mnist, test_limit: 5000}
 seed: 0
 epochs: 1
@@ -36,7 +37,7 @@ sampler: shuffled
 output: $OUT/teacher
 YAML
 if [ ! -f "$OUT/teacher/checkpoints/last.safetensors" ]; then
-    echo "quickstart: training the teacher (resnet20, one epoch over all 60,000 images)"
+    echo "quickstart: training the teacher (resnet14, one epoch over all 60,000 images)"
     rm -rf "$OUT/teacher"
     "$COHORT" train --config "$OUT/teacher.yaml"
 fi
@@ -70,7 +71,7 @@ peers: [{model: resnet8}, {model: resnet8}]
 # between the peers too: mcl: {soft_ramp_epochs: 15}.
 mcl: {enabled: false}
 teacher:
-  model: resnet20
+  model: resnet14
   checkpoint: $OUT/teacher/checkpoints/last.safetensors
   kd: {weight: 0.9, temperature: 4}
 network: {coordinator: "tcp://127.0.0.1:*", stream: "tcp://127.0.0.1:*"}
@@ -85,21 +86,21 @@ fi
 echo
 echo "quickstart: results on the first 5,000 test images, $(( $(date +%s) - start )) s in all"
 if command -v python3 > /dev/null; then
-    python3 - "$OUT" <<'PY'
+    python3 - "$OUT" "$EPOCHS" <<'PY'
 import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
+out, epochs = pathlib.Path(sys.argv[1]), sys.argv[2]
 alone = json.loads((out / "alone/summary.json").read_text())
 cohort = json.loads((out / "cohort/summary.json").read_text())
 base = alone["peers"][0]["test_top1"]
 def row(name, top1, gain=True):
     print("| %s | %.2f%% | %s |" % (name, 100 * top1, "%+.2f" % (100 * (top1 - base)) if gain else ""))
-print("| network (resnet8, 1,024 training images, 40 epochs) | test top-1 | vs alone |")
+print("| network (resnet8, 1,024 training images, %s epochs) | test top-1 | vs alone |" % epochs)
 print("|---|---|---|")
 row("alone", base, gain=False)
 for p in cohort["peers"]:
     row("cohort peer %d" % p["rank"], p["test_top1"])
 row("cohort ensemble (2 networks)", cohort["ensemble_top1"])
-print("| teacher (resnet20, all 60,000 images, 1 epoch) | %.2f%% | |" % (100 * cohort["teacher_top1"]))
+print("| teacher (resnet14, all 60,000 images, 1 epoch) | %.2f%% | |" % (100 * cohort["teacher_top1"]))
 PY
 else
     cat "$OUT/alone/summary.json" "$OUT/cohort/summary.json"

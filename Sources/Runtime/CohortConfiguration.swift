@@ -220,7 +220,12 @@ public struct CohortConfiguration: Sendable, Equatable {
             if let v = m["kind"] { c.schedule = TrainingOptions.ScheduleKind(rawValue: try v.choice(TrainingOptions.ScheduleKind.allCases.map(\.rawValue)))! }
             if let v = m["milestones"] { c.milestones = try v.list().map { try $0.int(1...Int.max) } }
             if let v = m["gamma"] { c.gamma = try v.float(minimum: 1e-12) }
-            if let v = m["warmup_epochs"] { c.warmupEpochs = try v.int(0...Int.max) }
+            if let v = m["warmup_epochs"] {
+                c.warmupEpochs = try v.int(0...Int.max)
+                guard c.warmupEpochs < c.epochs else {
+                    throw ConfigurationError.badValue(path: v.path, expected: "fewer than epochs (\(c.epochs))", found: "\(c.warmupEpochs)")
+                }
+            }
             if c.schedule == .multistep && c.milestones.isEmpty {
                 throw ConfigurationError.missing(path: "schedule.milestones", expected: "epochs at which the rate drops, for kind: multistep")
             }

@@ -66,6 +66,7 @@ import Testing
             Case(["launch", "--config", try yaml("mnist", "data: {dataset: mnist}\npeers: [{model: resnet8}]\noutput: \(directory)/mnist\n"),
                   "--transport", "inproc"], ["data.directory"]),
             Case(["launch", "--config", try yaml("every", base + "evaluation_every: 0\n")], ["evaluation_every"]),
+            Case(["launch", "--config", try yaml("warmup", base + "epochs: 3\nschedule: {warmup_epochs: 3}\n")], ["schedule.warmup_epochs", "fewer than epochs (3)"]),
             Case(["train", "--config", finishedConfig, "--epochs", "2"], ["--epochs and --config", "change it there"], usage: true),
             Case(["train", "--config", try yaml("two", "peers: [{model: resnet8}, {model: resnet14}]\n")], ["--rank", "a cohort of 2"]),
             Case(["train", "--config", try yaml("single-mcl", "model: resnet8\nmcl: {enabled: false}\n")], ["unknown key mcl", "allowed here"]),
