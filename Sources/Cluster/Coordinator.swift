@@ -489,16 +489,17 @@ public final class Coordinator {
                     .set(Double(delivered.count))
             }
             state.images += b
+            // The step's progress before what ends the epoch, so the lines read in order.
+            if Date().timeIntervalSince(lastReport) >= 10 {
+                lastReport = Date()
+                reportProgress(epoch: epoch, step: step, started: started)
+            }
             if state.globalStep % spe == 0 {
                 try endEpoch(epoch, started: started)
             } else if configuration.checkpointEvery > 0, state.globalStep % configuration.checkpointEvery == 0 {
                 send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
                 saveState(started: started)
                 logger.info("checkpoint at step \(state.globalStep)")
-            }
-            if Date().timeIntervalSince(lastReport) >= 10 {
-                lastReport = Date()
-                reportProgress(epoch: epoch, step: step, started: started)
             }
         }
         let last = CohortEvaluation(peers: state.lastEvaluation.map { $0 ?? EvaluationResult(top1: 0, top5: 0, loss: 0, count: 0) },

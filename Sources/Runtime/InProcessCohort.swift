@@ -101,7 +101,7 @@ public final class InProcessCohort {
             }
             let evaluated = configuration.evaluates(epoch: epoch)
             if evaluated {
-                let phase = PhaseProgress("epoch \(epoch + 1): evaluating \(peers.count) networks on the test set",
+                let phase = PhaseProgress("epoch \(epoch + 1): evaluating \(peers.count == 1 ? "the network" : "\(peers.count) networks") on the test set",
                                           total: peers.count * data.testSet.count, report: progress.log)
                 last = evaluateCohort(peers.map(\.model), on: data.testSet, batchSize: configuration.evaluationBatchSize, progress: phase)
                 phase.finish()
