@@ -20,7 +20,7 @@ public struct TrainingConfiguration: Sendable {
             throw ConfigurationError.unreadable(path: path, reason: error.localizedDescription)
         }
         let keys = try ConfigurationNode.parse(text).topLevelKeys
-        let isCohort = keys.contains("peers")
+        let isCohort = !(try describesOneNetwork(text))
         let configuration = try CohortConfiguration.parse(text, singleNetwork: !isCohort)
         var options = configuration.trainingOptions
         if isCohort {
@@ -36,6 +36,14 @@ public struct TrainingConfiguration: Sendable {
             throw ConfigurationError.badValue(path: "--rank", expected: "nothing: the file describes one network (model)", found: "\(rank)")
         }
         return TrainingConfiguration(options: options, output: keys.contains("output") ? configuration.output : nil)
+    }
+}
+
+extension TrainingConfiguration {
+    /// Whether YAML `text` describes one network (`model:`, no `peers:`) rather than a cohort.
+    public static func describesOneNetwork(_ text: String) throws -> Bool {
+        let keys = try ConfigurationNode.parse(text).topLevelKeys
+        return keys.contains("model") && !keys.contains("peers")
     }
 }
 

@@ -44,4 +44,27 @@ import TestSupport
                 "\(options ?? [:])")
         #expect(!FileManager.default.fileExists(atPath: directory + "/cohort"))
     }
+
+    /// `cohort config check` on every example: valid, every key's effective value, the digest of a cohort's file;
+    /// a bad file names the key, exit status 1.
+    @Test func configCheckAcceptsEveryExample() throws {
+        let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/examples").path
+        let files = try FileManager.default.contentsOfDirectory(atPath: examples).filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.count >= 4)
+        for file in files {
+            let check = try CohortProcess(["config", "check", examples + "/" + file])
+            #expect(check.finish() == 0, "\(file): \(check.output)")
+            #expect(check.output.contains("valid;") && check.output.contains("optimizer.lr") && check.output.contains("data.dataset"), "\(check.output)")
+            if file != "teacher.yaml" {
+                #expect(check.output.contains("digest: ") && check.output.contains("mcl.tau") && check.output.contains("network.heartbeat_timeout"))
+            }
+        }
+        let directory = scratch("config-check")
+        try write("peers: [{model: resnet8}]\nteacher: {model: resnet20, checkpoint: x, rrd: {keys: 1000}}\n", to: directory + "/bad.yaml")
+        let bad = try CohortProcess(["config", "check", directory + "/bad.yaml"])
+        #expect(bad.finish() == 1 && bad.output.contains("teacher.rrd.keys must be a multiple of batch_size (128), got 1000"), "\(bad.output)")
+        let reference = try CohortProcess(["config", "reference"])
+        #expect(reference.finish() == 0 && reference.output.hasPrefix("| key | type | allowed | default | digest |"))
+    }
 }

@@ -3,6 +3,23 @@ import Testing
 @testable import Runtime
 
 @Suite struct ConfigurationTests {
+    /// docs/configuration.md holds the key reference exactly as the schema produces it (`cohort config reference`),
+    /// and the reference lists every key the parser accepts.
+    @Test func theDocumentedReferenceIsTheSchemas() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let doc = try String(contentsOf: root.appendingPathComponent("docs/configuration.md"), encoding: .utf8)
+        let reference = ConfigurationSchema.reference()
+        #expect(doc.contains(reference), "docs/configuration.md differs from `cohort config reference`; paste its output there")
+        #expect(reference.split(separator: "\n").count == ConfigurationSchema.keys.count + 2)
+        // A key the reference does not list is refused, naming the keys allowed there.
+        #expect(throws: ConfigurationError.unknownKey(path: "mcl.weights.scl", allowed: ["vcl", "soft_vcl", "icl", "soft_icl", "logit"])) {
+            try CohortConfiguration.parse("peers: [{model: resnet8}]\nmcl: {weights: {scl: 1}}")
+        }
+        // Every documented key can be written: a file setting every leaf key of a cohort reads.
+        let everything = try CohortConfiguration.parse(CanonicalSettingsGoldenTests.corpus[2].0)
+        #expect(everything.teacher?.rrd?.memory == .momentum && everything.network.heartbeatTimeout == 5 && everything.checkpointEvery == 100)
+    }
+
     /// Every example in docs/examples reads: the cohorts' files as cohorts, the single network's with
     /// `cohort train --config` (the teacher of mcl-teacher.yaml, written where that file looks for it).
     @Test func everyExampleReads() throws {
@@ -121,5 +138,48 @@ import Testing
         }
         #expect(!c.canonicalSettings.contains("checkpoint") && !c.canonicalSettings.contains("teacher.crcd"))
         #expect(c.digest == SHA256.hex(Array(c.canonicalSettings.utf8)))
+    }
+}
+
+/// The digests of a set of configurations, pinned: the canonical settings text (and so every cohort's
+/// digest and every run's resume check) stays byte for byte what it was, whatever produces it.
+@Suite struct CanonicalSettingsGoldenTests {
+    static let corpus: [(String, String)] = [
+        // docs/protocol.md's worked example.
+        ("peers: [{model: resnet20}, {model: resnet8}]\n", "13da386964da27fdfcf070451a3cf4919deccaab32bb1162f9241407354d4dfb"),
+        ("peers: [{model: resnet8}, {model: resnet8}]\n", "95b7e61e80e521bc28dfebed2821ea97e1ad2b29c3152a634e8e48fedf891de7"),
+        ("""
+        data: {dataset: CIFAR-100, directory: /d, train_limit: 500, test_limit: 100}
+        seed: 7
+        epochs: 240
+        batch_size: 64
+        sampler: shuffled
+        optimizer: {lr: 0.05, momentum: 0.9, weight_decay: 0.0005, nesterov: false}
+        schedule: {kind: multistep, milestones: [150, 180, 210], gamma: 0.1, warmup_epochs: 2}
+        peers: [{model: resnet32x4}, {model: ResNet8}, {model: wrn-16-2}]
+        mcl: {enabled: true, tau: 0.1, temperature: 4, embedding_dim: 64, soft_ramp_epochs: 1.5,
+              weights: {vcl: 0.2, soft_vcl: 0.5, icl: 0.3, soft_icl: 0.25, logit: 0}, layer_weights: [1, 0.5, 1e-05]}
+        teacher:
+          model: resnet56
+          checkpoint: /t.safetensors
+          schedule: linear-decay
+          kd: {weight: 0.5, temperature: 2}
+          crcd: {weight: 0.8, gradient_weight: 0, negatives: 100, temperature: 0.07, momentum: 0.9, embedding_dim: 32}
+          rrd: {weight: 2, memory: momentum, keys: 1000, momentum: 0.4, student_temperature: 0.2, teacher_temperature: 0.03, embedding_dim: 16}
+        output: /o
+        evaluation_batch_size: 250
+        evaluation_every: 5
+        checkpoint_every: 100
+        network: {coordinator: "tcp://*:6000", stream: "tcp://*:6001", timeout: 30, join_timeout: 60, heartbeat_interval: 0.5, heartbeat_timeout: 5}
+        """, "e3b34f54161123171c0624c68bf75aa48db618ba4a41d0b252516cd1ad54b249"),
+        ("peers: [{model: resnet20}]\nteacher: {model: resnet20, checkpoint: x, kd: {}, crcd: {}, rrd: {}}\n", "0886335a0252e090f96980c931ac884fc0b57709ac12cb59af39aa4d1fc59e08"),
+        ("peers: [{model: resnet8}, {model: resnet14}]\nmcl: {enabled: false}\nschedule: {kind: constant}\noptimizer: {momentum: 0, nesterov: false}\n", "955cc548d1cbe7f587ac3f80921422f838fde368b735b7051c17764bd85fe2a1"),
+    ]
+
+    @Test func digestsAreUnchanged() throws {
+        for (i, (text, digest)) in Self.corpus.enumerated() {
+            let c = try CohortConfiguration.parse(text)
+            #expect(c.digest == digest, "corpus \(i): \(c.digest)\n\(c.canonicalSettings)")
+        }
     }
 }
