@@ -55,38 +55,39 @@ let package = Package(
         // Data sets, augmentation, deterministic samplers and the background batch loader.
         .target(name: "Data", dependencies: ["Tensors", "CZlib"], swiftSettings: optimisedInDebug),
         // Single-network training, evaluation, metrics and run directories (`cohort train`).
-        .target(name: "Training", dependencies: ["NN", "Data"]),
+        .target(name: "Training", dependencies: ["Tensors", "NN", "Data"]),
         // The distillation losses: MCL, CRCD, RRD, KD, with their memories and queues.
-        .target(name: "Distill", dependencies: ["NN", "CKernels"], swiftSettings: optimisedInDebug),
+        .target(name: "Distill", dependencies: ["Tensors", "NN", "CKernels"], swiftSettings: optimisedInDebug),
         // The cohort: configuration, the per-peer trainer, the teacher, the in-process cohort.
-        .target(name: "Runtime", dependencies: ["Training", "Distill", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Runtime", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", .product(name: "Yams", package: "Yams")]),
         // The distributed cohort: coordinator, peer processes, the log stream and monitor, the launcher.
-        .target(name: "Cluster", dependencies: ["Runtime", "ZeroMQ", "Wire", "CProcess", .product(name: "Logging", package: "swift-log"),
+        .target(name: "Cluster", dependencies: ["Tensors", "NN", "Data", "Training", "Runtime", "ZeroMQ", "Wire", "CProcess",
+                                                .product(name: "Logging", package: "swift-log"),
                                                 .product(name: "Prometheus", package: "swift-prometheus")]),
         // Reference-fixture runner (`cohort conformance`).
-        .target(name: "Conformance", dependencies: ["NN", "Distill"]),
+        .target(name: "Conformance", dependencies: ["Tensors", "NN", "Distill"]),
         // Timed training steps (`cohort bench`).
-        .target(name: "Benchmarks", dependencies: ["NN", "Distill"]),
+        .target(name: "Benchmarks", dependencies: ["CBLAS", "Tensors", "NN", "Distill"]),
         // Run reports (`cohort report`): metrics read back, SVG line charts, a self-contained HTML page.
         .target(name: "Report"),
         // The command-line tool: parsing, validation, wiring.
         .executableTarget(
             name: "cohort",
             dependencies: [
-                "NN", "Data", "Training", "Distill", "Runtime", "Cluster", "Wire", "Conformance", "Benchmarks", "Report",
+                "Tensors", "NN", "Data", "Training", "Distill", "Runtime", "Cluster", "Wire", "Conformance", "Benchmarks", "Report",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Helpers shared by the test targets (finite-difference gradient checks).
         .target(name: "TestSupport", dependencies: ["Tensors", "NN"], path: "Tests/TestSupport"),
-        .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
-        .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"], exclude: ["Resources"]),
+        .testTarget(name: "TensorsTests", dependencies: ["CBLAS", "Tensors", "TestSupport"]),
+        .testTarget(name: "NNTests", dependencies: ["Tensors", "NN", "TestSupport"], exclude: ["Resources"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "CZlib"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "TestSupport"]),
-        .testTarget(name: "DistillTests", dependencies: ["Distill", "TestSupport"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Tensors", "NN", "Data", "Training", "TestSupport"]),
+        .testTarget(name: "DistillTests", dependencies: ["Tensors", "NN", "Distill", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", "Runtime", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
-        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Runtime", "Training", "Wire", "ZeroMQ", "TestSupport"]),
+        .testTarget(name: "ClusterTests", dependencies: ["NN", "Cluster", "Runtime", "Training", "Wire", "ZeroMQ", "TestSupport"]),
         // The deploy files (Kubernetes, Slurm, systemd) against the CLI and the configuration.
         .testTarget(name: "DeployTests", dependencies: ["Runtime", "TestSupport", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "NN", "Tensors"]),

@@ -483,11 +483,7 @@ public final class Coordinator {
             }
             directory.recordStep(globalStep + 1, present: delivered)
             state.globalStep = globalStep + 1
-            if let registry = metrics?.registry {
-                registry.makeGauge(name: "cohort_global_step", labels: [], help: "Steps the cohort has trained.").set(Double(state.globalStep))
-                registry.makeGauge(name: "cohort_peers_present", labels: [], help: "Peers that delivered the last step's outputs.")
-                    .set(Double(delivered.count))
-            }
+            metrics.map { CohortMetrics(registry: $0.registry) }?.recordStep(globalStep: state.globalStep, present: delivered.count)
             state.images += b
             // The step's progress before what ends the epoch, so the lines read in order.
             if Date().timeIntervalSince(lastReport) >= 10 {
@@ -554,8 +550,7 @@ public final class Coordinator {
         if configuration.evaluates(epoch: epoch) {
             publishPhase(nil, .evaluating, "epoch \(epoch + 1): awaiting the peers' test-set outputs")
             let evaluation = try gatherEvaluation(epoch: epoch)
-            metrics?.registry.makeGauge(name: "cohort_ensemble_test_accuracy", labels: [], help: "Top-1 test accuracy of the peers' ensemble.")
-                .set(evaluation.ensembleTop1)
+            metrics.map { CohortMetrics(registry: $0.registry) }?.recordEvaluation(ensembleTop1: evaluation.ensembleTop1)
             directory.recordEpoch(epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
             logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
         } else {

@@ -137,12 +137,12 @@ public struct PeerMetrics: Sendable {
         self.registry = registry
         labels = [("rank", "\(rank)"), ("model", model)]
         // Declared up front, so a scrape before the first step lists them.
-        _ = registry.makeGauge(name: "cohort_peer_global_step", labels: labels, help: "Steps this peer has trained.")
-        _ = registry.makeGauge(name: "cohort_peer_test_accuracy", labels: labels, help: "Top-1 accuracy on the test set at the last evaluation.")
+        _ = registry.gauge("cohort_peer_global_step", "Steps this peer has trained.", labels: labels)
+        _ = registry.gauge("cohort_peer_test_accuracy", "Top-1 accuracy on the test set at the last evaluation.", labels: labels)
     }
 
     private func gauge(_ name: String, _ help: String, _ extra: [(String, String)] = []) -> Gauge {
-        registry.makeGauge(name: name, labels: labels + extra, help: help)
+        registry.gauge(name, help, labels: labels + extra)
     }
 
     /// Records a training step: its status and loss terms.
@@ -160,16 +160,44 @@ public struct PeerMetrics: Sendable {
         if let cosine = status.embeddingCosine {
             gauge("cohort_peer_embedding_cosine", "Mean pairwise cosine of the last step's embeddings (near 1: collapsed).").set(cosine)
         }
-        registry.makeCounter(name: "cohort_peer_images_total", labels: labels, help: "Training images seen by this process.")
-            .increment(by: Int64(batchSize))
+        registry.counter("cohort_peer_images_total", "Training images seen by this process.", labels: labels).increment(by: Int64(batchSize))
         if terms["skipped"] != nil {
-            registry.makeCounter(name: "cohort_peer_skipped_steps_total", labels: labels, help: "Steps skipped for a non-finite loss or gradient.")
-                .increment()
+            registry.counter("cohort_peer_skipped_steps_total", "Steps skipped for a non-finite loss or gradient.", labels: labels).increment()
         }
     }
 
     /// Records a test-set evaluation.
     public func recordEvaluation(top1: Double) {
         gauge("cohort_peer_test_accuracy", "Top-1 accuracy on the test set at the last evaluation.").set(top1)
+    }
+}
+
+/// The coordinator's series: the cohort's step, who takes part, the ensemble's accuracy.
+public struct CohortMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+
+    public init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+
+    /// After a step: the steps trained and the peers that delivered.
+    public func recordStep(globalStep: Int, present: Int) {
+        registry.gauge("cohort_global_step", "Steps the cohort has trained.", labels: []).set(Double(globalStep))
+        registry.gauge("cohort_peers_present", "Peers that delivered the last step's outputs.", labels: []).set(Double(present))
+    }
+
+    /// After an evaluation: the ensemble's top-1 test accuracy.
+    public func recordEvaluation(ensembleTop1: Double) {
+        registry.gauge("cohort_ensemble_test_accuracy", "Top-1 test accuracy of the peers' ensemble.", labels: []).set(ensembleTop1)
+    }
+}
+
+extension PrometheusCollectorRegistry {
+    /// The gauge `name` with `labels` (the same one on every call).
+    func gauge(_ name: String, _ help: String, labels: [(String, String)]) -> Gauge {
+        makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+    }
+
+    /// The counter `name` with `labels` (the same one on every call).
+    func counter(_ name: String, _ help: String, labels: [(String, String)]) -> Counter {
+        makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
     }
 }
