@@ -59,7 +59,7 @@ let package = Package(
         // The distillation losses: MCL, CRCD, RRD, KD, with their memories and queues.
         .target(name: "Distill", dependencies: ["Tensors", "NN", "CKernels"], swiftSettings: optimisedInDebug),
         // The cohort: configuration, the per-peer trainer, the teacher, the in-process cohort.
-        .target(name: "Runtime", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Runtime", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", "Wire", .product(name: "Yams", package: "Yams")]),
         // The distributed cohort: coordinator, peer processes, the log stream and monitor, the launcher.
         .target(name: "Cluster", dependencies: ["Tensors", "NN", "Data", "Training", "Runtime", "ZeroMQ", "Wire", "CProcess",
                                                 .product(name: "Logging", package: "swift-log"),

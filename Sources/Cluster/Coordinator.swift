@@ -450,7 +450,8 @@ public final class Coordinator {
                                   TensorPayload(name: "gradient_element", shape: [b, t.featureCount], values: t.gradientElement)]
             }
             send(.step(.init(epoch: epoch, step: step, globalStep: globalStep), teacher: teacherTensors), to: participants)
-            let expected = configuration.outputTensorShapes(batchSize: b)
+            let layout = configuration.outputLayout
+            let expected = layout.expected(batchSize: b)
             var outputs = [[TensorPayload]](repeating: [], count: n)
             var arrival = [Date](repeating: Date(), count: n)
             let delivered = try gather("the outputs of step \(globalStep)", from: participants) { rank, message in
@@ -477,7 +478,7 @@ public final class Coordinator {
             for i in delivered.indices {
                 let rank = delivered[(i + globalStep) % delivered.count]
                 let ranks = delivered.filter { $0 != rank }
-                let others = ranks.flatMap { r in outputs[r].map { TensorPayload(name: "rank\(r).\($0.name)", shape: $0.shape, values: $0.values) } }
+                let others = ranks.flatMap { r in layout.forOthers(rank: r, outputs[r]) }
                 send(.others(.init(rank: rank, globalStep: globalStep, ranks: ranks, waitSeconds: complete.timeIntervalSince(arrival[rank])),
                              tensors: others), to: [rank])
             }

@@ -45,8 +45,9 @@ public struct ExchangeBenchmark: Sendable {
         var generator = SystemRandomNumberGenerator()
         let embedding = (0..<(b * d)).map { _ in Float.random(in: -1...1, using: &generator) }
         let logits = (0..<(b * c)).map { _ in Float.random(in: -5...5, using: &generator) }
-        let mine = [TensorPayload(name: "embedding", shape: [b, d], values: embedding),
-                    TensorPayload(name: "logits", shape: [b, c], values: logits)]
+        let layout = OutputLayout(auxiliaryBranches: 0, embeddings: true, embeddingDimension: d, classCount: c)
+        let mine = [TensorPayload(name: OutputLayout.Tensor.embedding.name, shape: [b, d], values: embedding),
+                    TensorPayload(name: OutputLayout.Tensor.logits.name, shape: [b, c], values: logits)]
         let timings = Timings(count: n * rounds)
         let failures = Failures()
         let group = DispatchGroup()
@@ -82,13 +83,13 @@ public struct ExchangeBenchmark: Sendable {
                       body.globalStep == round, let from else {
                     throw ExchangeBenchmarkError(reason: "outputs missing in round \(round)")
                 }
-                _ = try expectTensors(tensors, [("embedding", [b, d]), ("logits", [b, c])])
+                _ = try expectTensors(tensors, layout.expected(batchSize: b))
                 outputs[body.rank] = tensors
                 identities[body.rank] = from
             }
             for rank in 0..<n {
                 let ranks = (0..<n).filter { $0 != rank }
-                let others = ranks.flatMap { r in outputs[r]!.map { TensorPayload(name: "rank\(r).\($0.name)", shape: $0.shape, values: $0.values) } }
+                let others = ranks.flatMap { r in layout.forOthers(rank: r, outputs[r]!) }
                 if round == 0 && rank == 0 { othersBytes = codec.encode(.others(.init(rank: rank, globalStep: round, ranks: ranks, waitSeconds: 0), tensors: others)).reduce(0) { $0 + $1.count } }
                 try router.send(.others(.init(rank: rank, globalStep: round, ranks: ranks, waitSeconds: 0), tensors: others),
                                 to: identities[rank]!)

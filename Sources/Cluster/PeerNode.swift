@@ -285,9 +285,8 @@ public final class PeerNode {
             _ = try expectTensors(tensors, [])
         }
         let own = trainer.forward(batch)
-        let mine = configuration.outputTensorShapes(batchSize: b).map { name, shape in
-            TensorPayload(name: name, shape: shape, values: own.values(of: name))
-        }
+        let layout = configuration.outputLayout
+        let mine = layout.tensors.map { TensorPayload(name: $0.name, shape: layout.shape(of: $0, batchSize: b), values: own.values(of: $0)) }
         let sent = Date()
         try socket.send(.outputs(.init(rank: rank, globalStep: step.globalStep), tensors: mine))
         var others: [PeerOutputs] = []
@@ -357,12 +356,14 @@ public final class PeerNode {
               ranks.allSatisfy({ configuration.peers.indices.contains($0) }) else {
             throw WireError.header("ranks \(ranks) are not distinct other ranks of this cohort, ascending")
         }
-        let shapes = configuration.outputTensorShapes(batchSize: b)
-        let byName = try expectTensors(tensors, ranks.flatMap { r in shapes.map { ("rank\(r).\($0.name)", $0.shape) } })
+        let layout = configuration.outputLayout
+        let byName = try expectTensors(tensors, layout.expectedOthers(ranks: ranks, batchSize: b))
         return ranks.map { r in
-            PeerOutputs(rank: r, batchSize: b, embedding: byName["rank\(r).embedding"]?.values, embeddingDimension: d,
-                        auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap { byName["rank\(r).embedding.aux\($0)"]?.values },
-                        logits: byName["rank\(r).logits"]!.values, classCount: classes)
+            PeerOutputs(rank: r, batchSize: b, embedding: OutputLayout.values(of: .embedding, rank: r, in: byName), embeddingDimension: d,
+                        auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap {
+                            OutputLayout.values(of: .auxiliaryEmbedding(branch: $0), rank: r, in: byName)
+                        },
+                        logits: OutputLayout.values(of: .logits, rank: r, in: byName)!, classCount: classes)
         }
     }
 

@@ -3,6 +3,7 @@ import NN
 import Data
 import Distill
 import Training
+import Wire
 
 /// A cohort, as a YAML file describes it (every key: `docs/configuration.md`).
 public struct CohortConfiguration: Sendable, Equatable {
@@ -157,15 +158,11 @@ public struct CohortConfiguration: Sendable, Equatable {
     /// Whether the peers train auxiliary branches and exchange their embeddings (layer-wise MCL).
     public var layerWiseMCL: Bool { mclActive && mcl.layerWeights != nil }
 
-    /// The names and shapes of the tensors of a peer's `outputs` message for a batch of `b`, in order:
-    /// the auxiliary branches' embeddings (layer-wise MCL), the final embedding (MCL), the logits.
-    public func outputTensorShapes(batchSize b: Int) -> [(name: String, shape: [Int])] {
-        var result: [(name: String, shape: [Int])] = []
-        let d = mcl.embeddingDimension
-        if layerWiseMCL { for l in 1..<MCLSettings.layerCount { result.append(("embedding.aux\(l)", [b, d])) } }
-        if mclActive { result.append(("embedding", [b, d])) }
-        result.append(("logits", [b, data.dataSet.classCount]))
-        return result
+    /// The tensors of a peer's `outputs` message: the auxiliary branches' embeddings (layer-wise MCL), the
+    /// final embedding (MCL), the logits.
+    public var outputLayout: OutputLayout {
+        OutputLayout(auxiliaryBranches: layerWiseMCL ? MCLSettings.layerCount - 1 : 0, embeddings: mclActive,
+                     embeddingDimension: mcl.embeddingDimension, classCount: data.dataSet.classCount)
     }
 
     /// The SHA-256 (hexadecimal) of ``canonicalSettings``. Peers and the coordinator exchange it with

@@ -4,6 +4,7 @@ import NN
 import Data
 import Distill
 import Training
+import Wire
 
 /// What a peer sends the rest of the cohort after its forward pass: its unit embeddings (with MCL; with
 /// layer-wise MCL also its auxiliary branches') and its logits for the step's batch. Plain values, so they
@@ -26,14 +27,12 @@ public struct PeerOutputs: Sendable {
     }
 
     public var embeddingTensor: Tensor? { embedding.map { Tensor($0, shape: [batchSize, embeddingDimension]) } }
-    /// The values of the output tensor `name` of ``CohortConfiguration/outputTensorShapes(batchSize:)``.
-    public func values(of name: String) -> [Float] {
-        switch name {
-        case "logits": return logits
-        case "embedding": return embedding!
-        default:
-            precondition(name.hasPrefix("embedding.aux"), "no output tensor \(name)")
-            return auxiliaryEmbeddings[Int(name.dropFirst("embedding.aux".count))! - 1]
+    /// The values of `tensor` of ``CohortConfiguration/outputLayout``.
+    public func values(of tensor: OutputLayout.Tensor) -> [Float] {
+        switch tensor {
+        case .logits: logits
+        case .embedding: embedding!
+        case .auxiliaryEmbedding(let branch): auxiliaryEmbeddings[branch - 1]
         }
     }
 

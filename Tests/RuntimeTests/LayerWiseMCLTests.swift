@@ -128,8 +128,8 @@ import TestSupport
         #expect(!plain.layerWiseMCL && layered.layerWiseMCL)
         #expect(!plain.canonicalSettings.contains("layer_weights") && layered.canonicalSettings.contains("mcl.layer_weights=1.0,1.0,1.0\n"))
         #expect(plain.digest != layered.digest)
-        #expect(layered.outputTensorShapes(batchSize: 8).map(\.name) == ["embedding.aux1", "embedding.aux2", "embedding", "logits"])
-        #expect(plain.outputTensorShapes(batchSize: 8).map(\.name) == ["embedding", "logits"])
+        #expect(layered.outputLayout.expected(batchSize: 8).map(\.name) == ["embedding.aux1", "embedding.aux2", "embedding", "logits"])
+        #expect(plain.outputLayout.expected(batchSize: 8).map(\.name) == ["embedding", "logits"])
         // Turning layer-wise MCL on leaves the backbone's and the final head's initial weights as they were.
         let a = PeerTrainer(rank: 1, configuration: plain, dataCount: 8, teacherFeatureCount: nil, stepsPerEpoch: 1)
         let b = PeerTrainer(rank: 1, configuration: layered, dataCount: 8, teacherFeatureCount: nil, stepsPerEpoch: 1)

@@ -95,3 +95,26 @@ import Testing
         #expect(throws: WireError.tooLarge(bytes: good.reduce(0) { $0 + $1.count }, limit: 64)) { try small.decode(good) }
     }
 }
+
+/// The layout of a peer's outputs (issue 17: a type, not names built and parsed in two places).
+@Suite struct OutputLayoutTests {
+    @Test func namesShapesAndTheOthersNaming() {
+        let layered = OutputLayout(auxiliaryBranches: 2, embeddings: true, embeddingDimension: 32, classCount: 10)
+        #expect(layered.expected(batchSize: 4).map(\.name) == ["embedding.aux1", "embedding.aux2", "embedding", "logits"])
+        #expect(layered.expected(batchSize: 4).map(\.shape) == [[4, 32], [4, 32], [4, 32], [4, 10]])
+        let plain = OutputLayout(auxiliaryBranches: 0, embeddings: false, embeddingDimension: 32, classCount: 100)
+        #expect(plain.expected(batchSize: 2).map(\.name) == ["logits"] && plain.shape(of: .logits, batchSize: 2) == [2, 100])
+        #expect(layered.expectedOthers(ranks: [0, 2], batchSize: 4).map(\.name)
+                == ["rank0.embedding.aux1", "rank0.embedding.aux2", "rank0.embedding", "rank0.logits",
+                    "rank2.embedding.aux1", "rank2.embedding.aux2", "rank2.embedding", "rank2.logits"])
+        let sent = layered.expected(batchSize: 1).enumerated().map { i, t in
+            TensorPayload(name: t.name, shape: t.shape, values: [Float](repeating: Float(i), count: t.shape.reduce(1, *)))
+        }
+        let relabelled = layered.forOthers(rank: 3, sent)
+        #expect(relabelled.map(\.name) == layered.expectedOthers(ranks: [3], batchSize: 1).map(\.name))
+        let byName = Dictionary(uniqueKeysWithValues: relabelled.map { ($0.name, $0) })
+        #expect(OutputLayout.values(of: .auxiliaryEmbedding(branch: 2), rank: 3, in: byName) == [Float](repeating: 1, count: 32))
+        #expect(OutputLayout.values(of: .logits, rank: 3, in: byName) == [Float](repeating: 3, count: 10))
+        #expect(OutputLayout.values(of: .logits, rank: 1, in: byName) == nil)
+    }
+}
