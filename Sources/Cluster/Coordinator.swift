@@ -195,13 +195,13 @@ public final class Coordinator {
             }
             try admit(requireAll: !restored)
             let summary = try train()
-            broadcast(.shutdown(.init(reason: "finished")))
+            broadcast(.shutdown(.init(.finished)))
             logger.info("finished", metadata: ["summary": "\(configuration.output)/summary.json"])
-            publisher.publish(.end(StreamEnd(ok: true, reason: "finished", time: Date().timeIntervalSince1970)))
+            publisher.publish(.end(StreamEnd(ok: true, reason: Message.Shutdown.finishedReason, time: Date().timeIntervalSince1970)))
             return summary
         } catch {
             logger.error("\(error)")
-            broadcast(.shutdown(.init(reason: "coordinator: \(error)")))
+            broadcast(.shutdown(.init(.failed("coordinator: \(error)"))))
             publisher.publish(.end(StreamEnd(ok: false, reason: "\(error)", time: Date().timeIntervalSince1970)))
             throw error
         }
@@ -344,7 +344,7 @@ public final class Coordinator {
                                                  "from": "\(ProtocolSocket.describe(identity))"])
                 return
             }
-            try? control.send(.shutdown(.init(reason: "rank \(r) was taken over by a new connection")), to: old)
+            try? control.send(.shutdown(.init(.failed("rank \(r) was taken over by a new connection"))), to: old)
         }
         if membership[r] != .absent {
             logger.warning("peer \(r) joined again from a new connection; the old one is dropped\(training ? " and it rejoins at the next step" : "")",

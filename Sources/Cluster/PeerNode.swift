@@ -169,7 +169,7 @@ public final class PeerNode {
             logger.error("\(error)")
             flushLogs()
             // Tell the coordinator, unless it is the one that stopped the run.
-            if case PeerError.stopped = error {} else { try? socket.send(.shutdown(.init(reason: "\(error)"))) }
+            if case PeerError.stopped = error {} else { try? socket.send(.shutdown(.init(.failed("\(error)")))) }
             throw error
         }
     }
@@ -238,7 +238,7 @@ public final class PeerNode {
             case .checkpoint(let c):
                 try checkpoint(c)
             case .shutdown(let s):
-                if s.reason == "finished" {
+                if s.cause == .finished {
                     logger.info("the cohort finished")
                     flushLogs()
                     return

@@ -110,8 +110,28 @@ public enum Message: Sendable, Equatable {
         public init(rank: Int?, sequence: Int, session: Int? = nil) { self.rank = rank; self.sequence = sequence; self.session = session }
     }
     public struct Shutdown: Codable, Sendable, Equatable {
+        /// On the wire: `finished` when the run ended normally, otherwise why it stopped.
         public let reason: String
         public init(reason: String) { self.reason = reason }
+
+        /// Why a run stops, typed: the wire carries ``finishedReason`` or the text of the failure.
+        public enum Cause: Sendable, Equatable {
+            /// The run ended normally.
+            case finished
+            case failed(String)
+        }
+
+        /// The reason text of a run that ended normally.
+        public static let finishedReason = "finished"
+
+        public init(_ cause: Cause) {
+            switch cause {
+            case .finished: reason = Self.finishedReason
+            case .failed(let why): reason = why
+            }
+        }
+
+        public var cause: Cause { reason == Self.finishedReason ? .finished : .failed(reason) }
     }
 
     /// The header's `type`.

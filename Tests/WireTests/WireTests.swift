@@ -118,3 +118,12 @@ import Testing
         #expect(OutputLayout.values(of: .logits, rank: 1, in: byName) == nil)
     }
 }
+
+/// A shutdown's reason, typed: `finished` or a failure's text, the same string on the wire.
+@Suite struct ShutdownCauseTests {
+    @Test func causesRoundTripThroughTheReasonText() {
+        #expect(Message.Shutdown(.finished).reason == "finished" && Message.Shutdown(reason: "finished").cause == .finished)
+        #expect(Message.Shutdown(.failed("disk full")).reason == "disk full")
+        #expect(Message.Shutdown(reason: "coordinator: stopped by signal 15").cause == .failed("coordinator: stopped by signal 15"))
+    }
+}
