@@ -64,8 +64,8 @@ public final class Coordinator {
     let teacher: TeacherRunner?
     let directory: CohortRunDirectory
     let host: String
-    /// The Prometheus endpoint (`--metrics-port`).
-    let metrics: MetricsEndpoint?
+    /// The Prometheus endpoint (`--metrics-port`) and the cohort's series on it.
+    let metrics: (endpoint: MetricsEndpoint, series: CohortMetrics)?
     private var membership: [Membership]
     private var members: [[UInt8]?]
     private var hosts: [String]
@@ -148,8 +148,13 @@ public final class Coordinator {
         controlEndpoint = socket.lastEndpoint
         control = ProtocolSocket(socket, codec: codec, logger: logger, routed: true)
         self.host = host
-        metrics = try metricsPort.map { try MetricsEndpoint(port: $0) }
-        if let metrics { logger.info("serving metrics at http://\(host):\(metrics.port)/metrics", metadata: ["port": "\(metrics.port)"]) }
+        metrics = try metricsPort.map { port in
+            let endpoint = try MetricsEndpoint(port: port)
+            return (endpoint, CohortMetrics(registry: endpoint.registry))
+        }
+        if let endpoint = metrics?.endpoint {
+            logger.info("serving metrics at http://\(host):\(endpoint.port)/metrics", metadata: ["port": "\(endpoint.port)"])
+        }
         publisher.publish(.phase(PhaseChange(rank: nil, host: host, phase: .loading, detail: "data", time: Date().timeIntervalSince1970)))
         teacher = try configuration.teacher.map { try TeacherRunner(settings: $0, dataSet: configuration.data.dataSet) }
         data = try CohortData.loading(configuration: configuration) { logger.info(Logger.Message(stringLiteral: $0)) }
@@ -484,7 +489,7 @@ public final class Coordinator {
             }
             directory.recordStep(globalStep + 1, present: delivered)
             state.globalStep = globalStep + 1
-            metrics.map { CohortMetrics(registry: $0.registry) }?.recordStep(globalStep: state.globalStep, present: delivered.count)
+            metrics?.series.recordStep(globalStep: state.globalStep, present: delivered.count)
             state.images += b
             // The step's progress before what ends the epoch, so the lines read in order.
             if Date().timeIntervalSince(lastReport) >= 10 {
@@ -551,7 +556,7 @@ public final class Coordinator {
         if configuration.evaluates(epoch: epoch) {
             publishPhase(nil, .evaluating, "epoch \(epoch + 1): awaiting the peers' test-set outputs")
             let evaluation = try gatherEvaluation(epoch: epoch)
-            metrics.map { CohortMetrics(registry: $0.registry) }?.recordEvaluation(ensembleTop1: evaluation.ensembleTop1)
+            metrics?.series.recordEvaluation(ensembleTop1: evaluation.ensembleTop1)
             directory.recordEpoch(epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: Date().timeIntervalSince(started))
             logger.info(Logger.Message(stringLiteral: epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation)))
         } else {

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Glibc
+import NN
 
 /// Single-machine multi-process mode (`cohort launch`): starts the coordinator and one process per
 /// peer, shares the cores among them, prefixes and merges their output (and with a log directory writes
@@ -61,15 +62,7 @@ public final class Launcher {
     private final class LineWriter: Sendable {
         private let lock = Mutex(())
         func write(_ text: String) {
-            lock.withLock { _ in
-                var bytes = Array(text.utf8)[...]
-                while !bytes.isEmpty {
-                    let written = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
-                    if written < 0 && errno == EINTR { continue }
-                    guard written > 0 else { return }
-                    bytes = bytes.dropFirst(written)
-                }
-            }
+            _ = lock.withLock { _ in FileDescriptor.writeAll(2, text) }
         }
     }
 
@@ -265,14 +258,7 @@ public final class Launcher {
         // The pipes' last bytes arrive just after a process ends.
         Thread.sleep(forTimeInterval: 0.1)
         let text = results.texts.withLock { r in defer { r = [] }; return r.joined() }
-        guard !text.isEmpty else { return }
-        var bytes = Array(text.utf8)[...]
-        while !bytes.isEmpty {
-            let written = bytes.withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
-            if written < 0 && errno == EINTR { continue }
-            guard written > 0 else { return }
-            bytes = bytes.dropFirst(written)
-        }
+        FileDescriptor.writeAll(1, text)
     }
 
     private func say(_ text: String) {

@@ -20,7 +20,7 @@ public struct TrainingConfiguration: Sendable {
             throw ConfigurationError.unreadable(path: path, reason: error.localizedDescription)
         }
         let keys = try ConfigurationNode.parse(text).topLevelKeys
-        let isCohort = !(try describesOneNetwork(text))
+        let isCohort = !describesOneNetwork(topLevelKeys: keys)
         let configuration = try CohortConfiguration.parse(text, singleNetwork: !isCohort)
         var options = configuration.trainingOptions
         if isCohort {
@@ -42,9 +42,10 @@ public struct TrainingConfiguration: Sendable {
 extension TrainingConfiguration {
     /// Whether YAML `text` describes one network (`model:`, no `peers:`) rather than a cohort.
     public static func describesOneNetwork(_ text: String) throws -> Bool {
-        let keys = try ConfigurationNode.parse(text).topLevelKeys
-        return keys.contains("model") && !keys.contains("peers")
+        describesOneNetwork(topLevelKeys: try ConfigurationNode.parse(text).topLevelKeys)
     }
+
+    static func describesOneNetwork(topLevelKeys keys: [String]) -> Bool { keys.contains("model") && !keys.contains("peers") }
 }
 
 extension ConfigurationNode {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Tensors
+import NN
 import Data
 import Runtime
 import Training
@@ -146,6 +147,5 @@ func holding<T>(_ body: () throws -> T) throws -> T {
 
 /// Writes a line to standard error (a closed one is ignored).
 func printError(_ text: String) {
-    let line = text + "\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
+    FileDescriptor.writeAll(2, text + "\n")
 }

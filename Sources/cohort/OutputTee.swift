@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NN
 
 /// Copies everything this process writes to a file descriptor (standard error, standard output) into a
 /// log file as well: `cohort launch --transport inproc --log-dir DIR`, where the whole cohort is this one
@@ -25,15 +26,7 @@ final class OutputTee: @unchecked Sendable {
                 let n = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { break }
-                buffer.withUnsafeBytes { raw in
-                    var offset = 0
-                    while offset < n {
-                        let w = write(original, raw.baseAddress! + offset, n - offset)
-                        if w < 0 && errno == EINTR { continue }
-                        guard w > 0 else { break }
-                        offset += w
-                    }
-                }
+                buffer.withUnsafeBytes { FileDescriptor.writeAll(original, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 try? file.write(contentsOf: Data(buffer[0..<n]))
             }
             close(readEnd)

@@ -18,18 +18,9 @@ public enum AtomicFile {
         defer {
             if !ok { unlink(temporary) }
         }
-        try data.withUnsafeBytes { raw in
-            var written = 0
-            while written < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    let e = errno
-                    close(fd)
-                    throw AtomicFileError.system("write \(temporary)", e)
-                }
-                written += n
-            }
+        if let e = data.withUnsafeBytes({ FileDescriptor.writeAll(fd, $0) }) {
+            close(fd)
+            throw AtomicFileError.system("write \(temporary)", e)
         }
         guard fsync(fd) == 0 else { let e = errno; close(fd); throw AtomicFileError.system("fsync \(temporary)", e) }
         guard close(fd) == 0 else { throw AtomicFileError.system("close \(temporary)", errno) }
@@ -48,5 +39,31 @@ public struct AtomicFileError: Error, CustomStringConvertible {
     public let description: String
     static func system(_ what: String, _ code: Int32) -> AtomicFileError {
         AtomicFileError(description: "\(what): \(String(cString: strerror(code)))")
+    }
+}
+
+/// Writing to a file descriptor until every byte is out.
+public enum FileDescriptor {
+    /// Writes all of `bytes` to `descriptor`, retrying after interruptions and partial writes. Returns nil
+    /// when everything was written, else the `errno` of the failure (a closed pipe: `EPIPE`; a full disk).
+    @discardableResult
+    public static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+        var written = 0
+        while written < bytes.count {
+            let n = Glibc.write(descriptor, bytes.baseAddress! + written, bytes.count - written)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            if n == 0 { return EIO }
+            written += n
+        }
+        return nil
+    }
+
+    /// Writes `text` (UTF-8) in full, as the bytes version does.
+    @discardableResult
+    public static func writeAll(_ descriptor: Int32, _ text: String) -> Int32? {
+        Array(text.utf8).withUnsafeBytes { writeAll(descriptor, $0) }
     }
 }
