@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data", "CZlib"]),
         .testTarget(name: "TrainingTests", dependencies: ["Tensors", "NN", "Data", "Training", "TestSupport"]),
         .testTarget(name: "DistillTests", dependencies: ["Tensors", "NN", "Distill", "TestSupport"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", "Runtime", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", "Runtime", "Wire", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "ClusterTests", dependencies: ["NN", "Cluster", "Runtime", "Training", "Wire", "ZeroMQ", "TestSupport"]),

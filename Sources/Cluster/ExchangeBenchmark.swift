@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Runtime
 import Wire
 import ZeroMQ
 

@@ -1,11 +1,12 @@
 import Foundation
 import Logging
+import Runtime
 import Wire
 import ZeroMQ
 
 /// A ZeroMQ socket that speaks the cohort protocol: sends ``Message``s (tensor data straight from the
 /// arrays' storage), receives and validates them, and logs and drops whatever fails validation.
-final class ProtocolSocket {
+final class ProtocolSocket: MessageTransport {
     let socket: ZMQSocket
     let codec: WireCodec
     let logger: Logger
@@ -22,12 +23,16 @@ final class ProtocolSocket {
 
     /// Sends `message` (to `identity` on a ROUTER socket).
     /// - Throws: ``ZeroMQError``: a timeout, or an unreachable identity on a ROUTER.
+    /// A heartbeat is sent without waiting: a full queue (the coordinator unreachable) drops it, so
+    /// nothing piles up.
     func send(_ message: Message, to identity: [UInt8]? = nil) throws {
         precondition(routed == (identity != nil), "a ROUTER needs an identity, other sockets none")
         let (head, tensors) = codec.encodeParts(message)
         let prefix = identity.map { [$0] } ?? []
         let bytes = prefix + head
-        try socket.send(count: bytes.count + tensors.count) { i, body in
+        var dontWait = false
+        if case .heartbeat = message { dontWait = true }
+        try socket.send(count: bytes.count + tensors.count, dontWait: dontWait) { i, body in
             i < bytes.count ? bytes[i].withUnsafeBytes(body) : tensors[i - bytes.count].values.withUnsafeBytes(body)
         }
     }
@@ -60,27 +65,15 @@ final class ProtocolSocket {
         }
     }
 
-    /// A routing id as printable text.
-    static func describe(_ identity: [UInt8]?) -> String {
-        guard let identity else { return "coordinator" }
-        return identity.map { String(format: "%02x", $0) }.joined()
+    /// The next message as a driver takes it, waiting until `deadline` (seconds since 1970) at most.
+    func receive(until deadline: Double) throws -> TransportInput? {
+        switch try receive(until: Date(timeIntervalSince1970: deadline)) {
+        case .message(let message, let from, let user)?: .message(message, from: from, user: user)
+        case .invalid(let error, let from)?: .invalid(error, from: from)
+        case nil: nil
+        }
     }
-}
 
-/// Checks a message's tensors against the names and shapes the configuration implies.
-/// - Returns: the tensors by name.
-/// - Throws: ``WireError/tensor(_:)`` naming the first tensor that is missing, unexpected or misshapen.
-func expectTensors(_ tensors: [TensorPayload], _ expected: [(name: String, shape: [Int])]) throws -> [String: TensorPayload] {
-    var byName: [String: TensorPayload] = [:]
-    for t in tensors {
-        guard byName[t.name] == nil else { throw WireError.tensor("\(t.name) appears twice") }
-        byName[t.name] = t
-    }
-    for (name, shape) in expected {
-        guard let t = byName[name] else { throw WireError.tensor("\(name) is missing") }
-        guard t.shape == shape else { throw WireError.tensor("\(name) has shape \(t.shape), expected \(shape)") }
-    }
-    let extra = Set(byName.keys).subtracting(expected.map(\.name))
-    guard extra.isEmpty else { throw WireError.tensor("unexpected \(extra.sorted().joined(separator: ", "))") }
-    return byName
+    /// A routing id as printable text.
+    static func describe(_ identity: [UInt8]?) -> String { describeConnection(identity) }
 }

@@ -142,6 +142,8 @@ public final class PeerTrainer {
         let auxiliaryLogits: [Tensor]
         let auxiliaryEmbeddings: [Tensor]
     }
+    /// Why the last step was skipped (nil: it was not).
+    public private(set) var lastSkip: StepSkip?
     /// Steps skipped in a row because their loss or gradient was not finite.
     public private(set) var consecutiveSkippedSteps = 0
     /// Skipped steps in a row after which the peer gives up.
@@ -386,19 +388,21 @@ public final class PeerTrainer {
         terms["total"] = Double(total.item)
         optimizer.learningRate = schedule.learningRate(at: position.globalStep)
         optimizer.zeroGrad()
-        var finite = total.item.isFinite
-        if finite {
+        lastSkip = nil
+        if !total.item.isFinite {
+            lastSkip = .lossNotFinite
+        } else {
             total.backward()
-            finite = optimizer.gradientsAreFinite
+            if !optimizer.gradientsAreFinite { lastSkip = .gradientNotFinite }
         }
-        if finite {
+        if lastSkip == nil {
             optimizer.step()
             consecutiveSkippedSteps = 0
         } else {
             // A non-finite loss or gradient: skip the update (weights and momentum untouched), report it.
             optimizer.zeroGrad()
             consecutiveSkippedSteps += 1
-            terms["skipped"] = 1
+            terms[StepSkip.term] = 1
             if consecutiveSkippedSteps >= Self.maximumSkippedSteps {
                 throw DivergenceError(rank: rank, globalStep: position.globalStep, steps: consecutiveSkippedSteps)
             }
@@ -427,4 +431,13 @@ public final class PeerTrainer {
         defer { warnings = [] }
         return warnings
     }
+}
+
+/// Why a step was skipped: its update would have written non-finite numbers into the weights.
+public enum StepSkip: String, Sendable {
+    case lossNotFinite = "the loss was not finite"
+    case gradientNotFinite = "a gradient was not finite"
+
+    /// The term a skipped step's record carries (value 1).
+    public static let term = "skipped"
 }

@@ -5,26 +5,41 @@ import Training
 /// The coordinator's part of a cohort checkpoint, `OUTPUT/coordinator/state-<step>.json`: where the run
 /// stands and what it has measured. Written atomically with a CRC-32 of its JSON on a second line; the
 /// newest three are kept, and a corrupt or partial one is passed over for the one before.
-struct CoordinatorState: Codable, Equatable {
+public struct CoordinatorState: Codable, Equatable, Sendable {
     /// Steps the cohort has trained.
-    var globalStep = 0
+    public var globalStep = 0
     /// Epochs evaluated (their ends are behind the run).
-    var evaluatedEpochs = 0
-    var elapsedSeconds = 0.0
-    var images = 0
-    var teacherTop1: Double?
+    public var evaluatedEpochs = 0
+    public var elapsedSeconds = 0.0
+    public var images = 0
+    public var teacherTop1: Double?
     /// Each rank's last test scores.
-    var lastEvaluation: [EvaluationResult?] = []
-    var ensembleTop1 = 0.0
-    var ensembleTop5 = 0.0
+    public var lastEvaluation: [EvaluationResult?] = []
+    public var ensembleTop1 = 0.0
+    public var ensembleTop5 = 0.0
     /// The cohort's canonical settings when the run started (nil in states from before they were kept):
     /// a resume with other settings is refused.
-    var settings: String?
+    public var settings: String?
 
-    static func directory(_ output: String) -> String { output + "/coordinator" }
+    public init() {}
+
+    public static func directory(_ output: String) -> String { output + "/coordinator" }
+
+    /// Every state under `output` that reads back whole, oldest first, and what was passed over
+    /// (corrupt or partial files): what a resumed coordinator chooses among.
+    public static func readable(output: String) -> (states: [CoordinatorState], skipped: [String]) {
+        let directory = Self.directory(output)
+        var states: [CoordinatorState] = []
+        var skipped: [String] = []
+        for name in files(directory) {
+            let path = directory + "/" + name
+            do { states.append(try read(path)) } catch { skipped.append("\(path): \(error)") }
+        }
+        return (states, skipped)
+    }
 
     /// Writes this state as `state-<globalStep>.json` and removes all but the newest three.
-    func save(output: String) throws {
+    public func save(output: String) throws {
         let directory = Self.directory(output)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
@@ -42,7 +57,7 @@ struct CoordinatorState: Codable, Equatable {
 
     /// The newest state (at `atMost` steps or fewer) that reads back whole, and what was passed over
     /// (corrupt or partial files).
-    static func newest(output: String, atMost limit: Int? = nil) -> (CoordinatorState?, skipped: [String]) {
+    public static func newest(output: String, atMost limit: Int? = nil) -> (CoordinatorState?, skipped: [String]) {
         let directory = Self.directory(output)
         var skipped: [String] = []
         for name in files(directory).reversed() where (Int(name.dropFirst("state-".count).prefix { $0.isNumber }) ?? Int.max) <= (limit ?? Int.max) {
@@ -52,7 +67,7 @@ struct CoordinatorState: Codable, Equatable {
         return (nil, skipped)
     }
 
-    static func read(_ path: String) throws -> CoordinatorState {
+    public static func read(_ path: String) throws -> CoordinatorState {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
         guard lines.count >= 2, let recorded = UInt32(String(decoding: lines[1], as: UTF8.self), radix: 16) else {

@@ -1,0 +1,738 @@
+import Foundation
+import Training
+import Wire
+
+/// The coordinator's protocol as a state machine without input or output: admission, membership and
+/// liveness, the step schedule, the epoch ends and scoring, checkpoints, resume, shutdown.
+///
+/// A driver feeds it ``Event``s with the time they happen (`now`, seconds since 1970) and carries out
+/// the ``Action``s it returns: it owns the sockets (or the in-memory queues), the timers, the teacher, the
+/// files and the log. Nothing here reads a clock, touches a socket or a file, or looks at a global, so
+/// every decision can be driven and checked with a fake clock (`CoordinatorCoreTests`).
+///
+/// The cohort runs step by step: the teacher's outputs for the step's batch go to every present peer with
+/// `step`; each peer's `outputs` come back; every peer gets the others' with `others`. At each epoch's end
+/// the peers' test-set logits are scored, each peer's and the ensemble's; every `checkpoint_every` steps
+/// and epoch every member checkpoints at the same step. A peer that misses its heartbeats, or does not
+/// deliver within `network.timeout`, is marked absent and the cohort goes on with the others; a peer that
+/// says hello again rejoins at the next step. The protocol: `docs/protocol.md`.
+public struct CoordinatorCore {
+    public enum Event: Sendable {
+        /// Begin: admit the peers (resuming from the saved states given at ``init``, when any).
+        case start
+        case received(Message, from: ConnectionID, user: String?)
+        /// A message that failed validation.
+        case invalid(WireError, from: ConnectionID)
+        /// A send to `connection` failed (the peer is unreachable).
+        case sendFailed(to: ConnectionID, error: String)
+        case timer(Timer)
+        /// The answer to ``Action/prepareStep(_:)``: the step's batch size and the teacher's outputs.
+        case stepPrepared(Message.Step, batchSize: Int, teacher: [TensorPayload])
+        case stop(StopRequest)
+    }
+
+    public enum Timer: Hashable, Sendable {
+        /// Re-check the deadlines (admission, liveness, delivery).
+        case check
+    }
+
+    public enum StopRequest: Sendable, Equatable {
+        /// A signal: tell the peers the run failed, and stop.
+        case signal(Int32)
+        /// Stop at the next step's start after every present member checkpoints there (to resume later).
+        case checkpointAndStop(signal: Int32?)
+    }
+
+    public enum Action: Sendable {
+        case send(Message, to: ConnectionID)
+        /// Fire `timer` at `at` (replacing an earlier schedule of the same timer).
+        case schedule(Timer, at: Double)
+        /// Compute the teacher's outputs for this step's batch (none without a teacher) and answer with
+        /// ``Event/stepPrepared(_:batchSize:teacher:)``.
+        case prepareStep(Message.Step)
+        case recordStep(globalStep: Int, present: [Int])
+        case recordEpoch(epoch: Int, globalStep: Int, evaluation: CohortEvaluation, seconds: Double)
+        /// Cut the cohort's metrics after this step (a resume from a checkpoint there).
+        case truncateHistory(afterGlobalStep: Int)
+        case saveState(CoordinatorState)
+        case publish(StreamEvent)
+        case log(CoreLog)
+        /// A step's progress line; `endsEpoch` on an epoch's last step.
+        case progress(String, endsEpoch: Bool)
+        /// The run is over: write the summary (when finished) and stop.
+        case finish(Outcome)
+    }
+
+    public enum Outcome: Sendable {
+        case finished(CohortSummary)
+        case failed(CoordinatorError)
+        /// Stopped with every present member checkpointed at `globalStep`.
+        case stopped(globalStep: Int, signal: Int32?)
+    }
+
+    /// A configured rank's standing.
+    public enum Membership: Equatable, Sendable {
+        case absent
+        /// Admitted; takes part from the next step.
+        case joining
+        case present
+    }
+
+    /// What the coordinator waits for.
+    enum Stage {
+        case notStarted
+        case admitting(deadline: Double, requireAll: Bool)
+        /// Nobody present: waiting for anyone, then `then`.
+        case awaitingAnyone(deadline: Double, then: Continuation)
+        case preparing(Message.Step)
+        case gathering(Gathering)
+        /// Before the last epoch's end: waiting for absent peers so that the summary covers everyone.
+        case awaitingAbsent(epoch: Int, deadline: Double)
+        case done
+    }
+
+    enum Continuation { case step, epochEnd(Int) }
+
+    struct Gathering {
+        enum Kind {
+            case outputs(Message.Step, batchSize: Int, expected: [(name: String, shape: [Int])])
+            case evaluation(epoch: Int)
+        }
+        let kind: Kind
+        let awaiting: String
+        var pending: Set<Int>
+        var delivered: [Int] = []
+        let since: Double
+        var outputs: [[TensorPayload]]
+        var arrival: [Double]
+        var logits: [[Float]]
+    }
+
+    public let configuration: CohortConfiguration
+    let timing: ProtocolTiming
+    let stepsPerEpoch: Int
+    let testLabels: [Int]
+    let trainCount: Int
+    /// Shown in errors telling where peers should connect.
+    let endpoint: String
+    let host: String
+    let transport: String
+    /// Saved states to resume from, oldest first (empty: a fresh start).
+    let savedStates: [CoordinatorState]
+    public private(set) var membership: [Membership]
+    public private(set) var state = CoordinatorState()
+    var members: [ConnectionID?]
+    var hosts: [String]
+    var lastHeard: [Double]
+    /// Each member's admission token (``Message/Welcome/session``): only heartbeats that carry it count.
+    var sessions: [Int?]
+    var resumeSteps: [Int]
+    var statuses: [PeerStatus?]
+    var stage = Stage.notStarted
+    var training = false
+    var resumedFromState = false
+    var started = 0.0
+    var sessionGenerator: SplitMix
+    var pendingStop: StopRequest?
+    var now = 0.0
+    private var actions: [Action] = []
+
+    /// - Parameters:
+    ///   - stepsPerEpoch: from the sampler.
+    ///   - trainCount: the training set's size (for the log).
+    ///   - testLabels: the test set's labels, for scoring the peers' logits.
+    ///   - savedStates: the cohort checkpoints to resume from, oldest first; empty for a fresh start.
+    ///   - teacherTop1: the teacher's test accuracy, when the driver evaluated it.
+    ///   - sessionSeed: seeds the admission tokens (random in a real coordinator, fixed in tests).
+    public init(configuration: CohortConfiguration, stepsPerEpoch: Int, trainCount: Int, testLabels: [Int], timing: ProtocolTiming,
+                savedStates: [CoordinatorState] = [], teacherTop1: Double? = nil, endpoint: String = "", host: String = "",
+                transport: String = "zmq", sessionSeed: UInt64 = 1) {
+        self.configuration = configuration
+        self.stepsPerEpoch = stepsPerEpoch
+        self.testLabels = testLabels
+        self.trainCount = trainCount
+        self.timing = timing
+        self.savedStates = savedStates
+        self.endpoint = endpoint
+        self.host = host
+        self.transport = transport
+        let n = configuration.peers.count
+        membership = Array(repeating: .absent, count: n)
+        members = Array(repeating: nil, count: n)
+        hosts = Array(repeating: "?", count: n)
+        lastHeard = Array(repeating: 0, count: n)
+        sessions = Array(repeating: nil, count: n)
+        resumeSteps = Array(repeating: 0, count: n)
+        statuses = Array(repeating: nil, count: n)
+        state.lastEvaluation = Array(repeating: nil, count: n)
+        state.teacherTop1 = teacherTop1
+        sessionGenerator = SplitMix(seed: sessionSeed)
+    }
+
+    /// Whether the run is over (an ``Action/finish(_:)`` was returned).
+    public var isDone: Bool { if case .done = stage { true } else { false } }
+
+    /// The ranks that take part in the current step.
+    public var presentRanks: [Int] { membership.indices.filter { membership[$0] == .present } }
+
+    /// Handles one event and returns what to do, in order.
+    public mutating func handle(_ event: Event, now: Double) -> [Action] {
+        self.now = now
+        if case .done = stage { return [] }
+        switch event {
+        case .start:
+            start()
+        case .received(let message, let connection, let user):
+            receive(message, from: connection, user: user)
+        case .invalid(let error, let connection):
+            // A member's malformed message is no sign of life; a stranger's may be a peer with another configuration.
+            if rank(of: connection) == nil { refuseStranger(error, connection) }
+        case .sendFailed(let connection, let error):
+            if let r = rank(of: connection) { markAbsent(r, "unreachable (\(error))") }
+        case .timer(.check):
+            check()
+        case .stepPrepared(let step, let batchSize, let teacher):
+            if case .preparing(let awaited) = stage, awaited == step { sendStep(step, batchSize: batchSize, teacher: teacher) }
+        case .stop(let request):
+            stop(request)
+        }
+        advance()
+        defer { actions = [] }
+        return actions
+    }
+
+    // MARK: Start and resume
+
+    private mutating func start() {
+        let restored: Bool
+        do { restored = try restoreState() } catch let error as ResumeError {
+            fail(.resume(error))
+            return
+        } catch {
+            fail(.resume(.inconsistent("\(error)")))
+            return
+        }
+        resumedFromState = restored
+        if !restored { state.settings = configuration.canonicalSettings }
+        let n = configuration.peers.count
+        publishPhase(nil, .waiting, "for \(n) peer(s) to join")
+        log(.info, "waiting for \(n) peer(s)", ["digest": configuration.digest])
+        stage = .admitting(deadline: now + timing.joinTimeout, requireAll: !restored)
+        actions.append(.schedule(.check, at: now + timing.checkInterval))
+    }
+
+    /// Takes the newest saved state; whether there was one. Refuses one saved with other settings.
+    private mutating func restoreState() throws -> Bool {
+        guard var restored = savedStates.last else {
+            if !savedStates.isEmpty || resumeRequested { log(.notice, "no cohort checkpoint to resume from; starting at step 0") }
+            return false
+        }
+        if restored.lastEvaluation.count != configuration.peers.count {
+            restored.lastEvaluation = Array(repeating: nil, count: configuration.peers.count)
+        }
+        try configuration.checkUnchanged(since: restored.settings)
+        if restored.settings == nil { restored.settings = configuration.canonicalSettings }
+        if restored.teacherTop1 == nil { restored.teacherTop1 = state.teacherTop1 }
+        state = restored
+        actions.append(.truncateHistory(afterGlobalStep: state.globalStep))
+        log(.notice, "resumed", ["global_step": "\(state.globalStep)", "epochs_evaluated": "\(state.evaluatedEpochs)"])
+        return true
+    }
+
+    /// Set by the driver when the run was started with `--resume` (only changes what is said when
+    /// there is nothing to resume from).
+    public var resumeRequested = false
+
+    /// Where training continues. Resumed from a cohort checkpoint: at the newest step for which this
+    /// coordinator has a state and every present peer a checkpoint (peers further on go back to it, so
+    /// the run trains exactly what an uninterrupted one would). Otherwise: from where the peers are (a
+    /// coordinator started afresh beside running peers).
+    private mutating func startingStep(total: Int) -> Int {
+        let peerSteps = presentRanks.map { resumeSteps[$0] }
+        guard resumedFromState else { return min(total, max(state.globalStep, peerSteps.max() ?? 0)) }
+        let target = min(total, state.globalStep, peerSteps.min() ?? state.globalStep)
+        if target < state.globalStep {
+            // Without an older state of its own, the coordinator keeps its measurements and goes back in steps.
+            var restored = savedStates.last { $0.globalStep <= target } ?? state
+            if restored.globalStep == state.globalStep {
+                restored.globalStep = target
+                restored.evaluatedEpochs = min(state.evaluatedEpochs, target / stepsPerEpoch)
+            }
+            if restored.lastEvaluation.count != configuration.peers.count {
+                restored.lastEvaluation = Array(repeating: nil, count: configuration.peers.count)
+            }
+            if restored.teacherTop1 == nil { restored.teacherTop1 = state.teacherTop1 }
+            if restored.settings == nil { restored.settings = state.settings }
+            log(.notice, "going back to the step every peer has a checkpoint of",
+                ["cohort_checkpoint_step": "\(state.globalStep)", "peer_steps": "\(peerSteps)", "step": "\(restored.globalStep)"])
+            state = restored
+            actions.append(.truncateHistory(afterGlobalStep: state.globalStep))
+        }
+        return state.globalStep
+    }
+
+    private mutating func beginTraining() {
+        let n = configuration.peers.count
+        let spe = stepsPerEpoch
+        let total = configuration.epochs * spe
+        for r in membership.indices where membership[r] == .joining { membership[r] = .present }
+        log(.info, "\(presentRanks.count) of \(n) peer(s) joined", ["hosts": Set(presentRanks.map { hosts[$0] }).sorted().joined(separator: ",")])
+        training = true
+        if let t = state.teacherTop1, let teacher = configuration.teacher {
+            log(.info, String(format: "teacher %@: test top-1 %.2f%%", teacher.model, 100 * t))
+        }
+        let checkpointStep = state.globalStep
+        let start = startingStep(total: total)
+        if start > 0 { log(.notice, "continuing at step \(start)", ["checkpoint_step": "\(checkpointStep)"]) }
+        state.globalStep = start
+        log(.info, "cohort of \(n) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(configuration.data.dataSet.rawValue): "
+            + "\(trainCount) images, \(spe) steps/epoch, \(configuration.epochs) epochs")
+        started = now - state.elapsedSeconds
+        publishPhase(nil, .training)
+        // An epoch whose end the previous coordinator did not get to evaluate.
+        if start > 0, start % spe == 0, state.evaluatedEpochs < start / spe {
+            endEpoch(start / spe - 1)
+        } else {
+            nextStep()
+        }
+    }
+
+    // MARK: The schedule
+
+    /// The next step, or the run's end.
+    private mutating func nextStep() {
+        if let request = pendingStop {
+            pendingStop = nil
+            stopAtStep(request)
+            return
+        }
+        guard state.globalStep < configuration.epochs * stepsPerEpoch else {
+            finishRun()
+            return
+        }
+        guard promote() else {
+            stage = .awaitingAnyone(deadline: now + timing.joinTimeout, then: .step)
+            return
+        }
+        let g = state.globalStep
+        let step = Message.Step(epoch: g / stepsPerEpoch, step: g % stepsPerEpoch, globalStep: g)
+        stage = .preparing(step)
+        actions.append(.prepareStep(step))
+    }
+
+    private mutating func sendStep(_ step: Message.Step, batchSize: Int, teacher: [TensorPayload]) {
+        let participants = presentRanks
+        send(.step(step, teacher: teacher), to: participants)
+        let n = configuration.peers.count
+        stage = .gathering(Gathering(kind: .outputs(step, batchSize: batchSize, expected: configuration.outputLayout.expected(batchSize: batchSize)),
+                                     awaiting: "the outputs of step \(step.globalStep)", pending: Set(participants), since: now,
+                                     outputs: Array(repeating: [], count: n), arrival: Array(repeating: now, count: n),
+                                     logits: Array(repeating: [], count: n)))
+    }
+
+    /// Every delivered output is in: each peer gets the others', and the step is counted.
+    private mutating func completeStep(_ g: Gathering, _ step: Message.Step, batchSize b: Int) {
+        let delivered = g.delivered.sorted()
+        guard !delivered.isEmpty else {
+            // Nobody delivered (every participant turned out absent): the step runs again with whoever rejoins.
+            nextStep()
+            return
+        }
+        let layout = configuration.outputLayout
+        // Whoever is served first starts its backward pass first; rotate so no peer always waits longest.
+        for i in delivered.indices {
+            let rank = delivered[(i + step.globalStep) % delivered.count]
+            let ranks = delivered.filter { $0 != rank }
+            let others = ranks.flatMap { r in layout.forOthers(rank: r, g.outputs[r]) }
+            send(.others(.init(rank: rank, globalStep: step.globalStep, ranks: ranks, waitSeconds: now - g.arrival[rank]), tensors: others),
+                 to: [rank])
+        }
+        state.globalStep = step.globalStep + 1
+        state.images += b
+        actions.append(.recordStep(globalStep: state.globalStep, present: delivered))
+        let spe = stepsPerEpoch
+        let rate = Double(state.images) / max(now - started, 1e-9)
+        let eta = Double(configuration.epochs * spe - state.globalStep) * Double(configuration.batchSize) / max(rate, 1e-9)
+        let peers = presentRanks.compactMap { statuses[$0] }.map { String(format: "p%d %.3f/%.0f%%", $0.rank, $0.loss, 100 * $0.accuracy) }
+        actions.append(.progress(String(format: "epoch %d/%d step %d/%d  %@  %.0f img/s  ETA %@", step.epoch + 1, configuration.epochs,
+                                        step.step + 1, spe, peers.joined(separator: "  "), rate, ProgressReporter.duration(eta)),
+                                 endsEpoch: state.globalStep % spe == 0))
+        if state.globalStep % spe == 0 {
+            endEpoch(step.epoch)
+        } else {
+            if configuration.checkpointEvery > 0, state.globalStep % configuration.checkpointEvery == 0 {
+                send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
+                saveState()
+                log(.info, "checkpoint at step \(state.globalStep)")
+            }
+            nextStep()
+        }
+    }
+
+    /// An epoch's end: every present peer evaluates (on the epochs `evaluation_every` names) and
+    /// checkpoints. After the last epoch, absent peers are awaited (`network.join_timeout`) so that the
+    /// summary covers everyone.
+    private mutating func endEpoch(_ epoch: Int) {
+        if epoch == configuration.epochs - 1, membership.contains(.absent), timing.joinTimeout > 0 {
+            stage = .awaitingAbsent(epoch: epoch, deadline: now + timing.joinTimeout)
+            return
+        }
+        evaluateEpoch(epoch)
+    }
+
+    private mutating func evaluateEpoch(_ epoch: Int) {
+        guard promote() else {
+            stage = .awaitingAnyone(deadline: now + timing.joinTimeout, then: .epochEnd(epoch))
+            return
+        }
+        if configuration.evaluates(epoch: epoch) {
+            publishPhase(nil, .evaluating, "epoch \(epoch + 1): awaiting the peers' test-set outputs")
+            let participants = presentRanks
+            send(.evaluate(.init(epoch: epoch, globalStep: state.globalStep)), to: participants)
+            let n = configuration.peers.count
+            stage = .gathering(Gathering(kind: .evaluation(epoch: epoch), awaiting: "the test-set logits of epoch \(epoch + 1)",
+                                         pending: Set(participants), since: now, outputs: Array(repeating: [], count: n),
+                                         arrival: Array(repeating: now, count: n), logits: Array(repeating: [], count: n)))
+        } else {
+            send(.evaluate(.init(epoch: epoch, globalStep: state.globalStep, test: false)), to: presentRanks)
+            log(.info, "epoch \(epoch + 1)/\(configuration.epochs) done (evaluated every \(configuration.evaluationEvery) epochs)")
+            finishEpoch(epoch)
+        }
+    }
+
+    private mutating func completeEvaluation(_ g: Gathering, epoch: Int) {
+        let delivered = g.delivered.sorted()
+        let classes = configuration.data.dataSet.classCount
+        let scored = evaluateCohort(logits: delivered.map { g.logits[$0] }, labels: testLabels, classCount: classes)
+        for (i, r) in delivered.enumerated() { state.lastEvaluation[r] = scored.peers[i] }
+        state.ensembleTop1 = scored.ensembleTop1
+        state.ensembleTop5 = scored.ensembleTop5
+        if delivered.count < configuration.peers.count {
+            log(.error, "the ensemble of epoch \(epoch + 1) has only peer(s) \(delivered.map(String.init).joined(separator: ", "))")
+        }
+        let evaluation = lastEvaluation(ensembleTop1: scored.ensembleTop1, ensembleTop5: scored.ensembleTop5)
+        actions.append(.recordEpoch(epoch: epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: now - started))
+        log(.info, epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation))
+        finishEpoch(epoch)
+    }
+
+    private mutating func finishEpoch(_ epoch: Int) {
+        state.evaluatedEpochs = epoch + 1
+        saveState()
+        if epoch + 1 < configuration.epochs { publishPhase(nil, .training) }
+        nextStep()
+    }
+
+    private func lastEvaluation(ensembleTop1: Double, ensembleTop5: Double) -> CohortEvaluation {
+        CohortEvaluation(peers: state.lastEvaluation.map { $0 ?? EvaluationResult(top1: 0, top5: 0, loss: 0, count: 0) },
+                         ensembleTop1: ensembleTop1, ensembleTop5: ensembleTop5)
+    }
+
+    private mutating func saveState() {
+        state.elapsedSeconds = now - started
+        actions.append(.saveState(state))
+    }
+
+    private mutating func finishRun() {
+        let summary = CohortSummary(configuration: configuration, evaluation: lastEvaluation(ensembleTop1: state.ensembleTop1, ensembleTop5: state.ensembleTop5),
+                                    teacherTop1: state.teacherTop1, steps: state.globalStep, seconds: now - started, images: state.images,
+                                    transport: transport)
+        broadcast(.shutdown(.init(.finished)))
+        log(.info, "finished")
+        actions.append(.publish(.end(StreamEnd(ok: true, reason: Message.Shutdown.finishedReason, time: now))))
+        stage = .done
+        actions.append(.finish(.finished(summary)))
+    }
+
+    private mutating func fail(_ error: CoordinatorError) {
+        log(.error, "\(error)")
+        broadcast(.shutdown(.init(.failed("coordinator: \(error)"))))
+        actions.append(.publish(.end(StreamEnd(ok: false, reason: "\(error)", time: now))))
+        stage = .done
+        actions.append(.finish(.failed(error)))
+    }
+
+    private mutating func stop(_ request: StopRequest) {
+        switch request {
+        case .signal(let s):
+            fail(.stopped(signal: s))
+        case .checkpointAndStop:
+            // Between steps the members checkpoint at once; mid-step, at the next step's start.
+            if case .preparing = stage { stopAtStep(request) } else if training { pendingStop = request } else {
+                fail(.stopped(signal: { if case .checkpointAndStop(let s) = request { s ?? 0 } else { 0 } }()))
+            }
+        }
+    }
+
+    private mutating func stopAtStep(_ request: StopRequest) {
+        guard case .checkpointAndStop(let signal) = request else { return }
+        send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
+        saveState()
+        log(.notice, "stopped at step \(state.globalStep); every present peer checkpoints there")
+        broadcast(.shutdown(.init(.failed("coordinator: stopped at step \(state.globalStep)"))))
+        actions.append(.publish(.end(StreamEnd(ok: false, reason: "stopped at step \(state.globalStep)", time: now))))
+        stage = .done
+        actions.append(.finish(.stopped(globalStep: state.globalStep, signal: signal)))
+    }
+
+    // MARK: Progress on every event
+
+    /// Moves on when what the stage waits for is there.
+    private mutating func advance() {
+        switch stage {
+        case .admitting:
+            if !membership.contains(.absent) { beginTraining() }
+        case .awaitingAnyone(_, let then):
+            guard membership.contains(.joining) else { return }
+            switch then {
+            case .step: nextStep()
+            case .epochEnd(let e): evaluateEpoch(e)
+            }
+        case .awaitingAbsent(let epoch, _):
+            if !membership.contains(.absent) { evaluateEpoch(epoch) }
+        case .gathering(var g):
+            // Members that left since they were asked no longer count.
+            for r in g.pending where membership[r] != .present { g.pending.remove(r) }
+            stage = .gathering(g)
+            guard g.pending.isEmpty else { return }
+            switch g.kind {
+            case .outputs(let step, let b, _): completeStep(g, step, batchSize: b)
+            case .evaluation(let epoch): completeEvaluation(g, epoch: epoch)
+            }
+        case .notStarted, .preparing, .done:
+            break
+        }
+    }
+
+    /// The deadlines of the current stage.
+    private mutating func check() {
+        switch stage {
+        case .admitting(let deadline, let requireAll):
+            guard now >= deadline else { break }
+            let n = configuration.peers.count
+            let missing = membership.indices.filter { membership[$0] == .absent }
+            if requireAll || missing.count == n {
+                fail(.joinTimeout(missing: missing, seconds: timing.joinTimeout, endpoint: endpoint))
+                return
+            }
+            log(.error, "going on without absent peers", ["absent": "\(missing)"])
+            beginTraining()
+        case .awaitingAnyone(let deadline, _):
+            if now >= deadline { fail(.nobodyPresent(seconds: timing.joinTimeout)); return }
+        case .awaitingAbsent(let epoch, let deadline):
+            if now >= deadline { evaluateEpoch(epoch) }
+        case .gathering(let g):
+            for r in g.pending.sorted() {
+                if now - lastHeard[r] > timing.heartbeatTimeout {
+                    markAbsent(r, "nothing heard for \(Int(timing.heartbeatTimeout)) s (network.heartbeat_timeout) while awaiting \(g.awaiting)")
+                } else if now - g.since > timing.timeout {
+                    markAbsent(r, "it did not deliver \(g.awaiting) within \(Int(timing.timeout)) s (network.timeout)")
+                }
+            }
+        case .notStarted, .preparing, .done:
+            break
+        }
+        if !isDone { actions.append(.schedule(.check, at: now + timing.checkInterval)) }
+    }
+
+    /// Makes joining peers present; whether anyone is.
+    private mutating func promote() -> Bool {
+        for r in membership.indices where membership[r] == .joining { membership[r] = .present }
+        return !presentRanks.isEmpty
+    }
+
+    // MARK: Messages
+
+    private mutating func receive(_ message: Message, from connection: ConnectionID, user: String?) {
+        switch message {
+        case .hello(let hello):
+            consider(hello, from: connection, user: user)
+        case .heartbeat(let beat):
+            guard let rank = beat.rank, configuration.peers.indices.contains(rank), !secure || user == "peer-\(rank)" else {
+                log(.warning, "dropped a heartbeat that does not come from the rank it names",
+                    ["rank": beat.rank.map(String.init) ?? "none", "user": user ?? "none", "from": describeConnection(connection)],
+                    sender: describeConnection(connection))
+                return
+            }
+            // Answered for members only: a peer this coordinator has not admitted (it was marked absent, or this
+            // is a restarted coordinator) hears nothing, concludes it lost the coordinator, and rejoins.
+            guard membership[rank] != .absent else { return }
+            // Only beats that vouch for the member's current connection keep it alive: not those of a process
+            // whose rank was taken over, nor of one still joining.
+            if sessions[rank] == nil || beat.session == sessions[rank] { lastHeard[rank] = now }
+            actions.append(.send(.heartbeat(.init(rank: nil, sequence: beat.sequence)), to: connection))
+        default:
+            guard let rank = rank(of: connection) else {
+                log(.warning, "dropped a message from an unknown sender", ["type": message.type, "from": describeConnection(connection)],
+                    sender: describeConnection(connection))
+                return
+            }
+            lastHeard[rank] = now
+            switch message {
+            case .log(let batch):
+                for record in batch.records {
+                    // The peer's rank and host as admitted, whatever the record claims.
+                    actions.append(.publish(.log(LogRecord(time: record.time, level: record.level, rank: rank, host: hosts[rank], label: record.label,
+                                                           message: record.message, metadata: record.metadata))))
+                }
+                if let status = batch.status, status.rank == rank {
+                    statuses[rank] = status
+                    actions.append(.publish(.status(status)))
+                }
+                if let phase = batch.phase, phase != .absent, phase != .finished { publishPhase(rank, phase) }
+            case .shutdown(let s):
+                markAbsent(rank, "it stopped: \(s.reason)")
+            default:
+                if !gather(message, from: rank) {
+                    log(.warning, "dropped an unexpected \(message.type) message", ["rank": "\(rank)", "awaiting": awaiting])
+                }
+            }
+        }
+    }
+
+    private var awaiting: String {
+        switch stage {
+        case .gathering(let g): g.awaiting
+        case .admitting: "peers to join"
+        default: "nothing"
+        }
+    }
+
+    /// Takes `message` when the stage gathers it from `rank`; whether it did.
+    private mutating func gather(_ message: Message, from rank: Int) -> Bool {
+        guard case .gathering(var g) = stage, g.pending.contains(rank) else { return false }
+        switch (g.kind, message) {
+        case (.outputs(let step, _, let expected), .outputs(let body, let tensors)) where body.globalStep == step.globalStep:
+            do {
+                guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
+                let byName = try expectTensors(tensors, expected)
+                g.outputs[rank] = expected.map { byName[$0.name]! }
+            } catch {
+                log(.warning, "dropped invalid outputs", ["rank": "\(rank)", "reason": "\(error)"])
+                return false
+            }
+            g.arrival[rank] = now
+        case (.evaluation(let epoch), .evaluation(let body, let tensors)) where body.epoch == epoch:
+            do {
+                guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
+                let classes = configuration.data.dataSet.classCount
+                g.logits[rank] = try expectTensors(tensors, [("logits", [testLabels.count, classes])])["logits"]!.values
+            } catch {
+                log(.warning, "dropped an invalid evaluation", ["rank": "\(rank)", "reason": "\(error)"])
+                return false
+            }
+        default:
+            return false
+        }
+        g.pending.remove(rank)
+        g.delivered.append(rank)
+        stage = .gathering(g)
+        return true
+    }
+
+    private var secure: Bool { configuration.security != nil }
+
+    /// Admits `hello`'s sender (again, when it rejoins), or refuses it with the reason.
+    private mutating func consider(_ hello: Message.Hello, from connection: ConnectionID, user: String?) {
+        let n = configuration.peers.count
+        let r = hello.rank
+        let sender = describeConnection(connection)
+        var reason: String?
+        if !(0..<n).contains(r) {
+            reason = "rank \(r) is not in this cohort of \(n) peer(s) (ranks 0...\(n - 1))"
+        } else if configuration.peers[r].model != hello.model {
+            reason = "rank \(r) runs \(configuration.peers[r].model) in this cohort, not \(hello.model)"
+        } else if secure && user != "peer-\(r)" {
+            reason = "this connection's key is not peer \(r)'s"
+        }
+        if let reason {
+            log(.warning, "refused a peer", ["rank": "\(r)", "host": hello.host ?? "?", "reason": reason, "from": sender], sender: sender)
+            actions.append(.send(.welcome(.init(accepted: false, reason: reason)), to: connection))
+            return
+        }
+        if members[r] == connection && membership[r] != .absent {
+            actions.append(.send(.welcome(.init(accepted: true, session: sessions[r])), to: connection))  // a repeated hello
+            return
+        }
+        if membership[r] != .absent, let old = members[r] {
+            // A rank held by a live connection is taken over only by a hello that proves to be that rank (its
+            // CURVE key); otherwise once the holder has been silent for heartbeat_timeout. The hello is not
+            // answered meanwhile: a legitimately restarted peer keeps saying it.
+            let silent = now - lastHeard[r]
+            guard secure || silent > timing.heartbeatTimeout else {
+                log(.warning, "ignored a hello for rank \(r): a live connection holds it",
+                    ["host": HeaderBounds.clipped(hello.host ?? "?"), "holder_heard_seconds_ago": "\(Int(silent))", "from": sender], sender: sender)
+                return
+            }
+            actions.append(.send(.shutdown(.init(.failed("rank \(r) was taken over by a new connection"))), to: old))
+        }
+        if membership[r] != .absent {
+            log(.warning, "peer \(r) joined again from a new connection; the old one is dropped\(training ? " and it rejoins at the next step" : "")",
+                ["host": hello.host ?? "?", "steps_done": "\(hello.resumeStep ?? 0)"])
+        } else if training {
+            log(.notice, "peer \(r) rejoins at the next step", ["host": hello.host ?? "?", "steps_done": "\(hello.resumeStep ?? 0)"])
+        }
+        members[r] = connection
+        membership[r] = .joining
+        hosts[r] = hello.host ?? "?"
+        lastHeard[r] = now
+        resumeSteps[r] = hello.resumeStep ?? 0
+        sessions[r] = Int(sessionGenerator.next() >> 1) | 1
+        actions.append(.send(.welcome(.init(accepted: true, session: sessions[r])), to: connection))
+        log(.info, "peer \(r) joined", ["host": hosts[r], "model": hello.model])
+        publishPhase(r, training ? .joining : .waiting, training ? "takes part from the next step" : nil)
+    }
+
+    /// Answers a sender whose message failed validation: a peer started with another configuration learns
+    /// why it is refused.
+    private mutating func refuseStranger(_ error: WireError, _ connection: ConnectionID) {
+        guard case .configuration(let expected, let found) = error else { return }
+        actions.append(.send(.welcome(.init(accepted: false, reason:
+            "configuration digest \(HeaderBounds.clipped(found)) differs from this cohort's \(expected): start every process with the same configuration file")),
+                             to: connection))
+    }
+
+    private func rank(of connection: ConnectionID) -> Int? { members.firstIndex { $0 == connection } }
+
+    /// Takes `rank` out of the cohort until it says hello again; loudly.
+    private mutating func markAbsent(_ rank: Int, _ why: String) {
+        guard membership[rank] != .absent else { return }
+        membership[rank] = .absent
+        members[rank] = nil
+        sessions[rank] = nil
+        let present = membership.indices.filter { membership[$0] != .absent }
+        log(.error, "peer \(rank) is absent: \(why); the cohort goes on with peer(s) \(present.map(String.init).joined(separator: ", "))",
+            ["rank": "\(rank)"])
+        publishPhase(rank, .absent, why)
+    }
+
+    private mutating func send(_ message: Message, to ranks: [Int]) {
+        for rank in ranks { if let connection = members[rank] { actions.append(.send(message, to: connection)) } }
+    }
+
+    private mutating func broadcast(_ message: Message) {
+        for connection in members.compactMap({ $0 }) { actions.append(.send(message, to: connection)) }
+    }
+
+    /// Tells the stream what `rank` (nil: the coordinator) does from now on.
+    private mutating func publishPhase(_ rank: Int?, _ phase: Phase, _ detail: String? = nil) {
+        actions.append(.publish(.phase(PhaseChange(rank: rank, host: rank.map { hosts[$0] } ?? host, phase: phase, detail: detail, time: now))))
+    }
+
+    private mutating func log(_ level: CoreLog.Level, _ message: String, _ metadata: [String: String] = [:], sender: String? = nil) {
+        actions.append(.log(CoreLog(level, message, metadata, sender: sender)))
+    }
+}
+
+/// A small deterministic generator (SplitMix64) for admission tokens.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

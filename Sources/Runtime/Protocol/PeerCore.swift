@@ -1,0 +1,493 @@
+import Foundation
+import Data
+import Training
+import Wire
+
+/// Work a peer's core hands its driver: the network's computations and the files they write. The
+/// driver runs one at a time, in order, and answers each with a ``PeerWorkResult``.
+public enum PeerWork: Sendable {
+    /// Go back to this peer's checkpoint at the step (the cohort continues from there).
+    case rewind(to: Int)
+    /// The forward pass of the step's batch; answered with the outputs to send.
+    case forward(Message.Step, teacher: TeacherOutputs?)
+    /// The rest of the step with the others' outputs: loss, backward pass, update, the step's record.
+    case finish(Message.Step, others: [PeerOutputs], teacher: TeacherOutputs?, timing: StepTiming)
+    /// An epoch's end, first part: the test-set logits.
+    case evaluate(Message.Evaluate)
+    /// An epoch's end, second part: the epoch's line (with the test scores, when evaluated) and checkpoint.
+    case endEpoch(Message.Evaluate, test: EvaluationResult?)
+    /// A checkpoint between epoch ends.
+    case checkpoint(Message.Checkpoint)
+}
+
+/// When a step's parts happened, for its record (`idle_seconds`, `exchange_seconds`, `step_seconds`).
+public struct StepTiming: Sendable, Equatable {
+    /// When the step's message arrived (seconds since 1970).
+    public var received: Double
+    /// Seconds this peer waited for the step's message.
+    public var idle: Double
+    /// Seconds the coordinator held this peer's outputs waiting for the others'.
+    public var waited: Double
+    /// Seconds the exchange took beyond that wait.
+    public var exchange: Double
+}
+
+/// What a ``PeerWork`` came to.
+public enum PeerWorkResult: Sendable {
+    case rewound(to: Int)
+    case forwarded(Message.Step, outputs: [TensorPayload])
+    /// The step is done; `status` describes the peer after it.
+    case finished(Message.Step, status: PeerStatus)
+    /// The test set's logits and their scores.
+    case evaluated(Message.Evaluate, logits: [Float], test: EvaluationResult)
+    /// The epoch's line and checkpoint are written.
+    case epochEnded(Message.Evaluate)
+    case checkpointed(Message.Checkpoint)
+    case failed(PeerError)
+}
+
+/// A peer's protocol as a state machine without input or output: joining (and rejoining after losing the
+/// coordinator), heartbeats, the steps' messages, checks on everything the coordinator sends, shutdown.
+///
+/// A driver feeds it ``Event``s with the time they happen and carries out its ``Action``s; the network's
+/// computations are ``PeerWork`` the driver performs (on a worker thread or in line) and answers with
+/// ``Event/done(_:)``. While work runs, messages wait in the core's inbox, and heartbeats and liveness go
+/// on: a long test-set evaluation does not make the peer look absent.
+public struct PeerCore {
+    public enum Event: Sendable {
+        case start
+        case received(Message)
+        case invalid(WireError)
+        case timer(Timer)
+        case done(PeerWorkResult)
+        case stop(signal: Int32)
+    }
+
+    public enum Timer: Hashable, Sendable {
+        case hello
+        case heartbeat
+        case check
+    }
+
+    public enum Action: Sendable {
+        case send(Message)
+        case schedule(Timer, at: Double)
+        case perform(PeerWork)
+        /// Drop the connection and open a fresh one (nothing stale queued) before the next hello.
+        case reconnect
+        case log(CoreLog)
+        /// Send the buffered log records to the coordinator, with `status` and a change of `phase`.
+        case flushLogs(status: PeerStatus?, phase: Phase?)
+        case finish(Outcome)
+    }
+
+    public enum Outcome: Sendable {
+        case finished
+        case failed(PeerError)
+    }
+
+    enum Stage {
+        case notStarted
+        case joining(deadline: Double, since: Double, nextNotice: Double)
+        /// Awaiting the coordinator's next message, since `since`.
+        case ready(since: Double)
+        case working(PeerWork, timing: StepTiming?)
+        case awaitingOthers(Message.Step, teacher: TeacherOutputs?, sentAt: Double, timing: StepTiming)
+        case done
+    }
+
+    public let rank: Int
+    public let configuration: CohortConfiguration
+    let timing: ProtocolTiming
+    let stepsPerEpoch: Int
+    let teacherFeatureCount: Int?
+    let sampler: any BatchSampler
+    var batchSizes: (epoch: Int, sizes: [Int])?
+    let host: String
+    let endpoint: String
+    /// Steps this peer's state has trained.
+    public private(set) var done: Int
+    /// The admission the heartbeats vouch for; nil while (re)joining.
+    public private(set) var session: Int?
+    var stage = Stage.notStarted
+    var inbox: [Message] = []
+    /// When the coordinator was last heard (any message, heartbeat answers included).
+    var lastHeard = 0.0
+    /// When the last message other than a heartbeat answer came.
+    var lastMessage = 0.0
+    var heartbeatSequence = 0
+    /// Set when the coordinator was lost while work ran: rejoin once it is done.
+    var lostWhileWorking: String?
+    var lastStatus: PeerStatus?
+    var lastTestTop1: Double?
+    /// The test-set logits of the epoch being ended, sent once its checkpoint is written.
+    var testLogits: [Float]?
+    /// A message whose handling waits for a rewind to finish.
+    var afterRewind: (Message, StepTiming?)?
+    var now = 0.0
+    private var actions: [Action] = []
+
+    /// - Parameters:
+    ///   - sampler: the cohort's batches (``CohortData/sampler``).
+    ///   - done: the steps the peer's state has trained (from its checkpoint, when resumed).
+    ///   - teacherFeatureCount: the teacher's feature size, when the cohort has a teacher.
+    ///   - endpoint: the coordinator's address, for messages.
+    public init(configuration: CohortConfiguration, rank: Int, sampler: any BatchSampler, teacherFeatureCount: Int?, timing: ProtocolTiming,
+                done: Int = 0, host: String = "", endpoint: String = "") {
+        self.configuration = configuration; self.rank = rank; self.sampler = sampler
+        stepsPerEpoch = sampler.batches(epoch: 0).count
+        self.teacherFeatureCount = teacherFeatureCount; self.timing = timing; self.done = done
+        self.host = host; self.endpoint = endpoint
+    }
+
+    public var isDone: Bool { if case .done = stage { true } else { false } }
+
+    /// Whether work is under way (its result not yet in).
+    public var isWorking: Bool { if case .working = stage { true } else { false } }
+
+    public mutating func handle(_ event: Event, now: Double) -> [Action] {
+        self.now = now
+        if case .done = stage { return [] }
+        switch event {
+        case .start:
+            log(.info, "joining", ["coordinator": endpoint, "model": configuration.peers[rank].model, "steps_done": "\(done)"])
+            join()
+            schedule(.heartbeat, after: 0)
+            schedule(.check, after: timing.checkInterval)
+        case .received(let message):
+            receive(message)
+        case .invalid(let error):
+            if case .joining = stage, case .configuration = error { fail(.otherConfiguration(error)) }
+        case .timer(let timer):
+            fire(timer)
+        case .done(let result):
+            complete(result)
+        case .stop(let signal):
+            fail(.signal(signal))
+        }
+        defer { actions = [] }
+        return actions
+    }
+
+    // MARK: Joining and liveness
+
+    private mutating func join() {
+        session = nil  // the beats stop vouching for a connection left behind
+        stage = .joining(deadline: now + timing.joinTimeout, since: now, nextNotice: now + 10)
+        sayHello()
+    }
+
+    private mutating func sayHello() {
+        actions.append(.send(.hello(.init(rank: rank, model: configuration.peers[rank].model, host: host, resumeStep: done))))
+        schedule(.hello, after: max(2, timing.heartbeatInterval * 2))
+    }
+
+    private mutating func rejoin(_ why: String) {
+        log(.warning, "lost the coordinator; rejoining", ["why": why, "steps_done": "\(done)"])
+        inbox = []
+        actions.append(.reconnect)
+        join()
+    }
+
+    private mutating func fire(_ timer: Timer) {
+        switch timer {
+        case .hello:
+            if case .joining = stage { sayHello() }
+        case .heartbeat:
+            // A full link drops the beat (the driver sends it without waiting): nothing piles up.
+            actions.append(.send(.heartbeat(.init(rank: rank, sequence: heartbeatSequence, session: session))))
+            heartbeatSequence += 1
+            schedule(.heartbeat, after: timing.heartbeatInterval)
+        case .check:
+            check()
+            if !isDone { schedule(.check, after: timing.checkInterval) }
+        }
+    }
+
+    private mutating func check() {
+        switch stage {
+        case .joining(let deadline, let since, let nextNotice):
+            if now >= deadline {
+                fail(.noCoordinator(endpoint: endpoint, seconds: timing.joinTimeout))
+            } else if now >= nextNotice {
+                stage = .joining(deadline: deadline, since: since, nextNotice: now + 30)
+                log(.notice, "no answer from the coordinator yet; it may still be loading its data or evaluating its teacher, or not be running at \(endpoint)",
+                    ["waited_seconds": "\(Int(now - since))", "gives_up_in_seconds": "\(Int(deadline - now))"])
+            }
+        case .ready, .working, .awaitingOthers:
+            let silentFor = now - lastHeard
+            var lost: String?
+            if silentFor > timing.heartbeatTimeout {
+                lost = "no heartbeat from the coordinator for \(Int(timing.heartbeatTimeout)) s"
+            } else if case .awaitingOthers(let step, _, let sentAt, _) = stage, now - max(sentAt, lastMessage) > 2 * timing.timeout {
+                // The coordinator went away, or dropped this peer from the step: the step is abandoned.
+                lost = "no others' outputs for step \(step.globalStep)"
+            }
+            guard let lost else { return }
+            if isWorking { lostWhileWorking = lostWhileWorking ?? lost } else { rejoin(lost) }
+        case .notStarted, .done:
+            break
+        }
+    }
+
+    // MARK: Messages
+
+    private mutating func receive(_ message: Message) {
+        lastHeard = now
+        if case .heartbeat = message { return }
+        lastMessage = now
+        if case .joining = stage {
+            switch message {
+            case .welcome(let w):
+                guard w.accepted else { fail(.refused(reason: w.reason ?? "no reason given")); return }
+                session = w.session
+                log(.info, "joined the cohort")
+                actions.append(.flushLogs(status: nil, phase: nil))
+                stage = .ready(since: now)
+            default:
+                log(.warning, "dropped a \(message.type) message while joining")
+            }
+            return
+        }
+        // The answer to a hello repeated while the coordinator was busy (loading a teacher, say): the
+        // admission this peer already holds, nothing to act on.
+        if case .welcome(let w) = message, w.accepted, w.session != nil, w.session == session {
+            log(.debug, "a repeated welcome (the answer to an earlier hello)")
+            return
+        }
+        if isWorking || afterRewind != nil {
+            inbox.append(message)
+            return
+        }
+        act(on: message)
+    }
+
+    /// Acts on a message from the coordinator while no work runs.
+    private mutating func act(on message: Message) {
+        switch stage {
+        case .ready(let since):
+            switch message {
+            case .step(let step, let tensors):
+                startStep(step, tensors, timing: StepTiming(received: now, idle: now - since, waited: 0, exchange: 0))
+            case .evaluate(let e):
+                if e.globalStep < done {
+                    rewind(to: e.globalStep, then: message, timing: nil)
+                    return
+                }
+                if e.evaluatesTestSet {
+                    actions.append(.flushLogs(status: nil, phase: .evaluating))
+                    perform(.evaluate(e))
+                } else {
+                    endEpoch(e, test: nil)
+                }
+            case .checkpoint(let c):
+                actions.append(.flushLogs(status: nil, phase: .checkpointing))
+                if done != c.globalStep {
+                    log(.warning, "checkpoint written at this peer's own step", ["steps_done": "\(done)", "cohort_step": "\(c.globalStep)"])
+                }
+                perform(.checkpoint(c))
+            case .shutdown(let s):
+                shutdown(s)
+            default:
+                log(.warning, "dropped an unexpected \(message.type) message")
+            }
+        case .awaitingOthers(let step, let teacher, let sentAt, var timing):
+            switch message {
+            case .step:
+                // The cohort moved on without this peer (it was marked absent): rejoin properly.
+                rejoin("the cohort moved on while this peer awaited step \(step.globalStep)'s outputs")
+            case .others(let body, let tensors) where body.globalStep == step.globalStep && body.rank == rank:
+                let others: [PeerOutputs]
+                do { others = try unpackOthers(tensors, ranks: body.ranks, batchSize: batchSize(of: step)) } catch {
+                    log(.warning, "dropped invalid others", ["reason": "\(error)"])
+                    return
+                }
+                timing.waited = body.waitSeconds
+                timing.exchange = max(0, now - sentAt - body.waitSeconds)
+                perform(.finish(step, others: others, teacher: teacher, timing: timing), timing: timing)
+            case .shutdown(let s):
+                shutdown(s)
+            default:
+                log(.warning, "dropped an unexpected \(message.type) message", ["awaiting": "others of step \(step.globalStep)"])
+            }
+        case .notStarted, .joining, .working, .done:
+            inbox.append(message)
+        }
+    }
+
+    private mutating func startStep(_ step: Message.Step, _ tensors: [TensorPayload], timing: StepTiming) {
+        let spe = stepsPerEpoch
+        guard step.epoch < configuration.epochs, step.step < spe, step.globalStep == step.epoch * spe + step.step else {
+            fail(.outOfStep("step \(step.step) of epoch \(step.epoch) as global step \(step.globalStep) does not fit \(configuration.epochs) epochs of \(spe) steps"))
+            return
+        }
+        if step.globalStep < done {
+            rewind(to: step.globalStep, then: .step(step, teacher: tensors), timing: timing)
+            return
+        }
+        if step.globalStep > done {
+            log(.warning, "skipping ahead to the cohort's step", ["steps_done": "\(done)", "cohort_step": "\(step.globalStep)"])
+        }
+        let teacher: TeacherOutputs?
+        do { teacher = try teacherOutputs(tensors, batchSize: batchSize(of: step)) } catch {
+            // A malformed step is dropped like any malformed message; the coordinator counts this peer
+            // absent if nothing better comes, and the peer rejoins.
+            log(.warning, "dropped a step with invalid teacher outputs", ["global_step": "\(step.globalStep)", "reason": "\(error)"])
+            return
+        }
+        perform(.forward(step, teacher: teacher), timing: timing)
+    }
+
+    private mutating func rewind(to step: Int, then message: Message, timing: StepTiming?) {
+        afterRewind = (message, timing)
+        perform(.rewind(to: step))
+    }
+
+    private mutating func shutdown(_ s: Message.Shutdown) {
+        if s.cause == .finished {
+            log(.info, "the cohort finished")
+            actions.append(.flushLogs(status: nil, phase: nil))
+            stage = .done
+            actions.append(.finish(.finished))
+        } else {
+            fail(.stopped(reason: s.reason), tellCoordinator: false)
+        }
+    }
+
+    // MARK: Work
+
+    private mutating func perform(_ work: PeerWork, timing: StepTiming? = nil) {
+        stage = .working(work, timing: timing)
+        actions.append(.perform(work))
+    }
+
+    private mutating func complete(_ result: PeerWorkResult) {
+        guard case .working(let work, let timing) = stage else { return }
+        stage = .ready(since: now)
+        switch result {
+        case .failed(let error):
+            fail(error)
+            return
+        case .rewound(let step):
+            log(.notice, "went back to the cohort's step", ["steps_done": "\(done)", "cohort_step": "\(step)"])
+            done = step
+            if let (message, timing) = afterRewind, lostWhileWorking == nil {
+                afterRewind = nil
+                if case .step(let s, let tensors) = message, let timing {
+                    startStep(s, tensors, timing: timing)
+                } else {
+                    act(on: message)
+                }
+                if isWorking { return }
+            }
+            afterRewind = nil
+        case .forwarded(let step, let outputs):
+            if lostWhileWorking == nil {
+                actions.append(.send(.outputs(.init(rank: rank, globalStep: step.globalStep), tensors: outputs)))
+                guard case .forward(_, let teacher) = work, let timing else { break }
+                stage = .awaitingOthers(step, teacher: teacher, sentAt: now, timing: timing)
+                return
+            }
+        case .finished(let step, let status):
+            done = step.globalStep + 1
+            lastStatus = status
+            actions.append(.flushLogs(status: status, phase: nil))
+        case .evaluated(let e, let logits, let test):
+            lastTestTop1 = test.top1
+            if lostWhileWorking == nil {
+                testLogits = logits
+                endEpoch(e, test: test)
+                return
+            }
+        case .epochEnded(let e):
+            // The line and checkpoint first, then the logits: the cohort's epoch result follows every
+            // peer's line, and a coordinator that holds the logits knows the checkpoint exists.
+            actions.append(.flushLogs(status: lastStatus.map { $0.with(testAccuracy: lastTestTop1) }, phase: .waiting))
+            if let logits = testLogits, e.evaluatesTestSet {
+                let classes = configuration.data.dataSet.classCount
+                actions.append(.send(.evaluation(.init(rank: rank, epoch: e.epoch),
+                                                 tensors: [TensorPayload(name: "logits", shape: [logits.count / classes, classes], values: logits)])))
+            }
+            testLogits = nil
+        case .checkpointed:
+            actions.append(.flushLogs(status: nil, phase: .waiting))
+        }
+        if let lost = lostWhileWorking {
+            lostWhileWorking = nil
+            rejoin(lost)
+            return
+        }
+        drainInbox()
+    }
+
+    private mutating func endEpoch(_ e: Message.Evaluate, test: EvaluationResult?) {
+        actions.append(.flushLogs(status: nil, phase: .checkpointing))
+        perform(.endEpoch(e, test: test))
+    }
+
+    private mutating func drainInbox() {
+        while !inbox.isEmpty, !isWorking, !isDone {
+            if case .joining = stage { return }
+            act(on: inbox.removeFirst())
+        }
+    }
+
+    // MARK: Checks on what the coordinator sends
+
+    /// The size of `step`'s batch: every member derives the same batches from the seed.
+    private mutating func batchSize(of step: Message.Step) -> Int {
+        if batchSizes?.epoch != step.epoch { batchSizes = (step.epoch, sampler.batches(epoch: step.epoch).map(\.count)) }
+        return batchSizes!.sizes[step.step]
+    }
+
+    /// The teacher's outputs for a batch of `b`, checked against the shapes the configuration implies.
+    func teacherOutputs(_ tensors: [TensorPayload], batchSize b: Int) throws -> TeacherOutputs? {
+        let classes = configuration.data.dataSet.classCount
+        guard let t = teacherFeatureCount else {
+            _ = try expectTensors(tensors, [])
+            return nil
+        }
+        let byName = try expectTensors(tensors, [("feature", [b, t]), ("logits", [b, classes]), ("gradient_element", [b, t])])
+        return TeacherOutputs(batchSize: b, featureCount: t, classCount: classes, feature: byName["feature"]!.values,
+                              logits: byName["logits"]!.values, gradientElement: byName["gradient_element"]!.values)
+    }
+
+    /// The other present members' outputs, in rank order, checked against the shapes the configuration implies.
+    func unpackOthers(_ tensors: [TensorPayload], ranks: [Int], batchSize b: Int) throws -> [PeerOutputs] {
+        let classes = configuration.data.dataSet.classCount
+        let d = configuration.mcl.embeddingDimension
+        guard ranks == ranks.sorted(), Set(ranks).count == ranks.count, !ranks.contains(rank),
+              ranks.allSatisfy({ configuration.peers.indices.contains($0) }) else {
+            throw WireError.header("ranks \(ranks) are not distinct other ranks of this cohort, ascending")
+        }
+        let layout = configuration.outputLayout
+        let byName = try expectTensors(tensors, layout.expectedOthers(ranks: ranks, batchSize: b))
+        return ranks.map { r in
+            PeerOutputs(rank: r, batchSize: b, embedding: OutputLayout.values(of: .embedding, rank: r, in: byName), embeddingDimension: d,
+                        auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap {
+                            OutputLayout.values(of: .auxiliaryEmbedding(branch: $0), rank: r, in: byName)
+                        },
+                        logits: OutputLayout.values(of: .logits, rank: r, in: byName)!, classCount: classes)
+        }
+    }
+
+    // MARK: Endings
+
+    private mutating func fail(_ error: PeerError, tellCoordinator: Bool = true) {
+        log(.error, "\(error)")
+        actions.append(.flushLogs(status: nil, phase: nil))
+        // Tell the coordinator, unless it is the one that stopped the run.
+        if tellCoordinator { actions.append(.send(.shutdown(.init(.failed("\(error)"))))) }
+        stage = .done
+        actions.append(.finish(.failed(error)))
+    }
+
+    private mutating func schedule(_ timer: Timer, after seconds: Double) {
+        guard seconds.isFinite else { return }
+        actions.append(.schedule(timer, at: now + seconds))
+    }
+
+    private mutating func log(_ level: CoreLog.Level, _ message: String, _ metadata: [String: String] = [:]) {
+        actions.append(.log(CoreLog(level, message, metadata)))
+    }
+}
