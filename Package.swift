@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "RuntimeTests", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", "Runtime", "Wire", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
-        .testTarget(name: "ClusterTests", dependencies: ["NN", "Cluster", "Runtime", "Training", "Wire", "ZeroMQ", "TestSupport"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Tensors", "NN", "Cluster", "Runtime", "Training", "Wire", "ZeroMQ", "TestSupport"]),
         // The deploy files (Kubernetes, Slurm, systemd) against the CLI and the configuration.
         .testTarget(name: "DeployTests", dependencies: ["Runtime", "TestSupport", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "NN", "Tensors"]),

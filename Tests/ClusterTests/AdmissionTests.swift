@@ -65,35 +65,3 @@ import ZeroMQ
     }
 }
 
-/// Issue 20: while the coordinator evaluates its teacher before admitting anyone, the peers' hellos pile up;
-/// the late welcomes they get are answers to one admission, not warnings, and the wait is visible as
-/// progress lines.
-@Suite struct SlowCoordinatorStartTests {
-    @Test func peersWaitingForATeacherEvaluationGetNoWelcomeWarnings() throws {
-        let directory = scratch("slow-start")
-        try write("""
-            data: {dataset: fashion-mnist, train_limit: 256, test_limit: 10000}
-            epochs: 1
-            batch_size: 128
-            peers: [{model: resnet8}, {model: resnet8}]
-            teacher: {model: resnet8, checkpoint: \(teacherCheckpoint), kd: {}}
-            network: {coordinator: "tcp://127.0.0.1:*", stream: "tcp://127.0.0.1:*", timeout: 120, join_timeout: 120}
-            """, to: directory + "/cohort.yaml")
-        let launch = try CohortProcess(["launch", "--config", directory + "/cohort.yaml", "--threads", "2", "--out", directory + "/run"])
-        #expect(launch.finish() == 0, "\(launch.output)")
-        let output = launch.output
-        #expect(output.contains("evaluating the teacher (resnet8) on the test set: 10,000 images"), "\(output)")
-        #expect(output.contains("evaluating the teacher (resnet8) on the test set: done, test top-1"))
-        #expect(!output.contains("unexpected welcome") && !output.contains("dropped a welcome"), "\(output)")
-        // The teacher's evaluation outlasted a hello's repeat interval (2 s), so the peers did say hello again.
-        let lines = output.split(separator: "\n")
-        func time(_ line: Substring?) -> Int? {
-            guard let line, let t = line.split(separator: " ").dropFirst().first else { return nil }
-            let parts = t.split(separator: ":").compactMap { Int($0) }
-            return parts.count == 3 ? parts[0] * 3600 + parts[1] * 60 + parts[2] : nil
-        }
-        let started = time(lines.first { $0.contains("on the test set: 10,000 images") })
-        let ended = time(lines.first { $0.contains("on the test set: done") })
-        if let started, let ended { #expect(ended - started >= 3, "the teacher's evaluation took \(ended - started) s: too short to test repeated hellos") }
-    }
-}
