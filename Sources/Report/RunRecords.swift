@@ -1,4 +1,5 @@
 import Foundation
+import Training
 
 /// What a run directory recorded, read back from its JSON-lines metrics: a cohort's (`cohort launch`:
 /// `metrics.jsonl` with the ensemble, `peer-<rank>/metrics.jsonl` per peer, `summary.json`) or a single
@@ -108,25 +109,17 @@ public struct RunRecords: Sendable {
         return copy
     }
 
-    /// Calls `body(kind, numeric fields)` for every JSON line of `path`; arrays of numbers become
-    /// `name.0`, `name.1`, ... (a cohort epoch's `peer_top1`). (The metrics have no boolean fields.)
+    /// Calls `body(kind, numeric fields)` for every record of `path` (``MetricsRecord``, as the trainer,
+    /// the peers and the cohort write them); lists of numbers become `name.0`, `name.1`, ... (a cohort
+    /// epoch's `peer_top1`).
     static func read(_ path: String, _ body: (String, [String: Double]) -> Void) throws {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+        guard let data = FileManager.default.contents(atPath: path), String(data: data, encoding: .utf8) != nil else {
             throw ReportError.notARun(path, "unreadable")
         }
-        for (number, line) in text.split(separator: "\n").enumerated() where !line.isEmpty {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-                throw ReportError.badLine(path, number + 1)
-            }
-            var record: [String: Double] = [:]
-            for (key, value) in object {
-                if let n = value as? NSNumber {
-                    record[key] = n.doubleValue
-                } else if let list = value as? [NSNumber] {
-                    for (i, n) in list.enumerated() { record["\(key).\(i)"] = n.doubleValue }
-                }
-            }
-            body(object["kind"] as? String ?? "", record)
+        let decoder = MetricsRecord.makeDecoder()
+        for (number, line) in data.split(separator: UInt8(ascii: "\n")).enumerated() where !line.isEmpty {
+            guard let record = try? decoder.decode(MetricsRecord.self, from: Data(line)) else { throw ReportError.badLine(path, number + 1) }
+            body(record.kind, record.numericFields)
         }
     }
 

@@ -21,10 +21,9 @@ public final class PeerRunDirectory {
 
     /// Records a finished step's terms (`globalStep` counts the step itself).
     public func recordStep(epoch: Int, step: Int, globalStep: Int, batchSize: Int, terms: [String: Double]) {
-        var line: [String: any Sendable] = ["kind": "step", "epoch": epoch, "step": step, "global_step": globalStep]
-        for (k, v) in terms { line[k] = v; running[k, default: 0] += v * Double(batchSize) }
+        for (k, v) in terms { running[k, default: 0] += v * Double(batchSize) }
         seen += batchSize
-        metrics.write(line)
+        metrics.write(.step(.init(epoch: epoch, step: step, globalStep: globalStep, values: terms)))
     }
 
     /// The epoch's running mean of `term` so far (per sample).
@@ -70,10 +69,8 @@ public final class PeerRunDirectory {
     /// Ends an epoch: writes its line with `test` (`nil`: an epoch the cohort does not evaluate) and the
     /// epoch's means, and checkpoints `peer` at `position` (the start of the next epoch).
     public func endEpoch(_ peer: PeerTrainer, test: EvaluationResult?, position: TrainingPosition, shape: [Int]) throws {
-        var line: [String: any Sendable] = ["kind": "epoch", "epoch": position.epoch - 1, "global_step": position.globalStep]
-        if let test { line["test_top1"] = test.top1; line["test_top5"] = test.top5; line["test_loss"] = test.loss }
-        for (k, v) in running { line["train_" + k] = v / Double(max(seen, 1)) }
-        metrics.write(line)
+        let means = Dictionary(uniqueKeysWithValues: running.map { ("train_" + $0.key, $0.value / Double(max(seen, 1))) })
+        metrics.write(.epoch(.init(epoch: position.epoch - 1, globalStep: position.globalStep, test: test, values: means)))
         running = [:]; seen = 0
         try checkpoints.save(model: peer.model, architecture: peer.architecture.rawValue, inputShape: shape, optimizer: peer.optimizer,
                              settings: Self.settings(peer), position: position, atEpochEnd: true, extraState: peer.lossState)
@@ -94,7 +91,7 @@ public final class CohortRunDirectory {
 
     /// Records which peers took part in a step (`globalStep` counts the step itself).
     public func recordStep(_ globalStep: Int, present: [Int]) {
-        metrics.write(["kind": "step", "global_step": globalStep, "present": present])
+        metrics.write(.cohortStep(globalStep: globalStep, present: present))
     }
 
     /// Cuts the cohort's metrics after `globalStep` (a resume from a checkpoint there).
@@ -103,8 +100,8 @@ public final class CohortRunDirectory {
     }
 
     public func recordEpoch(_ epoch: Int, globalStep: Int, evaluation: CohortEvaluation, seconds: Double) {
-        metrics.write(["kind": "epoch", "epoch": epoch, "global_step": globalStep, "ensemble_top1": evaluation.ensembleTop1,
-                       "ensemble_top5": evaluation.ensembleTop5, "peer_top1": evaluation.peers.map(\.top1), "seconds": seconds])
+        metrics.write(.cohortEpoch(.init(epoch: epoch, globalStep: globalStep, ensembleTop1: evaluation.ensembleTop1,
+                                         ensembleTop5: evaluation.ensembleTop5, peerTop1: evaluation.peers.map(\.top1), seconds: seconds)))
     }
 
     /// Writes `summary.json` atomically.

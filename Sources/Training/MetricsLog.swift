@@ -18,19 +18,26 @@ public final class MetricsLog {
         self.handle = handle
     }
 
-    /// Writes `fields` as one line (keys sorted).
-    public func write(_ fields: [String: any Sendable]) {
-        guard let data = try? JSONSerialization.data(withJSONObject: fields.mapValues { Self.jsonValue($0) },
-                                                     options: [.sortedKeys]) else { return }
+    private let encoder = MetricsRecord.makeEncoder()
+
+    /// Writes `record` as one line.
+    public func write(_ record: MetricsRecord) {
+        guard let data = try? encoder.encode(record) else { return }
         handle.write(data + Data("\n".utf8))
     }
 
-    private static func jsonValue(_ v: any Sendable) -> Any {
-        switch v {
-        case let d as Double: return d.isFinite ? d : String(d)
-        case let f as Float: return f.isFinite ? Double(f) : String(f)
-        default: return v
+    /// Every record of the file at `path`, in order.
+    /// - Throws: the number of the first line that is not a record.
+    public static func records(at path: String) throws -> [MetricsRecord] {
+        let content = try Data(contentsOf: URL(fileURLWithPath: path))
+        let decoder = MetricsRecord.makeDecoder()
+        var records: [MetricsRecord] = []
+        for (number, line) in content.split(separator: UInt8(ascii: "\n")).enumerated() where !line.isEmpty {
+            do { records.append(try decoder.decode(MetricsRecord.self, from: Data(line))) } catch {
+                throw TrainingError.io("\(path), line \(number + 1): not a metrics record (\(error))")
+            }
         }
+        return records
     }
 
     /// Whether a metrics file exists at `path` and holds anything: a run has written there.

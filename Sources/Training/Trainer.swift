@@ -107,7 +107,7 @@ public final class Trainer {
         let metrics = try MetricsLog(path: outputDirectory + "/metrics.jsonl")
         if let resumedFrom {
             try metrics.truncate(afterGlobalStep: resumedFrom)
-            metrics.write(["kind": "resume", "global_step": resumedFrom])
+            metrics.write(.resume(globalStep: resumedFrom))
         }
 
         let started = Date()
@@ -141,9 +141,9 @@ public final class Trainer {
                 position.globalStep += 1
                 let elapsed = Date().timeIntervalSince(started)
                 let rate = Double(imagesThisRun) / Swift.max(elapsed, 1e-9)
-                metrics.write(["kind": "step", "epoch": epoch, "step": batch.step, "global_step": position.globalStep,
-                               "loss": lossValue, "accuracy": Double(batchCorrect) / Double(batch.size),
-                               "lr": Double(optimizer.learningRate), "seconds": Date().timeIntervalSince(stepStart)])
+                metrics.write(.step(.init(epoch: epoch, step: batch.step, globalStep: position.globalStep,
+                                          values: ["loss": lossValue, "accuracy": Double(batchCorrect) / Double(batch.size),
+                                                   "lr": Double(optimizer.learningRate), "seconds": Date().timeIntervalSince(stepStart)])))
                 let remainingSteps = options.epochs * stepsPerEpoch - position.globalStep
                 progress.step(epoch: epoch, epochs: options.epochs, step: batch.step, steps: stepsPerEpoch,
                               loss: lossSum / Double(seen), accuracy: Double(correct) / Double(seen),
@@ -156,21 +156,20 @@ public final class Trainer {
                 }
             }
             let trainLoss = seen > 0 ? lossSum / Double(seen) : 0, trainAccuracy = seen > 0 ? Double(correct) / Double(seen) : 0
-            var line: [String: any Sendable] = ["kind": "epoch", "epoch": epoch, "global_step": position.globalStep,
-                                                "train_loss": trainLoss, "train_accuracy": trainAccuracy,
-                                                "lr": Double(optimizer.learningRate)]
+            var line = MetricsRecord.Epoch(epoch: epoch, globalStep: position.globalStep, test: nil,
+                                           values: ["train_loss": trainLoss, "train_accuracy": trainAccuracy, "lr": Double(optimizer.learningRate)])
             var report = String(format: "epoch %d/%d: train loss %.4f, train acc %.2f%%", epoch + 1, options.epochs, trainLoss, 100 * trainAccuracy)
             if options.evaluates(epoch: epoch) {
                 let phase = PhaseProgress("epoch \(epoch + 1): evaluating on the test set", total: testSet.count, report: progress.log)
                 last = evaluate(model, on: testSet, batchSize: options.evaluationBatchSize, progress: phase)
                 bestTop1 = Swift.max(bestTop1, last.top1)
                 position.bestTestTop1 = bestTop1
-                line["test_top1"] = last.top1; line["test_top5"] = last.top5; line["test_loss"] = last.loss
+                line.test = last
                 report += String(format: ", test top-1 %.2f%%, top-5 %.2f%%", 100 * last.top1, 100 * last.top5)
             }
             let epochSeconds = Date().timeIntervalSince(epochStart)
-            line["seconds"] = epochSeconds
-            metrics.write(line)
+            line.values["seconds"] = epochSeconds
+            metrics.write(.epoch(line))
             progress.log(report + String(format: " (%.0f s)", epochSeconds))
             position.epoch += 1
             position.stepInEpoch = 0

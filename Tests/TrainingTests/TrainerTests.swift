@@ -228,15 +228,45 @@ func scratchDirectory(_ name: String) -> String {
         let directory = scratchDirectory("truncate")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let log = try MetricsLog(path: directory + "/metrics.jsonl")
-        for step in 1...5 { log.write(["kind": "step", "global_step": step]) }
-        log.write(["kind": "epoch", "global_step": 5])
-        log.write(["kind": "step", "global_step": 6])
+        func step(_ g: Int) -> MetricsRecord { .step(.init(epoch: 0, step: g - 1, globalStep: g, values: ["loss": 1])) }
+        for g in 1...5 { log.write(step(g)) }
+        log.write(.epoch(.init(epoch: 0, globalStep: 5, test: nil, values: [:])))
+        log.write(step(6))
         #expect(try log.truncate(afterGlobalStep: 5) == 1)
-        log.write(["kind": "step", "global_step": 6])
+        log.write(step(6))
         #expect(try log.truncate(afterGlobalStep: 3) == 4)
         let steps = try String(contentsOfFile: directory + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
             .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.compactMap { $0["global_step"] as? Int }
         #expect(steps == [1, 2, 3])
         #expect(try log.truncate(afterGlobalStep: 10) == 0)
+    }
+
+    /// Every kind of metrics line: written as the documented flat JSON (keys sorted, non-finite numbers
+    /// as strings) and read back to the same record, the report's numeric fields included.
+    @Test func metricsRecordsRoundTripAsFlatJSON() throws {
+        let records: [MetricsRecord] = [
+            .step(.init(epoch: 1, step: 2, globalStep: 7, values: ["loss": 0.5, "skipped": 1, "mcl": .nan, "lr": .infinity])),
+            .epoch(.init(epoch: 1, globalStep: 8, test: EvaluationResult(top1: 0.75, top5: 1, loss: 0.25, count: 0), values: ["train_loss": 0.5])),
+            .epoch(.init(epoch: 0, globalStep: 4, test: nil, values: ["seconds": 3])),
+            .resume(globalStep: 4),
+            .cohortStep(globalStep: 3, present: [0, 2]),
+            .cohortEpoch(.init(epoch: 0, globalStep: 4, ensembleTop1: 0.5, ensembleTop5: 0.9, peerTop1: [0.25, 0], seconds: 12)),
+        ]
+        let encoder = MetricsRecord.makeEncoder(), decoder = MetricsRecord.makeDecoder()
+        let lines = try records.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
+        #expect(lines[0] == #"{"epoch":1,"global_step":7,"kind":"step","loss":0.5,"lr":"inf","mcl":"nan","skipped":1,"step":2}"#)
+        #expect(lines[1] == #"{"epoch":1,"global_step":8,"kind":"epoch","test_loss":0.25,"test_top1":0.75,"test_top5":1,"train_loss":0.5}"#)
+        #expect(lines[4] == #"{"global_step":3,"kind":"step","present":[0,2]}"#)
+        #expect(lines[5] == #"{"ensemble_top1":0.5,"ensemble_top5":0.9,"epoch":0,"global_step":4,"kind":"epoch","peer_top1":[0.25,0],"seconds":12}"#)
+        for (record, line) in zip(records, lines) {
+            let back = try decoder.decode(MetricsRecord.self, from: Data(line.utf8))
+            if case .step(let s) = record, case .step(let t) = back {
+                #expect(t.values["mcl"]!.isNaN && t.values["lr"] == .infinity && t.values["loss"] == s.values["loss"])
+            } else {
+                #expect(back == record, "\(line)")
+            }
+        }
+        #expect(records[5].numericFields["peer_top1.1"] == 0 && records[1].numericFields["test_top1"] == 0.75)
+        #expect(throws: (any Error).self) { try decoder.decode(MetricsRecord.self, from: Data(#"{"kind":"lap","global_step":1}"#.utf8)) }
     }
 }
