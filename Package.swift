@@ -57,7 +57,7 @@ let package = Package(
         // Single-network training, evaluation, metrics and run directories (`cohort train`).
         .target(name: "Training", dependencies: ["Tensors", "NN", "Data"]),
         // The distillation losses: MCL, CRCD, RRD, KD, with their memories and queues.
-        .target(name: "Distill", dependencies: ["Tensors", "NN", "CKernels"], swiftSettings: optimisedInDebug),
+        .target(name: "Distill", dependencies: ["Tensors", "NN"], swiftSettings: optimisedInDebug),
         // The cohort: configuration, the per-peer trainer, the teacher, the in-process cohort.
         .target(name: "Runtime", dependencies: ["Tensors", "NN", "Data", "Training", "Distill", "Wire", .product(name: "Yams", package: "Yams")]),
         // The distributed cohort: coordinator, peer processes, the log stream and monitor, the launcher.
@@ -69,7 +69,7 @@ let package = Package(
         // Timed training steps (`cohort bench`).
         .target(name: "Benchmarks", dependencies: ["CBLAS", "Tensors", "NN", "Distill"]),
         // Run reports (`cohort report`): metrics read back, SVG line charts, a self-contained HTML page.
-        .target(name: "Report"),
+        .target(name: "Report", dependencies: ["Training"]),
         // The command-line tool: parsing, validation, wiring.
         .executableTarget(
             name: "cohort",

@@ -43,42 +43,17 @@ public struct BatchAssembler: Sendable {
     public func assemble(indices: [Int], epoch: Int, step: Int) -> Batch {
         let kind = dataSet.kind
         let (c, h, w) = (kind.channels, kind.height, kind.width)
-        let size = c * h * w
-        var images = [Float](repeating: 0, count: indices.count * size)
         let augmentation = kind.augmentation
-        images.withUnsafeMutableBufferPointer { out in
-            dataSet.pixels.withUnsafeBufferPointer { pixels in
-                for (position, index) in indices.enumerated() {
-                    var dy = 0, dx = 0, flip = false
-                    if augment {
-                        var g = RandomStream.generator(seed: seed, .augment, epoch, step, position, index)
-                        let span = 2 * augmentation.padding + 1
-                        dy = Int(g.next() % UInt64(span)) - augmentation.padding
-                        dx = Int(g.next() % UInt64(span)) - augmentation.padding
-                        flip = augmentation.horizontalFlip && g.next() & 1 == 1
-                    }
-                    let source = pixels.baseAddress! + index * size
-                    let destination = out.baseAddress! + position * size
-                    for ch in 0..<c {
-                        let lut = table[ch]
-                        let zero = lut[0]
-                        for y in 0..<h {
-                            let sy = y + dy
-                            let row = destination + (ch * h + y) * w
-                            guard sy >= 0 && sy < h else {
-                                for x in 0..<w { row[x] = zero }
-                                continue
-                            }
-                            let src = source + (ch * h + sy) * w
-                            for x in 0..<w {
-                                let sx = (flip ? w - 1 - x : x) + dx
-                                row[x] = (sx >= 0 && sx < w) ? lut[Int(src[sx])] : zero
-                            }
-                        }
-                    }
-                }
-            }
+        let placements = indices.enumerated().map { position, index in
+            guard augment else { return TrainingKernels.ImagePlacement(index: index, dy: 0, dx: 0, flip: false) }
+            var g = RandomStream.generator(seed: seed, .augment, epoch, step, position, index)
+            let span = 2 * augmentation.padding + 1
+            let dy = Int(g.next() % UInt64(span)) - augmentation.padding
+            let dx = Int(g.next() % UInt64(span)) - augmentation.padding
+            let flip = augmentation.horizontalFlip && g.next() & 1 == 1
+            return TrainingKernels.ImagePlacement(index: index, dy: dy, dx: dx, flip: flip)
         }
+        let images = TrainingKernels.assembleImages(pixels: dataSet.pixels, placements: placements, channels: c, height: h, width: w, table: table)
         return Batch(epoch: epoch, step: step, indices: indices, labels: indices.map { dataSet.labels[$0] },
                      images: images, shape: [indices.count, c, h, w])
     }

@@ -10,14 +10,11 @@ public enum EmbeddingCollapse {
         precondition(rows >= 2 && values.count == rows * dimension, "need at least two rows of \(dimension)")
         var sum = [Double](repeating: 0, count: dimension)
         var squares = 0.0
-        values.withUnsafeBufferPointer { v in
-            for a in 0..<rows {
-                let row = v.baseAddress! + a * dimension
-                for k in 0..<dimension {
-                    let x = Double(row[k])
-                    sum[k] += x
-                    squares += x * x
-                }
+        for a in 0..<rows {
+            for k in 0..<dimension {
+                let x = Double(values[a * dimension + k])
+                sum[k] += x
+                squares += x * x
             }
         }
         let total = sum.reduce(0) { $0 + $1 * $1 }

@@ -41,20 +41,20 @@ public enum MCL {
     /// the m-per-class sampler guarantees there are none).
     public static func positiveWeights(labels: [Int]) -> Tensor {
         let n = labels.count
-        let w = Tensor.zeros([n, n])
+        var w = [Float](repeating: 0, count: n * n)
         for a in 0..<n {
             let positives = (0..<n).filter { $0 != a && labels[$0] == labels[a] }
-            for b in positives { w.data[a * n + b] = 1 / Float(positives.count) }
+            for b in positives { w[a * n + b] = 1 / Float(positives.count) }
         }
-        return w
+        return Tensor(w, shape: [n, n])
     }
 
     /// A matrix with a large negative on the diagonal: added to logits, it removes `c = a` from the
     /// log-sum-exp exactly (its exponential underflows to 0) while keeping every entry finite.
     static func diagonalExclusion(_ n: Int) -> Tensor {
-        let m = Tensor.zeros([n, n])
-        for a in 0..<n { m.data[a * n + a] = -1e30 }
-        return m
+        var m = [Float](repeating: 0, count: n * n)
+        for a in 0..<n { m[a * n + a] = -1e30 }
+        return Tensor(m, shape: [n, n])
     }
 
     /// `term(L)` for similarity logits `L` (`B x B`) and positive weights from ``positiveWeights(labels:)``.

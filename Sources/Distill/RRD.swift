@@ -44,15 +44,13 @@ public final class RRDQueueLoss: Module {
     /// enqueues the teacher's keys first. With K a multiple of B (as the reference requires) every batch
     /// fills a block of the queue; a smaller final batch of an epoch wraps around the end of the queue.
     public func callAsFunction(student: Tensor, teacher: Tensor) -> Tensor {
-        let batch = student.shape[0], d = queue.shape[1]
+        let batch = student.shape[0]
         precondition(batch <= keyCount, "RRD: a batch of \(batch) is larger than the queue (\(keyCount))")
         let zs = embedStudent(student).normalizedRows()
         let zt = withNoGrad { embedTeacher(teacher.detached()).normalizedRows() }
         // Enqueue (outside the graph), then take similarities against the updated queue.
         let pointer = queuePointer.value
-        for row in 0..<batch {
-            (queue.data + ((pointer + row) % keyCount) * d).update(from: zt.data + row * d, count: d)
-        }
+        queue.assignRows((0..<batch).map { (pointer + $0) % keyCount }, from: zt)
         queuePointer.value = (pointer + batch) % keyCount
         // A copy: the graph must not see later enqueues if backward runs after another call.
         let keys = queue.copy()
@@ -117,7 +115,7 @@ public final class RRDMemoryLoss: Module {
         let target = withNoGrad { ((keys * zt.reshaped([b, 1, d])).sum(axis: 2) * (1 / teacherTemperature)).softmax() }
         let logQ = ((keys * zs.reshaped([b, 1, d])).sum(axis: 2) * (1 / studentTemperature)).logSoftmax()
         let loss = (target * logQ).sum() * (-1 / Float(b))
-        CRCDLoss.update(memory, rows: indices, with: zt, momentum: momentum)
+        RelationContrast.momentumUpdate(memory, rows: indices, with: zt, momentum: momentum)
         return loss
     }
 }

@@ -17,18 +17,7 @@ public struct EvaluationResult: Sendable, Codable, Equatable {
 /// Counts, for one batch of logits, how many labels are the top-1 and among the top-5 predictions.
 /// Ties are broken towards the lower class index.
 public func topKCorrect(logits: Tensor, labels: [Int]) -> (top1: Int, top5: Int) {
-    let classes = logits.shape[1]
-    var top1 = 0, top5 = 0
-    for (row, label) in labels.enumerated() {
-        let p = logits.data + row * classes
-        let target = p[label]
-        // Rank of the label: classes scoring higher, or equal with a lower index.
-        var rank = 0
-        for j in 0..<classes where p[j] > target || (p[j] == target && j < label) { rank += 1 }
-        if rank == 0 { top1 += 1 }
-        if rank < 5 { top5 += 1 }
-    }
-    return (top1, top5)
+    TrainingKernels.topKCorrect(logits: logits, labels: labels)
 }
 
 /// Evaluates `model` in evaluation mode (running statistics, no gradients) on `dataSet`, unaugmented, and

@@ -49,22 +49,8 @@ public final class SGD {
             } else {
                 buffer = nil; first = false
             }
-            update(p.data, g.data, buffer?.data, first: first, count: p.count)
-        }
-    }
-
-    private func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ buf: UnsafeMutablePointer<Float>?,
-                        first: Bool, count n: Int) {
-        let lr = learningRate, wd = weightDecay, m = momentum, keep = 1 - dampening
-        guard let buf else {
-            for i in 0..<n { p[i] -= lr * (g[i] + wd * p[i]) }
-            return
-        }
-        for i in 0..<n {
-            let d = g[i] + wd * p[i]
-            let b = first ? d : m * buf[i] + keep * d
-            buf[i] = b
-            p[i] -= lr * (nesterov ? d + m * b : b)
+            TrainingKernels.sgdUpdate(p, gradient: g, momentumBuffer: buffer, first: first, learningRate: learningRate, weightDecay: weightDecay,
+                                      momentum: momentum, dampening: dampening, nesterov: nesterov)
         }
     }
 
@@ -73,11 +59,7 @@ public final class SGD {
     public var gradientsAreFinite: Bool {
         for (_, p) in parameters {
             guard let g = p.grad else { continue }
-            // The sum of a finite vector times zero is zero; any NaN or infinity makes it NaN.
-            var acc: Float = 0
-            let d = g.data
-            for i in 0..<g.count { acc += d[i] * 0 }
-            if acc != 0 || acc.isNaN { return false }
+            if !TrainingKernels.isFinite(g) { return false }
         }
         return true
     }

@@ -276,7 +276,7 @@ public final class InMemoryHub {
     public func peerEnd(rank: Int) -> any MessageTransport { PeerEnd(hub: self, rank: rank) }
 
     /// The connection id of peer `rank`'s end.
-    public static func connection(rank: Int) -> ConnectionID { withUnsafeBytes(of: UInt32(rank).bigEndian) { Array($0) } }
+    public static func connection(rank: Int) -> ConnectionID { [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: rank >> $0) } }
 
     private final class CoordinatorEnd: MessageTransport {
         let hub: InMemoryHub

@@ -1,6 +1,6 @@
 /// Row selection and row scatter (the first axis is the row axis).
 extension Tensor {
-    private var rowLength: Int { rank == 0 ? 1 : (shape[0] == 0 ? 0 : count / shape[0]) }
+    fileprivate var rowLength: Int { rank == 0 ? 1 : (shape[0] == 0 ? 0 : count / shape[0]) }
 
     /// Rows `indices` of `self`, in that order (repeats allowed): `torch.index_select(self, 0, indices)`.
     /// The gradient adds back into the selected rows.
@@ -51,6 +51,34 @@ extension Tensor {
                 gSource = d
             }
             return [gBase, gSource]
+        }
+    }
+}
+
+/// In-place writes outside the graph: buffers that are not learned (memories, queues, small parameter
+/// vectors), written without a pointer outside this module.
+extension Tensor {
+    /// Element `index` of the storage (row-major), read or written in place.
+    public subscript(flat index: Int) -> Float {
+        get {
+            precondition(index >= 0 && index < count, "element \(index) of \(count)")
+            return data[index]
+        }
+        set {
+            precondition(index >= 0 && index < count, "element \(index) of \(count)")
+            data[index] = newValue
+        }
+    }
+
+    /// Overwrites row `rows[i]` of `self` with row `i` of `source`, in place and outside the graph (a
+    /// queue's or memory's rows); a row named twice takes the later source row.
+    public func assignRows(_ rows: [Int], from source: Tensor) {
+        precondition(rank >= 1 && source.rank == rank && source.shape[0] == rows.count && Array(source.shape.dropFirst()) == Array(shape.dropFirst()),
+                     "assignRows: \(rows.count) rows of \(source.shape) into \(shape)")
+        let len = rowLength
+        for (i, r) in rows.enumerated() {
+            precondition(r >= 0 && r < shape[0], "assignRows: row \(r) out of range 0..<\(shape[0])")
+            (data + r * len).update(from: source.data + i * len, count: len)
         }
     }
 }

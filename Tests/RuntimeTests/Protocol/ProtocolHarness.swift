@@ -67,6 +67,7 @@ struct CoordinatorHarness {
     }
 
     /// The outputs peer `rank` sends for step `globalStep` (zeros; batch 4), from `connection`.
+    @discardableResult
     mutating func outputs(_ rank: Int, step globalStep: Int, shape: Int = 4, incarnation: Int = 0, after: Double = 0) -> [CoordinatorCore.Action] {
         let tensors = core.configuration.outputLayout.expected(batchSize: shape).map { TensorPayload(name: $0.name, shape: $0.shape, values: Array(repeating: Float(rank), count: $0.shape.reduce(1, *))) }
         return handle(.received(.outputs(.init(rank: rank, globalStep: globalStep), tensors: tensors),
