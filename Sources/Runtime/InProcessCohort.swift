@@ -37,10 +37,13 @@ public final class InProcessCohort {
         computes = try (0..<configuration.peers.count).map { rank in
             let compute = try PeerCompute(configuration: configuration, rank: rank, data: data, teacherFeatureCount: teacherRunner?.model.featureCount,
                                           host: "inproc", log: { record in
-                                              guard record.level >= .warning else { return }
-                                              box.report("\(record.level == .error ? "error" : "warning"): peer \(rank): \(record.message)")
+                                              // Warnings, errors and the test-set evaluation's progress.
+                                              if record.level >= .warning {
+                                                  box.report("\(record.level == .error ? "error" : "warning"): peer \(rank): \(record.message)")
+                                              } else if record.message.contains("evaluating on the test set") {
+                                                  box.report("peer \(rank): \(record.message)")
+                                              }
                                           })
-            compute.reportsEvaluationProgress = false
             return compute
         }
         peers = computes.map(\.trainer)
@@ -87,6 +90,9 @@ public final class InProcessCohort {
                                       endpoint: "inproc"),
                        transport: hub.peerEnd(rank: compute.rank), work: InlinePeerWork(compute))
         }
+        // The peers' statuses reach the coordinator (its progress line shows each peer's loss and accuracy);
+        // their records are printed here, not forwarded.
+        for driver in drivers { driver.logBatch = { status, _ in status.map { Message.LogBatch(records: [], status: $0) } } }
         let started = wallClock()
         coordinator.handle(.start, now: started)
         for driver in drivers { try driver.handle(.start, now: started) }
