@@ -26,7 +26,7 @@ final class OutputTee: @unchecked Sendable {
                 let n = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { break }
-                buffer.withUnsafeBytes { FileDescriptor.writeAll(original, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                _ = buffer.withUnsafeBytes { FileDescriptor.writeAll(original, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 try? file.write(contentsOf: Data(buffer[0..<n]))
             }
             close(readEnd)

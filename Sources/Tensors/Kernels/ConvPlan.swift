@@ -6,13 +6,15 @@ import CKernels
 /// A tile is either several whole samples lowered side by side (small images: a 7x7 or 8x8 stage still
 /// gives BLAS a wide product) or a band of output rows of one sample (large images: the lowered band stays
 /// in a core's L2 between lowering and multiplying, and the product writes straight into the output).
-/// Each thread takes a contiguous share of the batch and runs single-threaded BLAS on it; weight gradients
-/// are summed from per-thread partial sums in a fixed order, so results do not depend on timing.
+/// The batch is split into shares fixed by the problem (``Parallelism/fixedRanges(_:costPerItem:minimumCost:parts:)``),
+/// never by the thread count; the threads take the shares and run single-threaded BLAS on them, and weight
+/// gradients are summed from per-share partial sums in share order. So the tiles, every product and every
+/// sum are the same at any thread count, and so are the results.
 struct ConvPlan {
     let batch: Int
     let outputChannels: Int
     let geometry: ConvGeometry
-    /// The threads' shares of the batch.
+    /// The shares of the batch (the same at any thread count).
     let shares: [Range<Int>]
     /// Samples lowered side by side into one matrix (1 when samples are split into bands).
     let group: Int
@@ -30,7 +32,7 @@ struct ConvPlan {
         self.geometry = geometry
         let pixels = geometry.columnCols, k = geometry.columnRows
         let flops = 2 * outputChannels * k * pixels
-        shares = Parallelism.ranges(batch, costPerItem: flops, minimumCost: 4_000_000)
+        shares = Parallelism.fixedRanges(batch, costPerItem: flops, minimumCost: 4_000_000)
         let largestShare = Swift.max(shares.map(\.count).max() ?? 1, 1)
         if k * pixels * 2 <= budget {
             var g = Swift.max(1, (ConvPlan.targetColumns + pixels - 1) / pixels)
@@ -169,7 +171,7 @@ struct ConvPlan {
             return
         }
         let k = geometry.columnRows, co = outputChannels, ow = geometry.outputWidth, p = pixels
-        // Thread 0 accumulates straight into the result; the others into partial sums added at the end.
+        // Share 0 accumulates straight into the result; the others into partial sums added in order at the end.
         let partials = (1..<Swift.max(shares.count, 1)).map { _ in Storage(count: co * k) }
         Parallelism.run(shares) { index, share in
             let dW = index == 0 ? weightGradient : partials[index - 1].base
@@ -253,7 +255,7 @@ struct ConvPlan {
                 }
             }
         }
-        // Per-thread dW' (c x lk: the channels, few, are the product's rows), summed in order at the end.
+        // Per-share dW' (c x lk: the channels, few, are the product's rows), summed in order at the end.
         let partials = (0..<Swift.max(shares.count, 1)).map { _ in Storage(count: weightGradient == nil ? 1 : lk * c) }
         let lowerRows = lk, scratch = scratchColumns
         // With Cohort's kernel, dX is the shifted convolution of dY with W' (no lowering); the lowering below

@@ -4,6 +4,11 @@ import CKernels
 /// Single-precision matrix products: Cohort's own AVX-512 kernel where the CPU has it, OpenBLAS otherwise
 /// (or when `COHORT_GEMM=blas` is set, for comparisons).
 public enum Gemm {
+    /// OpenBLAS runs single-threaded in every process, whether or not ``Parallelism/setThreadCount(_:)``
+    /// was called: its own threads would split products by the machine's core count, and the results
+    /// must depend on the problem alone.
+    static let singleThreadedBLAS: Void = openblas_set_num_threads(1)
+
     /// Whether products run on Cohort's AVX-512 kernel in this process.
     public static var usesOwnKernel: Bool { cohort_sgemm_supported() != 0 }
 
@@ -35,6 +40,7 @@ public enum Gemm {
         if cohort_sgemm(transposeA ? 1 : 0, transposeB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) != 0 {
             return
         }
+        _ = singleThreadedBLAS
         cblas_sgemm(CblasRowMajor,
                     transposeA ? CblasTrans : CblasNoTrans,
                     transposeB ? CblasTrans : CblasNoTrans,

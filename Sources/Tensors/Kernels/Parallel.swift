@@ -37,18 +37,36 @@ public enum Parallelism {
         return (0..<chunks).map { c in (count * c / chunks)..<(count * (c + 1) / chunks) }
     }
 
-    /// Runs `body(index, ranges[index])` for every range, concurrently when there are several.
+    /// Runs `body(index, ranges[index])` for every range, on at most ``threadCount`` threads (range `i`
+    /// on worker `i mod workers`); each range's work is the same whichever thread runs it.
     ///
     /// `body` must touch disjoint memory for different indices.
     public static func run(_ ranges: [Range<Int>], _ body: (Int, Range<Int>) -> Void) {
-        if ranges.count <= 1 {
-            if let only = ranges.first { body(0, only) }
+        let workers = Swift.min(threadCount, ranges.count)
+        if workers <= 1 {
+            for (i, range) in ranges.enumerated() { body(i, range) }
             return
         }
         withoutActuallyEscaping(body) { body in
             let work = UncheckedSendableBox(body)
-            DispatchQueue.concurrentPerform(iterations: ranges.count) { c in work.value(c, ranges[c]) }
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                for i in stride(from: w, to: ranges.count, by: workers) { work.value(i, ranges[i]) }
+            }
         }
+    }
+
+    /// The parts a reduction over a batch is split into when the work is large enough: fixed by the
+    /// problem, never by the thread count, so that sums over the parts — and the weights trained — are
+    /// the same at any `--threads` (up to this many threads share such a reduction).
+    public static let reductionParts = 4
+
+    /// Splits `0..<count` into `min(count, parts)` contiguous, non-empty ranges when the work
+    /// (`count * costPerItem`) is at least `minimumCost`, else one: the same ranges at any thread count.
+    /// For work whose parts are summed (a weight gradient over the batch, a loss over samples).
+    public static func fixedRanges(_ count: Int, costPerItem: Int = 1, minimumCost: Int = 32_768, parts: Int = reductionParts) -> [Range<Int>] {
+        guard count > 0 else { return [] }
+        let chunks = count * costPerItem >= minimumCost ? Swift.max(1, Swift.min(parts, count)) : 1
+        return (0..<chunks).map { c in (count * c / chunks)..<(count * (c + 1) / chunks) }
     }
 
     /// Runs `body` over `0..<count` split into contiguous chunks, one per thread, when the work is large

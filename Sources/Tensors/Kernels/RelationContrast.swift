@@ -84,7 +84,8 @@ public enum RelationContrast {
             return (r, base, wBase, rSum[i * b + n] / (sqrtD * r))
         }
         let invT = 1 / temperature
-        let chunks = Parallelism.ranges(b, costPerItem: b * k1 * (2 * d + 60))
+        // Parts fixed by the problem: the per-part sums, added in order, are the same at any thread count.
+        let chunks = Parallelism.fixedRanges(b, costPerItem: b * k1 * (2 * d + 60))
         if normaliser < 0 {
             // First call: Z = mean(exp(<w, r>/T)) * n_data, from one extra pass.
             let sums = Tensor.zeros([Swift.max(chunks.count, 1)])
