@@ -35,6 +35,8 @@ public final class Coordinator {
     let host: String
     /// The Prometheus endpoint (`--metrics-port`) and the cohort's series on it.
     let metrics: (endpoint: MetricsEndpoint, series: CohortMetrics)?
+    /// Steps the teacher's outputs are computed ahead (0: in line).
+    let teacherAhead: Int
 
     /// Loads the data and the teacher, binds both endpoints and creates the run directory.
     /// - Parameters:
@@ -42,9 +44,11 @@ public final class Coordinator {
     ///   - insecure: allow binding beyond loopback without keys.
     ///   - console: where the coordinator's own records are printed (info and above).
     ///   - metricsPort: serve the cohort's metrics for Prometheus on this port (0: any free one).
+    ///   - teacherAhead: steps the teacher's outputs are computed ahead, on a thread of their own (0: in line).
     public init(configuration: CohortConfiguration, keyPath: String? = nil, insecure: Bool = false,
-                console: any LogSink = ConsoleSink(), metricsPort: Int? = nil) throws {
+                console: any LogSink = ConsoleSink(), metricsPort: Int? = nil, teacherAhead: Int = 2) throws {
         self.configuration = configuration
+        self.teacherAhead = teacherAhead
         let network = configuration.network
         if configuration.security == nil && !insecure {
             for endpoint in [network.coordinator, network.stream] where !Self.isLocal(endpoint) {
@@ -157,6 +161,10 @@ public final class Coordinator {
             lastProgress = Date()
             logger.info(Logger.Message(stringLiteral: line))
         }
+        if let settings = configuration.teacher, teacherAhead > 0 {
+            driver.teacherPipeline = TeacherPipeline(settings: settings, data: data, epochs: configuration.epochs, depth: teacherAhead)
+        }
+        defer { driver.teacherPipeline?.stop() }
         if let series = metrics?.series {
             driver.onStep = { series.recordStep(globalStep: $0, present: $1) }
             driver.onEvaluation = { series.recordEvaluation(ensembleTop1: $0) }

@@ -35,6 +35,8 @@ public final class Launcher {
         public var logDirectory: String?
         /// Serve Prometheus metrics: the coordinator on this port, peer r on this port + 1 + r (0: each any free port).
         public var metricsPort: Int?
+        /// Steps the coordinator computes the teacher's outputs ahead (`cohort coordinator --teacher-ahead`).
+        public var teacherAhead: Int?
 
         public init(executable: String, configurationPath: String, peerCount: Int, hasTeacher: Bool, output: String?, threads: Int) {
             self.executable = executable; self.configurationPath = configurationPath; self.peerCount = peerCount
@@ -116,7 +118,10 @@ public final class Launcher {
         if let out = plan.output { common += ["--out", out] }
         func key(_ name: String) -> [String] { plan.keys.map { ["--key", $0 + "/" + name + ".key"] } ?? [] }
         let resume = plan.resume ? ["--resume"] : []
-        func metrics(_ offset: Int) -> [String] { plan.metricsPort.map { ["--metrics-port", "\($0 == 0 ? 0 : $0 + offset)"] } ?? [] }
+        func metrics(_ offset: Int) -> [String] {
+            (plan.metricsPort.map { ["--metrics-port", "\($0 == 0 ? 0 : $0 + offset)"] } ?? [])
+                + (offset == 0 ? plan.teacherAhead.map { ["--teacher-ahead", "\($0)"] } ?? [] : [])
+        }
         let coordinator = try start(name: "coordinator",
                                     ["coordinator"] + common + key("coordinator") + metrics(0) + ["--threads", "\(plan.coordinatorThreads)", "--ready-file", ready] + resume)
         // The coordinator writes its endpoints once bound (with the data and teacher loaded).

@@ -18,6 +18,8 @@ public final class InProcessCohort {
     public let teacher: TeacherRunner?
     let data: CohortData
     let computes: [PeerCompute]
+    /// Steps the teacher's outputs are computed ahead, on a thread of their own (0: in line).
+    public var teacherAhead = 2
     /// Records the peers log at info and above go here (the in-process cohort prints its own lines
     /// for the epoch ends; a peer's warnings and errors come through).
     private let peerLog: LogBox
@@ -84,6 +86,10 @@ public final class InProcessCohort {
             progress.log((record.level >= .warning ? "\(record.level == .error ? "error" : "warning"): " : "") + record.message)
         }
         coordinator.progress = { line, final in progress.line(line, final: final) }
+        if let settings = configuration.teacher, teacherAhead > 0 {
+            coordinator.teacherPipeline = TeacherPipeline(settings: settings, data: data, epochs: configuration.epochs, depth: teacherAhead)
+        }
+        defer { coordinator.teacherPipeline?.stop() }
         let drivers = computes.map { compute in
             PeerDriver(core: PeerCore(configuration: configuration, rank: compute.rank, sampler: data.sampler,
                                       teacherFeatureCount: teacher?.model.featureCount, timing: .reliable, done: compute.done, host: "inproc",

@@ -67,6 +67,7 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Write the bound endpoints (JSON) to this file once listening.") var readyFile: String?
     @Option(help: "The coordinator's secret key file (cohort keygen), when the configuration has security keys.") var key: String?
     @Option(help: metricsPortHelp) var metricsPort: Int?
+    @Option(help: teacherAheadHelp) var teacherAhead = 2
     @Flag(help: "Continue from the newest cohort checkpoint in the output directory, and from where the peers are.") var resume = false
     @Flag(help: "Allow binding beyond loopback without CURVE keys (anyone who can reach the ports can join).") var insecure = false
 
@@ -87,13 +88,19 @@ struct CoordinatorCommand: ParsableCommand {
         Parallelism.setThreadCount(threads)
         StopSignal.install()
         try reportingErrors(config) {
-            let coordinator = try Coordinator(configuration: configuration, keyPath: key, insecure: insecure, metricsPort: metricsPort)
+            guard teacherAhead >= 0 else { throw CLIError(message: "--teacher-ahead must be 0 (off) or more steps, not \(teacherAhead)") }
+            let coordinator = try Coordinator(configuration: configuration, keyPath: key, insecure: insecure, metricsPort: metricsPort,
+                                              teacherAhead: teacherAhead)
             if let readyFile { try coordinator.writeEndpoints(to: readyFile) }
             let summary = try coordinator.run(resume: resume)
             printSummary(summary, output: configuration.output)
         }
     }
 }
+
+/// The help of `--teacher-ahead` (coordinator and launch).
+let teacherAheadHelp = ArgumentHelp("Steps the teacher's outputs are computed ahead of the cohort, on a thread of their own (0: in line, between steps).",
+                                    valueName: "steps")
 
 /// `cohort peer`: runs one peer of a distributed cohort.
 struct PeerCommand: ParsableCommand {

@@ -38,6 +38,7 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Serve Prometheus metrics: the coordinator at http://HOST:PORT/metrics, peer r at PORT+1+r (0: any free ports, logged).",
                                valueName: "port"))
     var metricsPort: Int?
+    @Option(help: teacherAheadHelp) var teacherAhead = 2
     @Flag(help: "Continue the run in the output directory from the cohort's newest checkpoint.") var resume = false
     @Flag(help: "Move a run already in the output directory aside (to OUTPUT.old-N) and start a new one.") var fresh = false
 
@@ -93,6 +94,7 @@ struct LaunchCommand: ParsableCommand {
                 try reportingErrors(config) {
                     let progress = ProgressReporter()
                     let cohort = try InProcessCohort(configuration: configuration, report: progress.log)
+                    cohort.teacherAhead = teacherAhead
                     printSummary(try cohort.run(resume: resume, shouldStop: { StopSignal.current != nil }, progress: progress), output: output)
                 }
             } catch let stopped as CohortStopped {
@@ -109,6 +111,7 @@ struct LaunchCommand: ParsableCommand {
         plan.resume = resume
         plan.logDirectory = logDir
         plan.metricsPort = metricsPort
+        plan.teacherAhead = teacherAhead
         let status: Int32
         do { status = try Launcher(plan: plan).run() } catch let error as LauncherError { throw CLIError(message: "\(error)") }
         withExtendedLifetime(lock) {}

@@ -26,6 +26,8 @@ public final class CoordinatorDriver {
     public var onStep: (Int, Int) -> Void = { _, _ in }
     /// Told each scored epoch's ensemble top-1.
     public var onEvaluation: (Double) -> Void = { _ in }
+    /// Computes the teacher's outputs ahead of the steps on a thread of its own (instead of in line).
+    public var teacherPipeline: TeacherPipeline?
     /// Asked before each step; true stops the cohort there after every present member checkpoints
     /// (``CoordinatorCore/StopRequest/checkpointAndStop(signal:)``).
     public var stopsBeforeStep: () -> Bool = { false }
@@ -91,6 +93,10 @@ public final class CoordinatorDriver {
 
     /// The step's batch size and, with a teacher, its outputs for the step's batch.
     private func prepare(_ step: Message.Step) -> CoordinatorCore.Event {
+        if let teacherPipeline {
+            let prepared = teacherPipeline.outputs(for: step)
+            return .stepPrepared(step, batchSize: prepared.batchSize, teacher: prepared.tensors)
+        }
         guard let teacher else {
             if batchSizes?.epoch != step.epoch { batchSizes = (step.epoch, data.sampler.batches(epoch: step.epoch).map(\.count)) }
             return .stepPrepared(step, batchSize: batchSizes!.sizes[step.step], teacher: [])
