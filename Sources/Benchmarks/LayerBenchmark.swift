@@ -46,7 +46,7 @@ public struct GemmPeakBenchmark: Sendable {
                         pa + i * n * n, Int32(n), pb + i * n * n, Int32(n), 0, pc + i * n * n, Int32(n))
         }
         withExtendedLifetime((a, b, c)) {}
-        return [Result(benchmark: "gemm", backend: Gemm.usesOwnKernel ? "cohort-avx512" : "openblas", threads: t, size: n,
+        return [Result(benchmark: "gemm", backend: ["openblas", "cohort-avx2", "cohort-avx512"][Int(Gemm.path.rawValue)], threads: t, size: n,
                        gflops_per_core: own),
                 Result(benchmark: "gemm", backend: "openblas", threads: t, size: n, gflops_per_core: blas)]
     }

@@ -1,9 +1,12 @@
-// Cohort's single-precision matrix product for AVX-512 CPUs.
+// Cohort's single-precision matrix product for x86-64 CPUs with AVX-512 or AVX2 + FMA.
 //
 // The classic blocked scheme (Goto; BLIS's five loops): op(B) is packed into kc x NR column panels that
-// live in L1 while the packed mc x kc block of op(A), in MR-row panels, streams from L2 through an 8 x 32
-// register tile (16 zmm accumulators). Edge tiles go through a small scratch tile. Every product is
-// single-threaded and deterministic: the order of the k sums depends only on the shapes.
+// live in L1 while the packed mc x kc block of op(A), in MR-row panels, streams from L2 through the
+// register tile: on AVX-512 an 8 x 32 tile (16 zmm accumulators); on AVX2 the same 8 x 32 panel pair as
+// four 4 x 16 passes (8 ymm accumulators each, with room for the two B vectors and the broadcast in the
+// 16 ymm registers). Edge tiles go through a small scratch tile. Every product is single-threaded and
+// deterministic: each element's k sum runs in order (one FMA chain), so the order depends only on the
+// shapes — and the two paths give the same results.
 
 #include "CKernels.h"
 
@@ -17,20 +20,45 @@
 enum { MR = 8, NR = 32, KC = 256, MC = 256, NC = 2048 };
 
 #define AVX512 __attribute__((target("avx512f")))
+#define AVX2 __attribute__((target("avx2,fma")))
 
-static int supported;
+// The path in force for the process (COHORT_GEMM_*, set once), the best this CPU has, and a thread's own
+// choice (cohort_sgemm_force; -1: the process's).
+static int level;
+static int capability;
+static _Thread_local int forced = -1;
 static pthread_once_t support_once = PTHREAD_ONCE_INIT;
 
 static void detect(void) {
     __builtin_cpu_init();
+    capability = __builtin_cpu_supports("avx512f") ? COHORT_GEMM_AVX512
+               : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? COHORT_GEMM_AVX2 : COHORT_GEMM_BLAS;
     const char *choice = getenv("COHORT_GEMM");
-    supported = __builtin_cpu_supports("avx512f") && !(choice && strcmp(choice, "blas") == 0);
+    // By default the AVX-512 kernel where the CPU has it; on AVX2 CPUs OpenBLAS, whose tuned kernel the
+    // AVX2 one does not yet match (docs/benchmarks.md): COHORT_GEMM=avx2 chooses it.
+    int chosen = capability == COHORT_GEMM_AVX512 ? COHORT_GEMM_AVX512 : COHORT_GEMM_BLAS;
+    if (choice && strcmp(choice, "avx2") == 0) chosen = COHORT_GEMM_AVX2;
+    if (choice && strcmp(choice, "blas") == 0) chosen = COHORT_GEMM_BLAS;
+    level = chosen < capability ? chosen : capability;
 }
 
-int cohort_sgemm_supported(void) {
+int cohort_sgemm_level(void) {
     pthread_once(&support_once, detect);
-    return supported;
+    return forced >= 0 ? forced : level;
 }
+
+int cohort_sgemm_capability(void) {
+    pthread_once(&support_once, detect);
+    return capability;
+}
+
+int cohort_sgemm_force(int wanted) {
+    pthread_once(&support_once, detect);
+    forced = wanted < 0 ? -1 : wanted < capability ? wanted : capability;
+    return cohort_sgemm_level();
+}
+
+int cohort_sgemm_supported(void) { return cohort_sgemm_level() != COHORT_GEMM_BLAS; }
 
 // Per-thread packing buffers, freed when the thread exits.
 typedef struct { float *a, *b; } PackBuffers;
@@ -216,6 +244,186 @@ AVX512 static void kernel16(long kc, const float *restrict a, const float *restr
     }
 }
 
+// ---- AVX2 + FMA ----
+
+AVX2 static inline void transpose8_avx2(const float *src, long lds, float *dst, long ldd) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
+           r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds),
+           r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+           u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
+           u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
+           u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// As pack_a.
+AVX2 static void pack_a_avx2(int transpose, const float *a, long lda, long i0, long p0, long mc, long kc, float *dst) {
+    for (long ip = 0; ip < mc; ip += MR) {
+        long mr = min_long(MR, mc - ip);
+        float *d = dst + ip * kc;
+        if (!transpose) {
+            const float *src = a + (i0 + ip) * lda + p0;
+            long p = 0;
+            if (mr == MR)
+                for (; p + 8 <= kc; p += 8) transpose8_avx2(src + p, lda, d + p * MR, MR);
+            for (; p < kc; p++) {
+                long r = 0;
+                for (; r < mr; r++) d[p * MR + r] = src[r * lda + p];
+                for (; r < MR; r++) d[p * MR + r] = 0;
+            }
+        } else {
+            for (long p = 0; p < kc; p++) {
+                const float *src = a + (p0 + p) * lda + i0 + ip;
+                if (mr == MR) {
+                    _mm256_store_ps(d + p * MR, _mm256_loadu_ps(src));
+                    continue;
+                }
+                long r = 0;
+                for (; r < mr; r++) d[p * MR + r] = src[r];
+                for (; r < MR; r++) d[p * MR + r] = 0;
+            }
+        }
+    }
+}
+
+// As pack_b.
+AVX2 static void pack_b_avx2(int transpose, const float *b, long ldb, long p0, long j0, long kc, long nc, float *dst) {
+    for (long jp = 0; jp < nc; jp += NR) {
+        long nr = min_long(NR, nc - jp);
+        float *d = dst + jp * kc;
+        if (!transpose) {
+            if (nr == NR) {
+                for (long p = 0; p < kc; p++) {
+                    const float *src = b + (p0 + p) * ldb + j0 + jp;
+                    _mm256_store_ps(d + p * NR, _mm256_loadu_ps(src));
+                    _mm256_store_ps(d + p * NR + 8, _mm256_loadu_ps(src + 8));
+                    _mm256_store_ps(d + p * NR + 16, _mm256_loadu_ps(src + 16));
+                    _mm256_store_ps(d + p * NR + 24, _mm256_loadu_ps(src + 24));
+                }
+            } else {
+                for (long p = 0; p < kc; p++) {
+                    const float *src = b + (p0 + p) * ldb + j0 + jp;
+                    long c = 0;
+                    for (; c < nr; c++) d[p * NR + c] = src[c];
+                    for (; c < NR; c++) d[p * NR + c] = 0;
+                }
+            }
+        } else {
+            const float *src = b + (j0 + jp) * ldb + p0;
+            long c = 0;
+            for (; c + 8 <= nr; c += 8) {
+                long p = 0;
+                for (; p + 8 <= kc; p += 8) transpose8_avx2(src + c * ldb + p, ldb, d + p * NR + c, NR);
+                for (; p < kc; p++)
+                    for (long cc = c; cc < c + 8; cc++) d[p * NR + cc] = src[cc * ldb + p];
+            }
+            for (; c < NR; c++)
+                for (long p = 0; p < kc; p++) d[p * NR + c] = c < nr ? src[c * ldb + p] : 0;
+        }
+    }
+}
+
+// C[0:4, 0:16] = alpha * (rows 0-3 of the A panel x 16 columns of B) + beta * C: `a` points at the panel's
+// first row of the four (the panel stays MR wide), `b` at the first of the 16 columns.
+AVX2 static void kernel_4x16(long kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
+                             float alpha, float beta) {
+    __m256 c0[4], c1[4];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 4; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); }
+#pragma clang loop unroll_count(4)
+    for (long p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < 4; r++) {
+            __m256 x = _mm256_broadcast_ss(a + r);
+            c0[r] = _mm256_fmadd_ps(x, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(x, b1, c1[r]);
+        }
+        a += MR;
+        b += ldb;
+    }
+    __m256 va = _mm256_set1_ps(alpha);
+    if (beta == 0) {
+#pragma clang loop unroll(full)
+        for (int r = 0; r < 4; r++) {
+            _mm256_storeu_ps(c + r * ldc, _mm256_mul_ps(va, c0[r]));
+            _mm256_storeu_ps(c + r * ldc + 8, _mm256_mul_ps(va, c1[r]));
+        }
+    } else {
+        __m256 vb = _mm256_set1_ps(beta);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < 4; r++) {
+            float *row = c + r * ldc;
+            _mm256_storeu_ps(row, _mm256_fmadd_ps(va, c0[r], _mm256_mul_ps(vb, _mm256_loadu_ps(row))));
+            _mm256_storeu_ps(row + 8, _mm256_fmadd_ps(va, c1[r], _mm256_mul_ps(vb, _mm256_loadu_ps(row + 8))));
+        }
+    }
+}
+
+// An MR x width tile (width 16 or 32) from 4 x 16 passes.
+AVX2 static inline void kernel_avx2(long kc, const float *a, const float *b, long ldb, float *c, long ldc, float alpha, float beta,
+                                   long width) {
+    for (long j = 0; j < width; j += 16) {
+        kernel_4x16(kc, a, b + j, ldb, c + j, ldc, alpha, beta);
+        kernel_4x16(kc, a + 4, b + j, ldb, c + 4 * ldc + j, ldc, alpha, beta);
+    }
+}
+
+AVX2 static void product_avx2(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda,
+                              const float *b, long ldb, float beta, float *c, long ldc, PackBuffers *buffers) {
+    float edge[MR * NR] __attribute__((aligned(64)));
+    int direct_b = !tb && m <= 32 && ldb % 32 == 16;
+    for (long jc = 0; jc < n; jc += NC) {
+        long nc = min_long(NC, n - jc);
+        for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
+            long kc = min_long(kb, k - pc);
+            float scale = pc == 0 ? beta : 1;
+            if (!direct_b) pack_b_avx2(tb, b, ldb, pc, jc, kc, nc, buffers->b);
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = min_long(MC, m - ic);
+                pack_a_avx2(ta, a, lda, ic, pc, mc, kc, buffers->a);
+                for (long jr = 0; jr < nc; jr += NR) {
+                    long nr = min_long(NR, nc - jr);
+                    const float *panel_b = buffers->b + jr * kc;
+                    long stride_b = NR;
+                    if (direct_b && nr == NR) {
+                        panel_b = b + pc * ldb + jc + jr;
+                        stride_b = ldb;
+                    } else if (direct_b && ic == 0) {
+                        pack_b_avx2(tb, b, ldb, pc, jc + jr, kc, nr, buffers->b + jr * kc);
+                    }
+                    for (long ir = 0; ir < mc; ir += MR) {
+                        long mr = min_long(MR, mc - ir);
+                        const float *panel_a = buffers->a + ir * kc;
+                        float *tile = c + (ic + ir) * ldc + jc + jr;
+                        if (mr == MR && (nr == NR || nr == 16)) {
+                            kernel_avx2(kc, panel_a, panel_b, stride_b, tile, ldc, alpha, scale, nr);
+                            continue;
+                        }
+                        kernel_avx2(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0, nr <= 16 ? 16 : NR);
+                        for (long i = 0; i < mr; i++)
+                            for (long j = 0; j < nr; j++) {
+                                float value = alpha * edge[i * NR + j];
+                                tile[i * ldc + j] = scale == 0 ? value : value + scale * tile[i * ldc + j];
+                            }
+                    }
+                }
+            }
+        }
+    }
+}
+
 AVX512 static void product(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda,
                            const float *b, long ldb, float beta, float *c, long ldc, PackBuffers *buffers) {
     float edge[MR * NR] __attribute__((aligned(64)));
@@ -269,17 +477,22 @@ AVX512 static void product(int ta, int tb, long m, long n, long k, float alpha, 
 
 int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float alpha,
                  const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc) {
-    if (!cohort_sgemm_supported() || k <= 0) return 0;
+    int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_BLAS || k <= 0) return 0;
     if (m <= 0 || n <= 0) return 1;
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
-    product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers);
+    if (path == COHORT_GEMM_AVX512) product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers);
+    else product_avx2(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers);
     return 1;
 }
 
 #else
 
 int cohort_sgemm_supported(void) { return 0; }
+int cohort_sgemm_level(void) { return COHORT_GEMM_BLAS; }
+int cohort_sgemm_capability(void) { return COHORT_GEMM_BLAS; }
+int cohort_sgemm_force(int wanted) { (void)wanted; return COHORT_GEMM_BLAS; }
 
 int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float alpha,
                  const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc) {
@@ -300,7 +513,7 @@ long cohort_packed_weights_count(long m, long k) { return packed_rows(m) * k; }
 
 // Block pc (KC deep) of the packed matrix starts at packed_rows(m) * pc; panel ip within it at ip * kc.
 int cohort_pack_weights(long m, long k, const float *a, float *packed) {
-    if (!cohort_sgemm_supported()) return 0;
+    if (cohort_sgemm_level() != COHORT_GEMM_AVX512) return 0;
     for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
         long kc = min_long(kb, k - pc);
         pack_a(0, a, k, 0, pc, m, kc, packed + packed_rows(m) * pc);
@@ -344,7 +557,7 @@ AVX512 static void shifted_kernel(long kc, const float *restrict a, const float 
 int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                 const float *packed, const float *images, long image_stride, long count,
                                 float *out, long out_stride) {
-    if (!cohort_sgemm_supported()) return 0;
+    if (cohort_sgemm_level() != COHORT_GEMM_AVX512) return 0;
     long taps = kh * kw, k = channels * taps, plane = h * w;
     long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + NR - 1) / NR;
     // Tables shared by every image: each row p's offset from the panel's first pixel, and for each panel
@@ -492,7 +705,7 @@ AVX512VL static int shifted_weight_gradient(long m, long channels, long h, long 
 int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo) {
-    if (!cohort_sgemm_supported() || !__builtin_cpu_supports("avx512vl")) return 0;
+    if (cohort_sgemm_level() != COHORT_GEMM_AVX512 || !__builtin_cpu_supports("avx512vl")) return 0;
     return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo);
 }
 

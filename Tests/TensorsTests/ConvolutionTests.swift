@@ -41,14 +41,24 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         ConvCase(input: [1, 2, 3, 1], output: 2, kernel: (5, 5), stride: (1, 1), padding: (2, 2), bias: false),
     ]
 
+    /// Every case on every matrix-product path this CPU has (OpenBLAS, Cohort's AVX2 and AVX-512 kernels,
+    /// each forced in turn; the convolutions without lowering with AVX-512).
     @Test(arguments: cases) func convolutionMatchesDirectLoops(_ c: ConvCase) {
+        for path in Gemm.availablePaths { Gemm.withPath(path) { convolutionMatchesDirectLoops(c, path) } }
+    }
+
+    func convolutionMatchesDirectLoops(_ c: ConvCase, _ path: Gemm.Path) {
         let x = randn(c.input, seed: 1), w = randn([c.output, c.input[1], c.kernel.0, c.kernel.1], seed: 2)
         let b = c.bias ? randn([c.output], seed: 3) : nil
         let y = x.conv2d(weight: w, bias: b, stride: c.stride, padding: c.padding)
-        #expect(maxDifference(y.scalars, naiveConv2d(x, w, b, stride: c.stride, padding: c.padding)) < 1e-4)
+        #expect(maxDifference(y.scalars, naiveConv2d(x, w, b, stride: c.stride, padding: c.padding)) < 1e-4, "\(path)")
     }
 
     @Test(arguments: cases) func convolutionGradient(_ c: ConvCase) {
+        for path in Gemm.availablePaths { Gemm.withPath(path) { convolutionGradient(c, path) } }
+    }
+
+    func convolutionGradient(_ c: ConvCase, _ path: Gemm.Path) {
         var inputs = [randn(c.input, seed: 4), randn([c.output, c.input[1], c.kernel.0, c.kernel.1], seed: 5)]
         if c.bias { inputs.append(randn([c.output], seed: 6)) }
         expectGradients(inputs) {
@@ -92,6 +102,10 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
     /// tiles and an edge), 30 x 9 = 270 taps (two 256-deep blocks), a 12 x 12 image (4.5 column panels).
     /// Forward and input gradient against direct loops; on AVX-512 CPUs both run without lowering.
     @Test func largeSameConvolutionMatchesDirectLoops() {
+        for path in Gemm.availablePaths { Gemm.withPath(path) { largeSameConvolutionMatchesDirectLoops(path) } }
+    }
+
+    func largeSameConvolutionMatchesDirectLoops(_ path: Gemm.Path) {
         let (n, c, co, h, w) = (3, 30, 20, 12, 12)
         let x = randn([n, c, h, w], seed: 21), weight = randn([co, c, 3, 3], seed: 22), dy = randn([n, co, h, w], seed: 23)
         let geometry = ConvGeometry(channels: c, height: h, width: w, kernelHeight: 3, kernelWidth: 3,
@@ -121,6 +135,10 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
     /// (same-convolution via the lowered output gradient, general via col2im) give the same results.
     @Test(arguments: [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (5, 1, 2)])
     func everyTilingAgrees(_ kernel: Int, _ stride: Int, _ padding: Int) {
+        for path in Gemm.availablePaths { Gemm.withPath(path) { everyTilingAgrees(kernel, stride, padding, path) } }
+    }
+
+    func everyTilingAgrees(_ kernel: Int, _ stride: Int, _ padding: Int, _ path: Gemm.Path) {
         let x = randn([5, 3, 9, 9], seed: 11), w = randn([4, 3, kernel, kernel], seed: 12)
         let geometry = ConvGeometry(channels: 3, height: 9, width: 9, kernelHeight: kernel, kernelWidth: kernel,
                                     strideHeight: stride, strideWidth: stride, paddingHeight: padding, paddingWidth: padding)

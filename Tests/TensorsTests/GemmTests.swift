@@ -1,10 +1,12 @@
+import Foundation
 import Testing
 import CBLAS
 @testable import Tensors
 
-/// `Gemm.multiply` (Cohort's AVX-512 kernel where the CPU has it) against a double-precision reference,
-/// over shapes that cross every tile edge and cache block: m around the 8-row tile and the 256-row
-/// block, n around the 32-column tile and the 2048-column block, k around the 256-deep block.
+/// `Gemm.multiply` on every path this CPU has (OpenBLAS, Cohort's AVX2 kernel, its AVX-512 kernel), each
+/// forced in turn, against a double-precision reference, over shapes that cross every tile edge and cache
+/// block: m around the 8-row tile (and the AVX2 kernel's 4-row passes) and the 256-row block, n around
+/// the 16- and 32-column tiles and the 2048-column block, k around the 256-deep block.
 @Suite struct GemmTests {
     struct Case: CustomStringConvertible, Sendable {
         let m, n, k: Int
@@ -17,7 +19,8 @@ import CBLAS
     static let cases: [Case] = {
         var result: [Case] = []
         let shapes = [(1, 1, 1), (8, 32, 1), (7, 31, 5), (9, 33, 17), (16, 64, 256), (17, 65, 257), (64, 500, 144),
-                      (263, 70, 300), (24, 2050, 40), (3, 5, 600), (16, 48, 33), (40, 16, 70)]
+                      (263, 70, 300), (24, 2050, 40), (3, 5, 600), (16, 48, 33), (40, 16, 70),
+                      (4, 16, 9), (5, 17, 8), (12, 40, 31)]
         for (index, (m, n, k)) in shapes.enumerated() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let alpha: Float = index % 3 == 0 ? 1 : 0.5
@@ -31,6 +34,10 @@ import CBLAS
 
     @Test(arguments: cases)
     func matchesReference(_ c: Case) {
+        for path in Gemm.availablePaths { Gemm.withPath(path) { check(c, path) } }
+    }
+
+    func check(_ c: Case, _ path: Gemm.Path) {
         var g = SeededGenerator(seed: UInt64(c.m * 131 + c.n * 7 + c.k))
         let lda = (c.transposeA ? c.m : c.k) + c.padding, ldb = (c.transposeB ? c.k : c.n) + c.padding
         let ldc = c.n + c.padding
@@ -55,14 +62,33 @@ import CBLAS
                 worst = max(worst, error.isNaN ? .infinity : error)
             }
         }
-        #expect(worst < 1e-5, "\(c): worst relative error \(worst)")
+        #expect(worst < 1e-5, "\(path), \(c): worst relative error \(worst)")
         // The padding between rows of C is left alone.
         if c.padding > 0 && c.beta != 0 {
             for i in 0..<c.m { for j in c.n..<ldc { #expect(out.data[i * ldc + j] == initial.data[i * ldc + j]) } }
         }
     }
 
-    /// The two back ends agree (on CPUs without AVX-512 both are OpenBLAS).
+    /// Cohort's kernels sum every element's products in order, one FMA chain: the AVX2 and AVX-512 paths
+    /// give the same bits (on a CPU with AVX-512; on an AVX2 CPU the AVX2 path is checked against itself
+    /// run twice, and against the reference above).
+    @Test func ownPathsGiveTheSameBits() {
+        var g = SeededGenerator(seed: 11)
+        let (m, n, k) = (37, 531, 300)
+        let a = Tensor.randomNormal([m, k], using: &g), b = Tensor.randomNormal([k, n], using: &g)
+        let own = Gemm.availablePaths.filter { $0 != .blas }
+        let results = own.map { path in
+            Gemm.withPath(path) { () -> [Float] in
+                let out = Tensor(uninitializedShape: [m, n])
+                Gemm.multiply(a.data, b.data, into: out.data, m: m, n: n, k: k)
+                return out.scalars
+            }
+        }
+        #expect(results.dropFirst().allSatisfy { $0 == results[0] }, "\(own)")
+        #expect(Gemm.withPath(.blas) { Gemm.path } == .blas && Gemm.withPath(.avx512) { Gemm.path } == Gemm.capability)
+    }
+
+    /// The two back ends agree (on CPUs without AVX-512 or AVX2 both are OpenBLAS).
     @Test func agreesWithOpenBLAS() {
         var g = SeededGenerator(seed: 9)
         let (m, n, k) = (64, 1000, 576)

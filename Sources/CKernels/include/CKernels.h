@@ -4,17 +4,32 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/// Cohort's own single-precision matrix product for CPUs with AVX-512 (packed panels, an 8 x 32 register
-/// tile). Single-threaded: Cohort splits work across its own threads.
+/// The paths of `cohort_sgemm`.
+enum { COHORT_GEMM_BLAS = 0, COHORT_GEMM_AVX2 = 1, COHORT_GEMM_AVX512 = 2 };
+
+/// Cohort's own single-precision matrix product for CPUs with AVX-512 or AVX2 + FMA (packed panels, an
+/// 8 x 32 register tile on AVX-512, 4 x 16 passes on AVX2). Single-threaded: Cohort splits work across its
+/// own threads.
 ///
 /// Row-major `C = alpha * op(A) op(B) + beta * C`, `op(A)` is `m x k`, `op(B)` is `k x n`. With `beta == 0`
-/// the old contents of `C` are never read. Returns 0 and does nothing when this CPU lacks AVX-512
+/// the old contents of `C` are never read. Returns 0 and does nothing when the path in force is BLAS
 /// (the caller then uses BLAS); 1 when it computed the product.
 int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float alpha,
                  const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc);
 
-/// 1 when `cohort_sgemm` runs on this CPU (it needs AVX-512F).
+/// 1 when `cohort_sgemm` computes products in this process (the path in force is not BLAS).
 int cohort_sgemm_supported(void);
+
+/// The path in force: AVX-512 where the CPU has it, else BLAS, unless `COHORT_GEMM=blas` or
+/// `COHORT_GEMM=avx2` chose otherwise (at most the CPU's best), or `cohort_sgemm_force` did on this thread. The convolutions without lowering need `COHORT_GEMM_AVX512`.
+int cohort_sgemm_level(void);
+
+/// The best path this CPU has.
+int cohort_sgemm_capability(void);
+
+/// Puts `wanted` in force (at most the CPU's best) on the calling thread only (-1: back to the process's
+/// path), and returns the path in force there. For tests that compare the paths.
+int cohort_sgemm_force(int wanted);
 
 /// The per-entry part of one CRCD row: anchor `n` of sample `i` against its K+1 contrast rows.
 ///

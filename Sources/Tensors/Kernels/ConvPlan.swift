@@ -105,7 +105,7 @@ struct ConvPlan {
     func forward(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                  output: UnsafeMutablePointer<Float>) {
         let k = geometry.columnRows, co = outputChannels, ow = geometry.outputWidth, p = pixels
-        if geometry.isShiftable && !geometry.isPointwise && Gemm.usesOwnKernel {
+        if geometry.isShiftable && !geometry.isPointwise && Gemm.usesShiftedConvolutions {
             forwardShifted(input: input, weight: weight, output: output)
             addBias(bias, to: output)
             return
@@ -260,7 +260,7 @@ struct ConvPlan {
         let lowerRows = lk, scratch = scratchColumns
         // With Cohort's kernel, dX is the shifted convolution of dY with W' (no lowering); the lowering below
         // then serves dW' alone.
-        let shifted = Gemm.usesOwnKernel && gradientGeometry.isShiftable
+        let shifted = Gemm.usesShiftedConvolutions && gradientGeometry.isShiftable
         let packed = Storage(count: shifted ? cohort_packed_weights_count(c, lk) : 1)
         if shifted { _ = cohort_pack_weights(c, lk, flipped.base, packed.base) }
         Parallelism.run(shares) { index, share in

@@ -2,15 +2,49 @@ import CBLAS
 import CKernels
 
 /// Single-precision matrix products: Cohort's own AVX-512 kernel where the CPU has it, OpenBLAS otherwise
-/// (or when `COHORT_GEMM=blas` is set, for comparisons).
+/// (or when `COHORT_GEMM=blas` is set, for comparisons). Cohort's AVX2 + FMA kernel is chosen with
+/// `COHORT_GEMM=avx2` (on AVX2 CPUs it does not yet beat OpenBLAS; on AVX-512 CPUs it gives the AVX-512
+/// kernel's results bit for bit).
 public enum Gemm {
     /// OpenBLAS runs single-threaded in every process, whether or not ``Parallelism/setThreadCount(_:)``
     /// was called: its own threads would split products by the machine's core count, and the results
     /// must depend on the problem alone.
     static let singleThreadedBLAS: Void = openblas_set_num_threads(1)
 
-    /// Whether products run on Cohort's AVX-512 kernel in this process.
-    public static var usesOwnKernel: Bool { cohort_sgemm_supported() != 0 }
+    /// Where products run.
+    public enum Path: Int32, Sendable, CaseIterable, CustomStringConvertible {
+        case blas = 0, avx2 = 1, avx512 = 2
+        public var description: String {
+            switch self {
+            case .blas: "OpenBLAS"
+            case .avx2: "Cohort's AVX2 kernel"
+            case .avx512: "Cohort's AVX-512 kernel"
+            }
+        }
+    }
+
+    /// The path in force in this process.
+    public static var path: Path { Path(rawValue: Int32(cohort_sgemm_level())) ?? .blas }
+
+    /// The best path this CPU has.
+    public static var capability: Path { Path(rawValue: Int32(cohort_sgemm_capability())) ?? .blas }
+
+    /// The paths this CPU can run, from BLAS up to its best.
+    public static var availablePaths: [Path] { Path.allCases.filter { $0.rawValue <= capability.rawValue } }
+
+    /// Runs `body` with `path` (at most the CPU's best) in force on the calling thread only: for tests
+    /// that compare the paths. Products that `body` hands to other threads take the process's path.
+    public static func withPath<R>(_ path: Path, _ body: () throws -> R) rethrows -> R {
+        cohort_sgemm_force(Int32(path.rawValue))
+        defer { cohort_sgemm_force(-1) }
+        return try body()
+    }
+
+    /// Whether products run on one of Cohort's kernels in this process.
+    public static var usesOwnKernel: Bool { path != .blas }
+
+    /// Whether stride-1 convolutions run without lowering (Cohort's AVX-512 kernels).
+    public static var usesShiftedConvolutions: Bool { path == .avx512 }
 
     /// `C = alpha * op(A) op(B) + beta * C`, row-major, where `op(A)` is `m x k` and `op(B)` is `k x n`.
     /// With `beta == 0`, `C`'s old contents are not read.
