@@ -381,7 +381,10 @@ public struct CoordinatorCore {
     }
 
     private mutating func evaluateEpoch(_ epoch: Int) {
-        guard promote() else {
+        // Only a joining peer whose state has trained every step of the run so far takes part in an epoch's
+        // end: another (back after missing steps) would be scored, and checkpointed, on weights that are
+        // behind; it takes part from the next step.
+        guard promote(onlyAt: state.globalStep) else {
             stage = .awaitingAnyone(deadline: now + timing.joinTimeout, then: .epochEnd(epoch))
             return
         }
@@ -535,9 +538,10 @@ public struct CoordinatorCore {
         if !isDone { actions.append(.schedule(.check, at: now + timing.checkInterval)) }
     }
 
-    /// Makes joining peers present; whether anyone is.
-    private mutating func promote() -> Bool {
-        for r in membership.indices where membership[r] == .joining { membership[r] = .present }
+    /// Makes joining peers present (with `onlyAt`, those whose state has trained exactly that many steps);
+    /// whether anyone is present.
+    private mutating func promote(onlyAt step: Int? = nil) -> Bool {
+        for r in membership.indices where membership[r] == .joining && (step == nil || resumeSteps[r] == step) { membership[r] = .present }
         return !presentRanks.isEmpty
     }
 

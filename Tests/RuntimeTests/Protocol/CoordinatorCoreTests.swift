@@ -357,6 +357,24 @@ import Wire
         #expect(h.sent(to: 2, incarnation: 1).contains { if case .evaluate(let e) = $0 { e.epoch == 1 } else { false } })
     }
 
+    @Test func aPeerBackWithOlderWeightsJoinsAfterTheEpochsEndNotAtIt() throws {
+        var h = CoordinatorHarness(try protocolConfiguration())
+        h.admit([0, 1, 2])
+        h.runStep(0, [0, 1, 2])
+        h.handle(.received(.shutdown(.init(.failed("partitioned"))), from: CoordinatorHarness.connection(2), user: nil))
+        h.runStep(1, [0, 1]); h.runStep(2, [0, 1])
+        // Back during step 3 with the one step its state trained.
+        h.prepared(Message.Step(epoch: 0, step: 3, globalStep: 3))
+        h.hello(2, incarnation: 1, resumeStep: 1)
+        h.outputs(0, step: 3); h.outputs(1, step: 3)
+        #expect(!h.sent(to: 2, incarnation: 1).contains { if case .evaluate = $0 { true } else { false } }, "not scored on old weights")
+        #expect(h.core.membership == [.present, .present, .joining])
+        h.evaluation(0, epoch: 0, correct: 4); h.evaluation(1, epoch: 0, correct: 4)
+        #expect(h.preparedSteps.last == 4 && h.core.membership[2] == .present, "it takes part from the next step")
+        h.prepared(Message.Step(epoch: 1, step: 0, globalStep: 4))
+        #expect(h.sent(to: 2, incarnation: 1).contains { if case .step(let s, _) = $0 { s.globalStep == 4 } else { false } })
+    }
+
     @Test func theRunEndsWithASummaryAndEveryPeerToldItFinished() throws {
         var h = CoordinatorHarness(try protocolConfiguration(peers: 2), teacherTop1: 0.75)
         h.admit([0, 1])
