@@ -6,7 +6,8 @@
 // four 4 x 16 passes (8 ymm accumulators each, with room for the two B vectors and the broadcast in the
 // 16 ymm registers). Edge tiles go through a small scratch tile. Every product is single-threaded and
 // deterministic: each element's k sum runs in order (one FMA chain), so the order depends only on the
-// shapes — and the two paths give the same results.
+// shapes — and the two paths give the same results for alpha = 1 and beta = 0 or 1 (the only ones
+// Cohort uses; other alpha and beta are rounded in a different order at the store).
 
 #include "CKernels.h"
 

@@ -129,7 +129,7 @@ public final class PeerNode {
                 try driver.handle(.stop(signal: signal), now: wallClock())
                 break
             }
-            try driver.waitAndHandle(longest: work.isBusy ? 0.005 : 0.25, clock: wallClock)
+            try driver.waitAndHandle(idle: 0.25, busy: 0.005, clock: wallClock)
             // Records logged while work runs (an evaluation's progress) reach the stream as they come.
             if work.isBusy, Date().timeIntervalSince(lastFlush) >= 1, let batch = driver.logBatch(nil, nil) {
                 lastFlush = Date()

@@ -61,10 +61,22 @@ public final class InProcessCohort {
                     progress: ProgressReporter = ProgressReporter()) throws -> CohortSummary {
         let out = configuration.output
         peerLog.report = progress.log
-        let (saved, skipped) = resume ? CoordinatorState.readable(output: out) : ([], [])
+        var (saved, skipped) = resume ? CoordinatorState.readable(output: out) : ([], [])
         for s in skipped { progress.log("warning: passed over a cohort checkpoint: \(s)") }
         if let state = saved.last { try configuration.checkUnchanged(since: state.settings) }
         if resume { for compute in computes { try compute.restore() } }
+        if resume, saved.isEmpty, computes.contains(where: { $0.done > 0 }) {
+            // A run from before the in-process cohort wrote the coordinator's states: it resumes, as then, at
+            // the newest step every peer has a checkpoint of.
+            let missing = computes.filter { $0.done == 0 }.map { "peer \($0.rank)" }
+            guard missing.isEmpty else { throw ResumeError.inconsistent("some peers have no checkpoint (\(missing.joined(separator: ", ")))") }
+            var state = CoordinatorState()
+            state.globalStep = computes.map(\.done).min()!
+            state.evaluatedEpochs = state.globalStep / data.stepsPerEpoch
+            state.lastEvaluation = Array(repeating: nil, count: computes.count)
+            state.settings = configuration.canonicalSettings
+            saved = [state]
+        }
         var teacherTop1 = saved.last?.teacherTop1
         if teacherTop1 == nil, let teacher {
             let phase = PhaseProgress("evaluating the teacher (\(configuration.teacher!.model)) on the test set", total: data.testSet.count,
@@ -95,6 +107,14 @@ public final class InProcessCohort {
                                       teacherFeatureCount: teacher?.model.featureCount, timing: .reliable, done: compute.done, host: "inproc",
                                       endpoint: "inproc"),
                        transport: hub.peerEnd(rank: compute.rank), work: InlinePeerWork(compute))
+        }
+        let peerLog = self.peerLog
+        for (rank, driver) in drivers.enumerated() {
+            driver.log = { record in
+                // A stop the cohort asked for is reported once, by the cohort.
+                guard record.level >= .warning, !record.message.hasPrefix("stopped by the coordinator") else { return }
+                peerLog.report("\(record.level == .error ? "error" : "warning"): peer \(rank): \(record.message)")
+            }
         }
         // The peers' statuses reach the coordinator (its progress line shows each peer's loss and accuracy);
         // their records are printed here, not forwarded.

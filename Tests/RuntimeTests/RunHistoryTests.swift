@@ -68,4 +68,24 @@ import Training
         let moved = try ExistingRun.moveAside(run)
         #expect(moved == run + ".old-1" && ExistingRun.inspect(run) == .none && ExistingRun.inspect(moved) == .finished)
     }
+
+    /// A run from before the in-process cohort wrote the coordinator's states (here: its `coordinator/`
+    /// removed) resumes at the newest step every peer has a checkpoint of, to the uninterrupted weights.
+    @Test func aRunWithoutCoordinatorStatesResumesAtThePeersCommonStep() throws {
+        let quiet = ProgressReporter(interactive: false)
+        let (reference, run) = (scratch("history-old-reference"), scratch("history-old-run"))
+        try Parallelism.withThreadCount(1) {
+            _ = try InProcessCohort(configuration: try configuration(reference)).run(progress: quiet)
+            var asked = 0
+            #expect(throws: CohortStopped.self) {
+                _ = try InProcessCohort(configuration: try configuration(run)).run(shouldStop: { asked += 1; return asked > 3 }, progress: quiet)
+            }
+            try FileManager.default.removeItem(atPath: run + "/coordinator")
+            let summary = try InProcessCohort(configuration: try configuration(run)).run(resume: true, progress: quiet)
+            #expect(summary.steps == 8)
+        }
+        for rank in 0..<2 {
+            try expectIdentical(reference + "/peer-\(rank)/checkpoints/last.safetensors", run + "/peer-\(rank)/checkpoints/last.safetensors")
+        }
+    }
 }

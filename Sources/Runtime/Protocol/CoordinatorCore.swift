@@ -385,7 +385,15 @@ public struct CoordinatorCore {
         // end: another (back after missing steps) would be scored, and checkpointed, on weights that are
         // behind; it takes part from the next step.
         guard promote(onlyAt: state.globalStep) else {
-            stage = .awaitingAnyone(deadline: now + timing.joinTimeout, then: .epochEnd(epoch))
+            if membership.contains(.joining) {
+                // Only peers whose weights missed steps are back: none can score this epoch. It ends unscored,
+                // and they take part from the next step.
+                log(.error, "epoch \(epoch + 1) ends unscored: the peers back (\(membership.indices.filter { membership[$0] == .joining }.map(String.init).joined(separator: ", "))) have weights that missed steps")
+                finishEpoch(epoch)
+                return
+            }
+            // The deadline is kept from when the wait began.
+            if case .awaitingAnyone = stage {} else { stage = .awaitingAnyone(deadline: now + timing.joinTimeout, then: .epochEnd(epoch)) }
             return
         }
         if configuration.evaluates(epoch: epoch) {

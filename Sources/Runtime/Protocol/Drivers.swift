@@ -241,9 +241,12 @@ public final class PeerDriver {
         return try fireDueTimers(now: now) || happened
     }
 
-    /// Waits for input until the next timer (at most `longest` seconds), and handles what came and what is due.
-    public func waitAndHandle(longest: Double, clock: () -> Double) throws {
+    /// Handles a finished piece of work, then waits for input until the next timer — at most `idle`
+    /// seconds, or `busy` while work runs (its end wakes nobody: the loop looks again that soon) — and
+    /// handles what came and what is due.
+    public func waitAndHandle(idle: Double, busy: Double, clock: () -> Double) throws {
         if let result = work.takeResult() { try handle(.done(result), now: clock()) }
+        let longest = work.isBusy ? busy : idle
         let deadline = min(timers.values.min() ?? .infinity, clock() + longest)
         if !isDone, let input = try transport.receive(until: deadline) { try deliver(input, now: clock()) }
         try fireDueTimers(now: clock())

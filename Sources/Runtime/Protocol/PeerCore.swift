@@ -234,6 +234,8 @@ public struct PeerCore {
 
     private mutating func receive(_ message: Message) {
         lastHeard = now
+        // The coordinator answers again: a loss noticed while work ran is over.
+        lostWhileWorking = nil
         if case .heartbeat = message { return }
         lastMessage = now
         if case .joining = stage {
@@ -386,6 +388,8 @@ public struct PeerCore {
                 actions.append(.send(.outputs(.init(rank: rank, globalStep: step.globalStep), tensors: outputs)))
                 guard case .forward(_, let teacher) = work, let timing else { break }
                 stage = .awaitingOthers(step, teacher: teacher, sentAt: now, timing: timing)
+                // What came during the forward pass (the others already, or a shutdown) is for this stage.
+                drainInbox()
                 return
             }
         case .finished(let step, let status):

@@ -375,6 +375,23 @@ import Wire
         #expect(h.sent(to: 2, incarnation: 1).contains { if case .step(let s, _) = $0 { s.globalStep == 4 } else { false } })
     }
 
+    @Test func anEpochEndWithOnlyPeersBehindEndsUnscoredInsteadOfWaiting() throws {
+        var h = CoordinatorHarness(try protocolConfiguration(peers: 2))
+        h.admit([0, 1])
+        for g in 0..<3 { h.runStep(g, [0, 1]) }
+        h.prepared(Message.Step(epoch: 0, step: 3, globalStep: 3))
+        h.outputs(0, step: 3)
+        // Peer 0 leaves after delivering, peer 1 without; both come back from older checkpoints.
+        h.handle(.received(.shutdown(.init(.failed("killed"))), from: CoordinatorHarness.connection(0), user: nil))
+        h.handle(.received(.shutdown(.init(.failed("killed"))), from: CoordinatorHarness.connection(1), user: nil))
+        #expect(h.core.presentRanks.isEmpty)
+        h.hello(0, incarnation: 1, resumeStep: 2, after: 5)
+        #expect(h.logged("epoch 1 ends unscored") && h.savedStates.last?.evaluatedEpochs == 1)
+        #expect(h.preparedSteps.last == 4 && h.core.presentRanks == [0], "it trains on from the next step")
+        for _ in 0..<20 { h.tick(after: 30) }
+        #expect(h.outcome == nil || { if case .failed(.nobodyPresent) = h.outcome! { false } else { true } }())
+    }
+
     @Test func theRunEndsWithASummaryAndEveryPeerToldItFinished() throws {
         var h = CoordinatorHarness(try protocolConfiguration(peers: 2), teacherTop1: 0.75)
         h.admit([0, 1])

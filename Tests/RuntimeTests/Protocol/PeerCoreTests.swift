@@ -158,6 +158,27 @@ import Wire
         #expect(p.reconnects == 1 && !p.sent.contains { if case .outputs = $0 { true } else { false } }, "the step in flight is dropped")
     }
 
+    @Test func aShutdownThatCameDuringTheForwardPassStopsThePeerWhenItIsDone() throws {
+        var p = PeerHarness(try protocolConfiguration())
+        p.join()
+        p.handle(.received(.step(PeerHarness.step(0), teacher: [])))
+        p.handle(.received(.shutdown(.init(.failed("coordinator: stopped by signal 15")))))
+        #expect(p.outcome == nil, "not while the forward pass runs")
+        p.handle(.done(.forwarded(PeerHarness.step(0), outputs: [])))
+        guard case .failed(.stopped(let reason))? = p.outcome else { Issue.record("\(String(describing: p.outcome))"); return }
+        #expect(reason == "coordinator: stopped by signal 15")
+    }
+
+    @Test func aCoordinatorHeardAgainBeforeTheWorkEndsIsNotLeft() throws {
+        var p = PeerHarness(try protocolConfiguration())
+        p.join()
+        p.handle(.received(.step(PeerHarness.step(0), teacher: [])))
+        p.handle(.timer(.check), after: 11)
+        p.handle(.received(.heartbeat(.init(rank: nil, sequence: 3))), after: 1)
+        p.handle(.done(.forwarded(PeerHarness.step(0), outputs: [])))
+        #expect(p.reconnects == 0 && p.sent.contains { if case .outputs = $0 { true } else { false } })
+    }
+
     @Test func aCohortThatMovesOnWithoutThePeerMakesItRejoin() throws {
         var p = PeerHarness(try protocolConfiguration())
         p.join()
