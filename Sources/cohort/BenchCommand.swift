@@ -55,6 +55,16 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Peers in the exchange benchmark.")
     var peers = 4
 
+    @Option(help: "Classes of the exchange benchmark's logits (10 for Fashion-MNIST, 100 for CIFAR-100).")
+    var classes = 10
+
+    @Option(help: ArgumentHelp("Run only the exchange benchmark's coordinator side, bound at ENDPOINT (the peers run with --exchange-connect).",
+                               valueName: "endpoint"))
+    var exchangeBind: String?
+
+    @Option(help: ArgumentHelp("Run only the exchange benchmark's peers, connecting to ENDPOINT.", valueName: "endpoint"))
+    var exchangeConnect: String?
+
     @Flag(help: "Everything: the step, the sgemm peak, the layers, every loss and the exchange.")
     var all = false
 
@@ -83,6 +93,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         let (c, h, w) = parsedInput!
         let architecture = Architecture(name: model)!
+        let exchange = exchange || exchangeBind != nil || exchangeConnect != nil
         let selected = loss != nil || layers || gemm || exchange
         if all || !selected {
             let result = TrainStepBenchmark(architecture: architecture, channels: c, height: h, width: w,
@@ -117,9 +128,15 @@ struct BenchCommand: ParsableCommand {
             try emit(r, "\(r.loss) (\(r.configuration)), \(r.threads) thread(s): \(r.ms_per_call) ms/call, peak RSS \(r.peak_rss_mb) MB")
         }
         if all || exchange {
-            let r = try ExchangeBenchmark(peers: peers, batch: batch, rounds: Swift.max(steps * 20, 100)).run()
+            let role: ExchangeBenchmark.Role = exchangeBind.map { .coordinator(bind: $0) } ?? exchangeConnect.map { .peers(connect: $0) } ?? .both
+            let r = try ExchangeBenchmark(peers: peers, batch: batch, classes: classes, rounds: Swift.max(steps * 20, 100), role: role).run()
+            if exchangeBind != nil {
+                try emit(r, "exchange, coordinator's side: served \(r.rounds) rounds of \(r.peers) peers, \(r.coordinator_bytes_per_step) B per step")
+                return
+            }
             try emit(r, "exchange, \(r.peers) peers, batch \(r.batch) (outputs \(r.outputs_bytes) B, others \(r.others_bytes) B): "
-                     + "round trip median \(r.median_ms) ms, mean \(r.mean_ms) ms, p90 \(r.p90_ms) ms")
+                     + "round trip median \(r.median_ms) ms, mean \(r.mean_ms) ms, p90 \(r.p90_ms) ms; "
+                     + "coordinator \(r.coordinator_bytes_per_step) B per step (\(r.model_ms_at_1gbps) ms at 1 Gb/s)")
         }
     }
 
