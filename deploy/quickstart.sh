@@ -7,7 +7,7 @@
 #      the teacher (KD), as a coordinator (which runs the teacher) and one process per peer on this machine;
 #   5. prints the network alone beside the cohort's networks and their ensemble.
 # docs/results.md ("A strong teacher, little data") has the same setting over three seeds, and why.
-# About 10 minutes from a fresh clone on 2 cores of an AMD EPYC Zen 3 (AVX2), the release build included
+# About 7 minutes from a fresh clone on 2 cores of an AMD EPYC Zen 3 (AVX2), the release build included
 # (docs/results.md, "The quickstart"); everything goes
 # to runs/quickstart (the teacher and the finished runs are reused when run again, an interrupted run is
 # continued with --resume). Watch the cohort live from another terminal with the `cohort monitor` command it
