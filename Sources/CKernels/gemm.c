@@ -100,7 +100,7 @@ static inline long block_depth(long k) {
 }
 
 // dst[i * ldd + r] = src[r * lds + i] for an 8 x 8 block.
-AVX512 static inline void transpose8(const float *src, long lds, float *dst, long ldd) {
+AVX2 static inline void transpose8(const float *src, long lds, float *dst, long ldd) {
     __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
            r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds),
            r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
@@ -122,7 +122,8 @@ AVX512 static inline void transpose8(const float *src, long lds, float *dst, lon
 }
 
 // op(A)[i0 : i0+mc, p0 : p0+kc] into MR-row panels: panel q holds rows q*MR.., as kc groups of MR.
-AVX512 static void pack_a(int transpose, const float *a, long lda, long i0, long p0, long mc, long kc, float *dst) {
+// Packing needs only 256-bit moves, so one version serves both paths.
+AVX2 static void pack_a(int transpose, const float *a, long lda, long i0, long p0, long mc, long kc, float *dst) {
     for (long ip = 0; ip < mc; ip += MR) {
         long mr = min_long(MR, mc - ip);
         float *d = dst + ip * kc;
@@ -152,7 +153,7 @@ AVX512 static void pack_a(int transpose, const float *a, long lda, long i0, long
 }
 
 // op(B)[p0 : p0+kc, j0 : j0+nc] into NR-column panels: panel q holds columns q*NR.., as kc rows of NR.
-AVX512 static void pack_b(int transpose, const float *b, long ldb, long p0, long j0, long kc, long nc, float *dst) {
+AVX2 static void pack_b(int transpose, const float *b, long ldb, long p0, long j0, long kc, long nc, float *dst) {
     for (long jp = 0; jp < nc; jp += NR) {
         long nr = min_long(NR, nc - jp);
         float *d = dst + jp * kc;
@@ -160,8 +161,10 @@ AVX512 static void pack_b(int transpose, const float *b, long ldb, long p0, long
             if (nr == NR) {
                 for (long p = 0; p < kc; p++) {
                     const float *src = b + (p0 + p) * ldb + j0 + jp;
-                    _mm512_store_ps(d + p * NR, _mm512_loadu_ps(src));
-                    _mm512_store_ps(d + p * NR + 16, _mm512_loadu_ps(src + 16));
+                    _mm256_store_ps(d + p * NR, _mm256_loadu_ps(src));
+                    _mm256_store_ps(d + p * NR + 8, _mm256_loadu_ps(src + 8));
+                    _mm256_store_ps(d + p * NR + 16, _mm256_loadu_ps(src + 16));
+                    _mm256_store_ps(d + p * NR + 24, _mm256_loadu_ps(src + 24));
                 }
             } else {
                 for (long p = 0; p < kc; p++) {
@@ -245,96 +248,6 @@ AVX512 static void kernel16(long kc, const float *restrict a, const float *restr
     }
 }
 
-// ---- AVX2 + FMA ----
-
-AVX2 static inline void transpose8_avx2(const float *src, long lds, float *dst, long ldd) {
-    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
-           r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds),
-           r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
-           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
-           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
-           u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
-           u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
-           u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
-}
-
-// As pack_a.
-AVX2 static void pack_a_avx2(int transpose, const float *a, long lda, long i0, long p0, long mc, long kc, float *dst) {
-    for (long ip = 0; ip < mc; ip += MR) {
-        long mr = min_long(MR, mc - ip);
-        float *d = dst + ip * kc;
-        if (!transpose) {
-            const float *src = a + (i0 + ip) * lda + p0;
-            long p = 0;
-            if (mr == MR)
-                for (; p + 8 <= kc; p += 8) transpose8_avx2(src + p, lda, d + p * MR, MR);
-            for (; p < kc; p++) {
-                long r = 0;
-                for (; r < mr; r++) d[p * MR + r] = src[r * lda + p];
-                for (; r < MR; r++) d[p * MR + r] = 0;
-            }
-        } else {
-            for (long p = 0; p < kc; p++) {
-                const float *src = a + (p0 + p) * lda + i0 + ip;
-                if (mr == MR) {
-                    _mm256_store_ps(d + p * MR, _mm256_loadu_ps(src));
-                    continue;
-                }
-                long r = 0;
-                for (; r < mr; r++) d[p * MR + r] = src[r];
-                for (; r < MR; r++) d[p * MR + r] = 0;
-            }
-        }
-    }
-}
-
-// As pack_b.
-AVX2 static void pack_b_avx2(int transpose, const float *b, long ldb, long p0, long j0, long kc, long nc, float *dst) {
-    for (long jp = 0; jp < nc; jp += NR) {
-        long nr = min_long(NR, nc - jp);
-        float *d = dst + jp * kc;
-        if (!transpose) {
-            if (nr == NR) {
-                for (long p = 0; p < kc; p++) {
-                    const float *src = b + (p0 + p) * ldb + j0 + jp;
-                    _mm256_store_ps(d + p * NR, _mm256_loadu_ps(src));
-                    _mm256_store_ps(d + p * NR + 8, _mm256_loadu_ps(src + 8));
-                    _mm256_store_ps(d + p * NR + 16, _mm256_loadu_ps(src + 16));
-                    _mm256_store_ps(d + p * NR + 24, _mm256_loadu_ps(src + 24));
-                }
-            } else {
-                for (long p = 0; p < kc; p++) {
-                    const float *src = b + (p0 + p) * ldb + j0 + jp;
-                    long c = 0;
-                    for (; c < nr; c++) d[p * NR + c] = src[c];
-                    for (; c < NR; c++) d[p * NR + c] = 0;
-                }
-            }
-        } else {
-            const float *src = b + (j0 + jp) * ldb + p0;
-            long c = 0;
-            for (; c + 8 <= nr; c += 8) {
-                long p = 0;
-                for (; p + 8 <= kc; p += 8) transpose8_avx2(src + c * ldb + p, ldb, d + p * NR + c, NR);
-                for (; p < kc; p++)
-                    for (long cc = c; cc < c + 8; cc++) d[p * NR + cc] = src[cc * ldb + p];
-            }
-            for (; c < NR; c++)
-                for (long p = 0; p < kc; p++) d[p * NR + c] = c < nr ? src[c * ldb + p] : 0;
-        }
-    }
-}
-
 // C[0:4, 0:16] = alpha * (rows 0-3 of the A panel x 16 columns of B) + beta * C: `a` points at the panel's
 // first row of the four (the panel stays MR wide), `b` at the first of the 16 columns.
 AVX2 static void kernel_4x16(long kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
@@ -381,52 +294,19 @@ AVX2 static inline void kernel_avx2(long kc, const float *a, const float *b, lon
     }
 }
 
-AVX2 static void product_avx2(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda,
-                              const float *b, long ldb, float beta, float *c, long ldc, PackBuffers *buffers) {
-    float edge[MR * NR] __attribute__((aligned(64)));
-    int direct_b = !tb && m <= 32 && ldb % 32 == 16;
-    for (long jc = 0; jc < n; jc += NC) {
-        long nc = min_long(NC, n - jc);
-        for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
-            long kc = min_long(kb, k - pc);
-            float scale = pc == 0 ? beta : 1;
-            if (!direct_b) pack_b_avx2(tb, b, ldb, pc, jc, kc, nc, buffers->b);
-            for (long ic = 0; ic < m; ic += MC) {
-                long mc = min_long(MC, m - ic);
-                pack_a_avx2(ta, a, lda, ic, pc, mc, kc, buffers->a);
-                for (long jr = 0; jr < nc; jr += NR) {
-                    long nr = min_long(NR, nc - jr);
-                    const float *panel_b = buffers->b + jr * kc;
-                    long stride_b = NR;
-                    if (direct_b && nr == NR) {
-                        panel_b = b + pc * ldb + jc + jr;
-                        stride_b = ldb;
-                    } else if (direct_b && ic == 0) {
-                        pack_b_avx2(tb, b, ldb, pc, jc + jr, kc, nr, buffers->b + jr * kc);
-                    }
-                    for (long ir = 0; ir < mc; ir += MR) {
-                        long mr = min_long(MR, mc - ir);
-                        const float *panel_a = buffers->a + ir * kc;
-                        float *tile = c + (ic + ir) * ldc + jc + jr;
-                        if (mr == MR && (nr == NR || nr == 16)) {
-                            kernel_avx2(kc, panel_a, panel_b, stride_b, tile, ldc, alpha, scale, nr);
-                            continue;
-                        }
-                        kernel_avx2(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0, nr <= 16 ? 16 : NR);
-                        for (long i = 0; i < mr; i++)
-                            for (long j = 0; j < nr; j++) {
-                                float value = alpha * edge[i * NR + j];
-                                tile[i * ldc + j] = scale == 0 ? value : value + scale * tile[i * ldc + j];
-                            }
-                    }
-                }
-            }
-        }
-    }
+// An MR x width tile (width 16 or 32) on AVX-512.
+AVX512 static void kernel_avx512(long kc, const float *a, const float *b, long ldb, float *c, long ldc, float alpha, float beta,
+                                 long width) {
+    if (width > 16) kernel(kc, a, b, ldb, c, ldc, alpha, beta);
+    else kernel16(kc, a, b, ldb, c, ldc, alpha, beta);
 }
 
-AVX512 static void product(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda,
-                           const float *b, long ldb, float beta, float *c, long ldc, PackBuffers *buffers) {
+// A path's MR x width register tile (width 16 or 32): C = alpha * (A panel x B panel) + beta * C.
+typedef void (*TileKernel)(long kc, const float *a, const float *b, long ldb, float *c, long ldc, float alpha, float beta, long width);
+
+// The blocked product around a path's tile.
+static void product(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda, const float *b, long ldb,
+                    float beta, float *c, long ldc, PackBuffers *buffers, TileKernel tile) {
     float edge[MR * NR] __attribute__((aligned(64)));
     // A few rows of A against a plain B whose rows fall in different L1 sets (a leading dimension of an odd
     // number of 64-byte lines): the kernel reads B in place; packing it would cost more than it saves.
@@ -453,21 +333,17 @@ AVX512 static void product(int ta, int tb, long m, long n, long k, float alpha, 
                     for (long ir = 0; ir < mc; ir += MR) {
                         long mr = min_long(MR, mc - ir);
                         const float *panel_a = buffers->a + ir * kc;
-                        float *tile = c + (ic + ir) * ldc + jc + jr;
-                        if (mr == MR && nr == NR) {
-                            kernel(kc, panel_a, panel_b, stride_b, tile, ldc, alpha, scale);
+                        float *tile_c = c + (ic + ir) * ldc + jc + jr;
+                        if (mr == MR && (nr == NR || nr == 16)) {
+                            tile(kc, panel_a, panel_b, stride_b, tile_c, ldc, alpha, scale, nr);
                             continue;
                         }
-                        if (mr == MR && nr == 16) {
-                            kernel16(kc, panel_a, panel_b, stride_b, tile, ldc, alpha, scale);
-                            continue;
-                        }
-                        if (nr <= 16) kernel16(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0);
-                        else kernel(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0);
+                        // Edge tiles through a scratch tile.
+                        tile(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0, nr <= 16 ? 16 : NR);
                         for (long i = 0; i < mr; i++)
                             for (long j = 0; j < nr; j++) {
                                 float value = alpha * edge[i * NR + j];
-                                tile[i * ldc + j] = scale == 0 ? value : value + scale * tile[i * ldc + j];
+                                tile_c[i * ldc + j] = scale == 0 ? value : value + scale * tile_c[i * ldc + j];
                             }
                     }
                 }
@@ -483,8 +359,8 @@ int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float
     if (m <= 0 || n <= 0) return 1;
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
-    if (path == COHORT_GEMM_AVX512) product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers);
-    else product_avx2(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers);
+    product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers,
+            path == COHORT_GEMM_AVX512 ? kernel_avx512 : kernel_avx2);
     return 1;
 }
 

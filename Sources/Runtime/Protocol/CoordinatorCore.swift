@@ -1,4 +1,5 @@
 import Foundation
+import Tensors
 import Training
 import Wire
 
@@ -132,7 +133,7 @@ public struct CoordinatorCore {
     var training = false
     var resumedFromState = false
     var started = 0.0
-    var sessionGenerator: SplitMix
+    var sessionGenerator: SeededGenerator
     var pendingStop: StopRequest?
     var now = 0.0
     private var actions: [Action] = []
@@ -166,7 +167,7 @@ public struct CoordinatorCore {
         statuses = Array(repeating: nil, count: n)
         state.lastEvaluation = Array(repeating: nil, count: n)
         state.teacherTop1 = teacherTop1
-        sessionGenerator = SplitMix(seed: sessionSeed)
+        sessionGenerator = SeededGenerator(seed: sessionSeed)
     }
 
     /// Whether the run is over (an ``Action/finish(_:)`` was returned).
@@ -733,18 +734,5 @@ public struct CoordinatorCore {
 
     private mutating func log(_ level: CoreLog.Level, _ message: String, _ metadata: [String: String] = [:], sender: String? = nil) {
         actions.append(.log(CoreLog(level, message, metadata, sender: sender)))
-    }
-}
-
-/// A small deterministic generator (SplitMix64) for admission tokens.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
