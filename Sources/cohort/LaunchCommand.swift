@@ -63,6 +63,7 @@ struct LaunchCommand: ParsableCommand {
     }
 
     func run() throws {
+        guard teacherAhead >= 0 else { throw CLIError(message: "--teacher-ahead must be 0 (off) or more steps, not \(teacherAhead)") }
         let configuration = try loadConfiguration(config, out: out)
         let output = configuration.output
         // One launch per output directory; then nothing in it is overwritten.
