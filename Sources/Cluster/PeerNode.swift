@@ -32,6 +32,9 @@ public final class PeerNode {
     let teacherFeatureCount: Int?
     private let context: ZMQContext
     private let work: ThreadedPeerWork
+    /// Mesh mode: the data plane, and the ZAP handler admitting the cohort's peers to it (with security).
+    private let mesh: MeshLink?
+    private let zap: ZAPHandler?
     /// The Prometheus endpoint (`--metrics-port`).
     private let metricsEndpoint: MetricsEndpoint?
 
@@ -42,8 +45,10 @@ public final class PeerNode {
     ///   - console: where this peer's records are printed (info and above); every record at info and
     ///     above also goes to the coordinator's log stream.
     ///   - metricsPort: serve this peer's step metrics for Prometheus on this port (0: any free one).
+    ///   - meshBind: mesh mode: where to bind the data socket the other peers send their outputs to
+    ///     (default: a free port, on loopback when the coordinator is on this host).
     public init(configuration: CohortConfiguration, rank: Int, coordinator: String, resume: Bool = false, keyPath: String? = nil,
-                console: any LogSink = ConsoleSink(), metricsPort: Int? = nil) throws {
+                console: any LogSink = ConsoleSink(), metricsPort: Int? = nil, meshBind: String? = nil) throws {
         precondition(configuration.peers.indices.contains(rank), "rank \(rank) is checked by the caller")
         self.rank = rank
         self.configuration = configuration
@@ -72,7 +77,19 @@ public final class PeerNode {
             Architecture(name: $0.model)!.make(inputChannels: kind.channels, classCount: kind.classCount, seed: 0).featureCount
         }
         codec = WireCodec(digest: configuration.digest)
-        context = try ZMQContext()
+        let context = try ZMQContext()
+        self.context = context
+        if configuration.network.exchange == .mesh {
+            let keys = self.keys, codec = self.codec
+            zap = try keys.map { try ZAPHandler(context: context, keys: $0, logger: logger) }
+            let link = try MeshLink(context: context, bind: meshBind ?? MeshLink.defaultBind(coordinator: coordinator), host: host, keys: keys,
+                                    codec: codec, logger: logger)
+            mesh = link
+            logger.info("receiving the others' outputs at \(link.endpoint)", metadata: ["data_endpoint": "\(link.endpoint)"])
+        } else {
+            zap = nil
+            mesh = nil
+        }
         let warnings = RateLimitedWarnings()
         let compute = try PeerCompute(configuration: configuration, rank: rank, data: data, teacherFeatureCount: teacherFeatureCount, host: host,
                                       log: { log($0, to: logger, warnings: warnings) })
@@ -91,23 +108,24 @@ public final class PeerNode {
         work = ThreadedPeerWork(compute)
     }
 
-    deinit { work.stop() }
+    deinit { work.stop(); zap?.stop() }
 
-    private func connect() throws -> ProtocolSocket {
+    private func connect() throws -> PeerSockets {
         let dealer = try ZMQSocket(context, type: .dealer)
         try dealer.setLinger(milliseconds: 2000)
         try dealer.setSendTimeout(milliseconds: Int(configuration.network.timeout * 1000))
         try dealer.setMaximumMessageSize(bytes: Int64(codec.maximumBytes))
         if let keys { try dealer.makeCurveClient(serverKey: keys.coordinator, keys: keys.own) }
         try dealer.connect(coordinatorEndpoint)
-        return ProtocolSocket(dealer, codec: codec, logger: logger, routed: false)
+        return PeerSockets(control: ProtocolSocket(dealer, codec: codec, logger: logger, routed: false), mesh: mesh)
     }
 
     /// Joins the cohort and trains until the coordinator says the run is finished.
     /// - Throws: ``PeerError`` when refused, out of step, stopped or left without a coordinator.
     public func run() throws {
         let core = PeerCore(configuration: configuration, rank: rank, sampler: sampler, teacherFeatureCount: teacherFeatureCount,
-                            timing: ProtocolTiming(configuration.network), done: stepsDone, host: host, endpoint: coordinatorEndpoint)
+                            timing: ProtocolTiming(configuration.network), done: stepsDone, host: host, endpoint: coordinatorEndpoint,
+                            dataEndpoint: mesh?.endpoint)
         let driver = PeerDriver(core: core, transport: try connect(), work: work)
         let warnings = RateLimitedWarnings()
         driver.log = { [logger] in log($0, to: logger, warnings: warnings) }

@@ -94,6 +94,18 @@ public struct CohortConfiguration: Sendable, Equatable {
         /// Seconds without a heartbeat after which a peer is marked absent (and a peer deems the
         /// coordinator lost and tries to rejoin).
         public var heartbeatTimeout: Double = 10
+        /// How the peers' outputs travel each step.
+        public var exchange = ExchangeMode.coordinator
+
+        /// How the peers' outputs travel each step (`network.exchange`).
+        public enum ExchangeMode: String, Sendable, Equatable, CaseIterable {
+            /// Each peer sends its outputs to the coordinator, which sends each the others'.
+            case coordinator
+            /// Each peer sends its outputs straight to the others (ZeroMQ, CURVE where configured); the
+            /// coordinator keeps admission, membership, the step barrier, checkpoints and the teacher's
+            /// outputs, and its traffic no longer grows with the square of the cohort's size.
+            case mesh
+        }
     }
 
     /// CURVE keys: the coordinator's public key and the public keys admitted, one per peer (by rank) and
@@ -102,6 +114,10 @@ public struct CohortConfiguration: Sendable, Equatable {
         public var coordinatorKey: String
         public var peerKeys: [String]
         public var monitorKeys: [String] = []
+
+        public init(coordinatorKey: String, peerKeys: [String], monitorKeys: [String] = []) {
+            self.coordinatorKey = coordinatorKey; self.peerKeys = peerKeys; self.monitorKeys = monitorKeys
+        }
     }
 
     public var data = DataSettings()

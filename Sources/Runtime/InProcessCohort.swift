@@ -105,7 +105,7 @@ public final class InProcessCohort {
         let drivers = computes.map { compute in
             PeerDriver(core: PeerCore(configuration: configuration, rank: compute.rank, sampler: data.sampler,
                                       teacherFeatureCount: teacher?.model.featureCount, timing: .reliable, done: compute.done, host: "inproc",
-                                      endpoint: "inproc"),
+                                      endpoint: "inproc", dataEndpoint: InMemoryHub.dataEndpoint(rank: compute.rank)),
                        transport: hub.peerEnd(rank: compute.rank), work: InlinePeerWork(compute))
         }
         let peerLog = self.peerLog

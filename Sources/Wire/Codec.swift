@@ -160,13 +160,17 @@ public struct WireCodec: Sendable {
             let hello = try body(Message.Hello.self)
             try HeaderBounds.field("hello.model", hello.model, limit: HeaderBounds.maximumNameBytes)
             try HeaderBounds.field("hello.host", hello.host, limit: HeaderBounds.maximumHostBytes)
+            try HeaderBounds.field("hello.dataEndpoint", hello.dataEndpoint, limit: HeaderBounds.maximumEndpointBytes)
             return .hello(hello)
         case "welcome":
             try noTensors()
             let welcome = try body(Message.Welcome.self)
             try HeaderBounds.field("welcome.reason", welcome.reason, limit: HeaderBounds.maximumReasonBytes)
             return .welcome(welcome)
-        case "step": return .step(try body(Message.Step.self), teacher: tensors)
+        case "step":
+            let step = try body(Message.Step.self)
+            for endpoint in step.endpoints ?? [] { try HeaderBounds.field("step.endpoints", endpoint, limit: HeaderBounds.maximumEndpointBytes) }
+            return .step(step, teacher: tensors)
         case "outputs": return .outputs(try body(Message.StepOutputs.self), tensors: tensors)
         case "others": return .others(try body(Message.Others.self), tensors: tensors)
         case "evaluate": try noTensors(); return .evaluate(try body(Message.Evaluate.self))

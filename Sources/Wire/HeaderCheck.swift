@@ -12,6 +12,8 @@ public enum HeaderBounds {
     public static let maximumNameBytes = 64
     /// The longest host name (DNS's limit).
     public static let maximumHostBytes = 255
+    /// The longest endpoint (`tcp://`, a host name, a port).
+    public static let maximumEndpointBytes = 300
     /// The longest reason (a refusal, a shutdown).
     public static let maximumReasonBytes = 1024
     /// How much of a sender's text a receiver repeats in its logs and replies.

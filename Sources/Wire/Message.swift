@@ -33,8 +33,11 @@ public enum Message: Sendable, Equatable {
         public let host: String?
         /// Steps the peer's state has trained (a restarted or rejoining peer's position); absent: 0.
         public let resumeStep: Int?
-        public init(rank: Int, model: String, host: String? = nil, resumeStep: Int? = nil) {
-            self.rank = rank; self.model = model; self.host = host; self.resumeStep = resumeStep
+        /// Where the other peers reach this one with their outputs (`network.exchange: mesh`); absent
+        /// when the outputs go through the coordinator.
+        public let dataEndpoint: String?
+        public init(rank: Int, model: String, host: String? = nil, resumeStep: Int? = nil, dataEndpoint: String? = nil) {
+            self.rank = rank; self.model = model; self.host = host; self.resumeStep = resumeStep; self.dataEndpoint = dataEndpoint
         }
     }
     public struct Welcome: Codable, Sendable, Equatable {
@@ -51,12 +54,38 @@ public enum Message: Sendable, Equatable {
         public let epoch: Int
         public let step: Int
         public let globalStep: Int
-        public init(epoch: Int, step: Int, globalStep: Int) { self.epoch = epoch; self.step = step; self.globalStep = globalStep }
+        /// Mesh mode only: which sending of the step this is (the coordinator numbers every step it
+        /// sends), so that outputs left over from an earlier sending of the same step are told apart.
+        public let attempt: Int?
+        /// Mesh mode only: the data endpoint of every peer taking part in the step, by rank (empty for
+        /// the others). Each participant sends its outputs to the others there.
+        public let endpoints: [String]?
+        public init(epoch: Int, step: Int, globalStep: Int, attempt: Int? = nil, endpoints: [String]? = nil) {
+            self.epoch = epoch; self.step = step; self.globalStep = globalStep; self.attempt = attempt; self.endpoints = endpoints
+        }
+
+        /// The step as the mesh sends it: numbered `attempt`, with the participants' data endpoints.
+        public func forMesh(attempt: Int, endpoints: [String]) -> Step {
+            Step(epoch: epoch, step: step, globalStep: globalStep, attempt: attempt, endpoints: endpoints)
+        }
+
+        /// The data endpoints of the step's participants other than `rank`.
+        public func meshTargets(excluding rank: Int) -> [MeshTarget] {
+            (endpoints ?? []).enumerated().compactMap { r, e in r == rank || e.isEmpty ? nil : MeshTarget(rank: r, endpoint: e) }
+        }
+    }
+    /// Where one peer sends its outputs in mesh mode.
+    public struct MeshTarget: Sendable, Equatable, Hashable {
+        public let rank: Int
+        public let endpoint: String
+        public init(rank: Int, endpoint: String) { self.rank = rank; self.endpoint = endpoint }
     }
     public struct StepOutputs: Codable, Sendable, Equatable {
         public let rank: Int
         public let globalStep: Int
-        public init(rank: Int, globalStep: Int) { self.rank = rank; self.globalStep = globalStep }
+        /// Mesh mode only: the step's ``Step/attempt``.
+        public let attempt: Int?
+        public init(rank: Int, globalStep: Int, attempt: Int? = nil) { self.rank = rank; self.globalStep = globalStep; self.attempt = attempt }
     }
     public struct Others: Codable, Sendable, Equatable {
         /// The receiver's rank.

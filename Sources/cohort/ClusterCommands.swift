@@ -106,7 +106,7 @@ let teacherAheadHelp = ArgumentHelp("Steps the teacher's outputs are computed ah
 struct PeerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "peer",
-        abstract: "Run one peer of a distributed cohort: train its network, exchanging outputs through the coordinator.",
+        abstract: "Run one peer of a distributed cohort: train its network, exchanging outputs through the coordinator or with the other peers.",
         discussion: """
             Every host needs the data set and the same configuration file. Writes OUTPUT/peer-<rank>/ \
             (metrics.jsonl, checkpoints/) on this host.
@@ -120,9 +120,15 @@ struct PeerCommand: ParsableCommand {
     @Option(help: "This peer's secret key file (cohort keygen), when the configuration has security keys.") var key: String?
     @Option(help: metricsPortHelp) var metricsPort: Int?
     @Flag(help: "Start from this peer's newest valid checkpoint and rejoin the cohort at its next step.") var resume = false
+    @Option(help: ArgumentHelp("""
+        With network.exchange: mesh, where to bind the socket the other peers send their outputs to, e.g. tcp://10.0.0.2:5580         (default: a free port; on loopback when the coordinator is on this host, else on every interface, advertised by host name).
+        """, valueName: "endpoint")) var meshEndpoint: String?
 
     func run() throws {
         let configuration = try loadConfiguration(config, out: out)
+        if meshEndpoint != nil, configuration.network.exchange != .mesh {
+            throw CLIError(message: "--mesh-endpoint: \(config) has network.exchange: \(configuration.network.exchange.rawValue); it takes effect with mesh")
+        }
         guard configuration.peers.indices.contains(rank) else {
             throw CLIError(message: "--rank \(rank): \(config) has \(configuration.peers.count) peer(s), ranks 0...\(configuration.peers.count - 1)")
         }
@@ -141,7 +147,8 @@ struct PeerCommand: ParsableCommand {
         Parallelism.setThreadCount(threads)
         StopSignal.install()
         try reportingErrors(config) {
-            try PeerNode(configuration: configuration, rank: rank, coordinator: endpoint, resume: resume, keyPath: key, metricsPort: metricsPort).run()
+            try PeerNode(configuration: configuration, rank: rank, coordinator: endpoint, resume: resume, keyPath: key, metricsPort: metricsPort,
+                         meshBind: meshEndpoint).run()
         }
     }
 }

@@ -134,6 +134,11 @@ public struct CoordinatorCore {
     var resumedFromState = false
     var started = 0.0
     var sessionGenerator: SeededGenerator
+    /// Mesh mode: each member's data endpoint (from its hello).
+    var dataEndpoints: [String?]
+    /// Mesh mode: the number the next step sent carries (``Message/Step/attempt``); it starts at a
+    /// random value, so that a restarted coordinator's numbers differ from its predecessor's.
+    var nextAttempt: Int
     var pendingStop: StopRequest?
     var now = 0.0
     private var actions: [Action] = []
@@ -168,7 +173,13 @@ public struct CoordinatorCore {
         state.lastEvaluation = Array(repeating: nil, count: n)
         state.teacherTop1 = teacherTop1
         sessionGenerator = SeededGenerator(seed: sessionSeed)
+        dataEndpoints = Array(repeating: nil, count: n)
+        var attempts = SeededGenerator(seed: ~sessionSeed)
+        nextAttempt = Int(attempts.next() >> 16)
     }
+
+    /// Whether the peers send each other their outputs directly (`network.exchange: mesh`).
+    var exchangesOverMesh: Bool { configuration.network.exchange == .mesh }
 
     /// Whether the run is over (an ``Action/finish(_:)`` was returned).
     public var isDone: Bool { if case .done = stage { true } else { false } }
@@ -321,11 +332,20 @@ public struct CoordinatorCore {
         actions.append(.prepareStep(step))
     }
 
-    private mutating func sendStep(_ step: Message.Step, batchSize: Int, teacher: [TensorPayload]) {
+    private mutating func sendStep(_ prepared: Message.Step, batchSize: Int, teacher: [TensorPayload]) {
         let participants = presentRanks
-        send(.step(step, teacher: teacher), to: participants)
         let n = configuration.peers.count
-        stage = .gathering(Gathering(kind: .outputs(step, batchSize: batchSize, expected: configuration.outputLayout.expected(batchSize: batchSize)),
+        var step = prepared
+        if exchangesOverMesh {
+            // The participants' data endpoints travel with the step: a peer that rejoined from elsewhere
+            // is reached at its new one.
+            step = prepared.forMesh(attempt: nextAttempt, endpoints: (0..<n).map { participants.contains($0) ? dataEndpoints[$0] ?? "" : "" })
+            nextAttempt &+= 1
+        }
+        send(.step(step, teacher: teacher), to: participants)
+        // In mesh mode an output message only says the peer has sent its outputs to the others.
+        let expected = exchangesOverMesh ? [] : configuration.outputLayout.expected(batchSize: batchSize)
+        stage = .gathering(Gathering(kind: .outputs(step, batchSize: batchSize, expected: expected),
                                      awaiting: "the outputs of step \(step.globalStep)", pending: Set(participants), since: now,
                                      outputs: Array(repeating: [], count: n), arrival: Array(repeating: now, count: n),
                                      logits: Array(repeating: [], count: n)))
@@ -344,7 +364,7 @@ public struct CoordinatorCore {
         for i in delivered.indices {
             let rank = delivered[(i + step.globalStep) % delivered.count]
             let ranks = delivered.filter { $0 != rank }
-            let others = ranks.flatMap { r in layout.forOthers(rank: r, g.outputs[r]) }
+            let others = exchangesOverMesh ? [] : ranks.flatMap { r in layout.forOthers(rank: r, g.outputs[r]) }
             send(.others(.init(rank: rank, globalStep: step.globalStep, ranks: ranks, waitSeconds: now - g.arrival[rank]), tensors: others),
                  to: [rank])
         }
@@ -615,7 +635,7 @@ public struct CoordinatorCore {
     private mutating func gather(_ message: Message, from rank: Int) -> Bool {
         guard case .gathering(var g) = stage, g.pending.contains(rank) else { return false }
         switch (g.kind, message) {
-        case (.outputs(let step, _, let expected), .outputs(let body, let tensors)) where body.globalStep == step.globalStep:
+        case (.outputs(let step, _, let expected), .outputs(let body, let tensors)) where body.globalStep == step.globalStep && body.attempt == step.attempt:
             do {
                 guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
                 let byName = try expectTensors(tensors, expected)
@@ -657,6 +677,10 @@ public struct CoordinatorCore {
             reason = "rank \(r) runs \(configuration.peers[r].model) in this cohort, not \(hello.model)"
         } else if secure && user != "peer-\(r)" {
             reason = "this connection's key is not peer \(r)'s"
+        } else if exchangesOverMesh && (hello.dataEndpoint ?? "").isEmpty {
+            reason = "this cohort's peers send each other their outputs (network.exchange: mesh), and this peer offers no data endpoint: start it with the coordinator's configuration"
+        } else if !exchangesOverMesh && hello.dataEndpoint != nil {
+            reason = "this cohort's outputs go through the coordinator (network.exchange: coordinator), and this peer is configured for mesh: start it with the coordinator's configuration"
         }
         if let reason {
             log(.warning, "refused a peer", ["rank": "\(r)", "host": hello.host ?? "?", "reason": reason, "from": sender], sender: sender)
@@ -688,6 +712,7 @@ public struct CoordinatorCore {
         members[r] = connection
         membership[r] = .joining
         hosts[r] = hello.host ?? "?"
+        dataEndpoints[r] = hello.dataEndpoint
         lastHeard[r] = now
         resumeSteps[r] = hello.resumeStep ?? 0
         sessions[r] = Int(sessionGenerator.next() >> 1) | 1

@@ -141,6 +141,8 @@ public final class CoordinatorDriver {
         case .invalid(let error, let from):
             guard let from else { return }
             handle(.invalid(error, from: from), now: now)
+        case .peerData:
+            break  // the coordinator has no data plane
         }
     }
 
@@ -209,6 +211,11 @@ public final class PeerDriver {
                     // A lost link shows as silence: the liveness check rejoins.
                     if case .heartbeat = message {} else { log(CoreLog(.warning, "could not send a \(message.type) message", ["error": "\(error)"])) }
                 }
+            case .publish(let message, let targets):
+                do { try transport.publish(message, to: targets) } catch {
+                    // A peer that does not get them is left waiting and rejoins.
+                    log(CoreLog(.warning, "could not send the outputs to every peer", ["error": "\(error)"]))
+                }
             case .schedule(let timer, let at):
                 timers[timer] = at
             case .perform(let w):
@@ -256,6 +263,7 @@ public final class PeerDriver {
         switch input {
         case .message(let message, _, _): try handle(.received(message), now: now)
         case .invalid(let error, _): try handle(.invalid(error), now: now)
+        case .peerData(let message, let user): try handle(.peerData(message, user: user), now: now)
         }
     }
 
@@ -270,13 +278,16 @@ public final class PeerDriver {
     }
 }
 
-/// The in-memory transport: queues between the coordinator and its peers in one process. Nothing is
-/// lost, reordered or waited for; messages pass as values.
+/// The in-memory transport: queues between the coordinator and its peers in one process, and between
+/// the peers (mesh mode). Nothing is lost, reordered or waited for; messages pass as values.
 public final class InMemoryHub {
     fileprivate var toCoordinator: [(from: ConnectionID, message: Message)] = []
-    fileprivate var toPeer: [[Message]]
+    fileprivate var toPeer: [[TransportInput]]
 
     public init(peers: Int) { toPeer = Array(repeating: [], count: peers) }
+
+    /// Peer `rank`'s data endpoint in mesh mode.
+    public static func dataEndpoint(rank: Int) -> String { "memory://peer-\(rank)" }
 
     /// The coordinator's end.
     public func coordinatorEnd() -> any MessageTransport { CoordinatorEnd(hub: self) }
@@ -292,7 +303,7 @@ public final class InMemoryHub {
         init(hub: InMemoryHub) { self.hub = hub }
         func send(_ message: Message, to connection: ConnectionID?) throws {
             let rank = connection!.reduce(0) { $0 << 8 | Int($1) }
-            hub.toPeer[rank].append(message)
+            hub.toPeer[rank].append(.message(message, from: nil, user: nil))
         }
         func receive(until deadline: Double) throws -> TransportInput? {
             guard !hub.toCoordinator.isEmpty else { return nil }
@@ -311,7 +322,15 @@ public final class InMemoryHub {
         }
         func receive(until deadline: Double) throws -> TransportInput? {
             guard !hub.toPeer[rank].isEmpty else { return nil }
-            return .message(hub.toPeer[rank].removeFirst(), from: nil, user: nil)
+            return hub.toPeer[rank].removeFirst()
+        }
+        func publish(_ message: Message, to targets: [Message.MeshTarget]) throws {
+            for target in targets {
+                guard target.endpoint == InMemoryHub.dataEndpoint(rank: target.rank) else {
+                    throw TransportError(description: "no peer at \(target.endpoint) in this process")
+                }
+                hub.toPeer[target.rank].append(.peerData(message, user: "peer-\(rank)"))
+            }
         }
     }
 }

@@ -61,6 +61,9 @@ public struct PeerCore {
         case timer(Timer)
         case done(PeerWorkResult)
         case stop(signal: Int32)
+        /// Mesh mode: a message from another peer's data plane, with the sender's authenticated user
+        /// (with CURVE).
+        case peerData(Message, user: String?)
     }
 
     public enum Timer: Hashable, Sendable {
@@ -71,6 +74,8 @@ public struct PeerCore {
 
     public enum Action: Sendable {
         case send(Message)
+        /// Mesh mode: send `message` to the other participants' data endpoints.
+        case publish(Message, to: [Message.MeshTarget])
         case schedule(Timer, at: Double)
         case perform(PeerWork)
         /// Drop the connection and open a fresh one (nothing stale queued) before the next hello.
@@ -93,6 +98,9 @@ public struct PeerCore {
         case ready(since: Double)
         case working(PeerWork, timing: StepTiming?)
         case awaitingOthers(Message.Step, teacher: TeacherOutputs?, sentAt: Double, timing: StepTiming)
+        /// Mesh mode: the coordinator named the step's other members (`ranks`); their outputs come
+        /// straight from them.
+        case awaitingPeers(Message.Step, teacher: TeacherOutputs?, ranks: [Int], since: Double, sentAt: Double, timing: StepTiming)
         case done
     }
 
@@ -105,6 +113,20 @@ public struct PeerCore {
     var batchSizes: (epoch: Int, sizes: [Int])?
     let host: String
     let endpoint: String
+    /// Mesh mode: where the other peers reach this one.
+    let dataEndpoint: String?
+    /// Mesh mode: the other peers' outputs as they arrive, by the step's sending and rank, until used.
+    var peerOutputs: [MeshKey: PeerData] = [:]
+
+    struct MeshKey: Hashable {
+        let attempt: Int
+        let rank: Int
+    }
+
+    struct PeerData {
+        let globalStep: Int
+        let tensors: [TensorPayload]
+    }
     /// Steps this peer's state has trained.
     public private(set) var done: Int
     /// The admission the heartbeats vouch for; nil while (re)joining.
@@ -132,13 +154,19 @@ public struct PeerCore {
     ///   - done: the steps the peer's state has trained (from its checkpoint, when resumed).
     ///   - teacherFeatureCount: the teacher's feature size, when the cohort has a teacher.
     ///   - endpoint: the coordinator's address, for messages.
+    ///   - dataEndpoint: where the other peers reach this one; required in mesh mode (`network.exchange: mesh`).
     public init(configuration: CohortConfiguration, rank: Int, sampler: any BatchSampler, teacherFeatureCount: Int?, timing: ProtocolTiming,
-                done: Int = 0, host: String = "", endpoint: String = "") {
+                done: Int = 0, host: String = "", endpoint: String = "", dataEndpoint: String? = nil) {
+        precondition(configuration.network.exchange == .coordinator || dataEndpoint != nil, "mesh mode needs a data endpoint")
         self.configuration = configuration; self.rank = rank; self.sampler = sampler
         stepsPerEpoch = sampler.batches(epoch: 0).count
         self.teacherFeatureCount = teacherFeatureCount; self.timing = timing; self.done = done
         self.host = host; self.endpoint = endpoint
+        self.dataEndpoint = configuration.network.exchange == .mesh ? dataEndpoint : nil
     }
+
+    /// Whether the peers send each other their outputs directly (`network.exchange: mesh`).
+    var exchangesOverMesh: Bool { dataEndpoint != nil }
 
     public var isDone: Bool { if case .done = stage { true } else { false } }
 
@@ -164,6 +192,8 @@ public struct PeerCore {
             complete(result)
         case .stop(let signal):
             fail(.signal(signal))
+        case .peerData(let message, let user):
+            receiveFromPeer(message, user: user)
         }
         defer { actions = [] }
         return actions
@@ -178,7 +208,7 @@ public struct PeerCore {
     }
 
     private mutating func sayHello() {
-        actions.append(.send(.hello(.init(rank: rank, model: configuration.peers[rank].model, host: host, resumeStep: done))))
+        actions.append(.send(.hello(.init(rank: rank, model: configuration.peers[rank].model, host: host, resumeStep: done, dataEndpoint: dataEndpoint))))
         schedule(.hello, after: max(2, timing.heartbeatInterval * 2))
     }
 
@@ -214,7 +244,7 @@ public struct PeerCore {
                 log(.notice, "no answer from the coordinator yet; it may still be loading its data or evaluating its teacher, or not be running at \(endpoint)",
                     ["waited_seconds": "\(Int(now - since))", "gives_up_in_seconds": "\(Int(deadline - now))"])
             }
-        case .ready, .working, .awaitingOthers:
+        case .ready, .working, .awaitingOthers, .awaitingPeers:
             let silentFor = now - lastHeard
             var lost: String?
             if silentFor > timing.heartbeatTimeout {
@@ -222,6 +252,10 @@ public struct PeerCore {
             } else if case .awaitingOthers(let step, _, let sentAt, _) = stage, now - max(sentAt, lastMessage) > 2 * timing.timeout {
                 // The coordinator went away, or dropped this peer from the step: the step is abandoned.
                 lost = "no others' outputs for step \(step.globalStep)"
+            } else if case .awaitingPeers(let step, _, let ranks, let since, _, _) = stage, now - since > 2 * timing.timeout {
+                // A peer the coordinator counted did not reach this one: the step is abandoned here.
+                let missing = ranks.filter { peerOutputs[MeshKey(attempt: step.attempt ?? 0, rank: $0)] == nil }
+                lost = "no outputs from peer(s) \(missing.map(String.init).joined(separator: ", ")) for step \(step.globalStep) over the mesh"
             }
             guard let lost else { return }
             if isWorking { lostWhileWorking = lostWhileWorking ?? lost } else { rejoin(lost) }
@@ -298,6 +332,21 @@ public struct PeerCore {
             case .step:
                 // The cohort moved on without this peer (it was marked absent): rejoin properly.
                 rejoin("the cohort moved on while this peer awaited step \(step.globalStep)'s outputs")
+            case .others(let body, let tensors) where body.globalStep == step.globalStep && body.rank == rank && exchangesOverMesh:
+                do {
+                    try checkRanks(body.ranks)
+                    _ = try expectTensors(tensors, [])
+                    let participants = Set(step.meshTargets(excluding: rank).map(\.rank))
+                    guard participants.isSuperset(of: body.ranks) else {
+                        throw WireError.header("ranks \(body.ranks) did not all take part in step \(step.globalStep)")
+                    }
+                } catch {
+                    log(.warning, "dropped invalid others", ["reason": "\(error)"])
+                    return
+                }
+                timing.waited = body.waitSeconds
+                stage = .awaitingPeers(step, teacher: teacher, ranks: body.ranks, since: now, sentAt: sentAt, timing: timing)
+                finishIfPeersArrived()
             case .others(let body, let tensors) where body.globalStep == step.globalStep && body.rank == rank:
                 let others: [PeerOutputs]
                 do { others = try unpackOthers(tensors, ranks: body.ranks, batchSize: batchSize(of: step)) } catch {
@@ -312,9 +361,74 @@ public struct PeerCore {
             default:
                 log(.warning, "dropped an unexpected \(message.type) message", ["awaiting": "others of step \(step.globalStep)"])
             }
+        case .awaitingPeers(let step, _, _, _, _, _):
+            switch message {
+            case .step, .checkpoint, .evaluate:
+                // The coordinator counted this step done when every peer said its outputs were on their
+                // way; what follows may overtake them. It waits for this step's end.
+                inbox.append(message)
+            case .shutdown(let s):
+                shutdown(s)
+            default:
+                log(.warning, "dropped an unexpected \(message.type) message", ["awaiting": "the others' outputs of step \(step.globalStep)"])
+            }
         case .notStarted, .joining, .working, .done:
             inbox.append(message)
         }
+    }
+
+    // MARK: The mesh
+
+    /// Keeps another peer's outputs for the step they belong to (checked once that step is known).
+    private mutating func receiveFromPeer(_ message: Message, user: String?) {
+        guard exchangesOverMesh else { return }
+        guard case .outputs(let body, let tensors) = message, let attempt = body.attempt else {
+            log(.warning, "dropped a \(message.type) message from the mesh (only outputs travel there)")
+            return
+        }
+        let r = body.rank
+        guard r != rank, configuration.peers.indices.contains(r) else {
+            log(.warning, "dropped outputs from the mesh", ["reason": "rank \(r) is not another peer of this cohort"])
+            return
+        }
+        if let user, user != "peer-\(r)" {
+            log(.warning, "dropped outputs from the mesh", ["reason": "the sender's key is not peer \(r)'s", "user": user])
+            return
+        }
+        guard body.globalStep >= done else { return }  // a step this peer is past: left over
+        peerOutputs[MeshKey(attempt: attempt, rank: r)] = PeerData(globalStep: body.globalStep, tensors: tensors)
+        // At most a few steps' worth is held: the oldest go first.
+        let limit = 4 * configuration.peers.count
+        if peerOutputs.count > limit {
+            for key in peerOutputs.sorted(by: { $0.value.globalStep < $1.value.globalStep }).prefix(peerOutputs.count - limit).map(\.key) {
+                peerOutputs[key] = nil
+            }
+        }
+        if case .awaitingPeers = stage { finishIfPeersArrived() }
+    }
+
+    /// Mesh mode: once every rank the coordinator named has sent its outputs, the step goes on.
+    private mutating func finishIfPeersArrived() {
+        guard case .awaitingPeers(let step, let teacher, let ranks, _, let sentAt, var timing) = stage, let attempt = step.attempt else { return }
+        let keys = ranks.map { MeshKey(attempt: attempt, rank: $0) }
+        guard keys.allSatisfy({ peerOutputs[$0] != nil }) else { return }
+        let b = batchSize(of: step)
+        var others: [PeerOutputs] = []
+        for key in keys {
+            let data = peerOutputs[key]!
+            do {
+                guard data.globalStep == step.globalStep else { throw WireError.header("global step \(data.globalStep) for step \(step.globalStep)") }
+                others.append(try peerOutputs(rank: key.rank, data.tensors, batchSize: b))
+            } catch {
+                // The sender's copy is wrong and will not be sent again: wait, and rejoin if nothing better comes.
+                log(.warning, "dropped invalid outputs from the mesh", ["rank": "\(key.rank)", "reason": "\(error)"])
+                peerOutputs[key] = nil
+                return
+            }
+        }
+        peerOutputs = peerOutputs.filter { $0.value.globalStep > step.globalStep }
+        timing.exchange = max(0, now - sentAt - timing.waited)
+        perform(.finish(step, others: others, teacher: teacher, timing: timing), timing: timing)
     }
 
     private mutating func startStep(_ step: Message.Step, _ tensors: [TensorPayload], timing: StepTiming) {
@@ -385,7 +499,14 @@ public struct PeerCore {
             afterRewind = nil
         case .forwarded(let step, let outputs):
             if lostWhileWorking == nil {
-                actions.append(.send(.outputs(.init(rank: rank, globalStep: step.globalStep), tensors: outputs)))
+                if exchangesOverMesh {
+                    // The outputs to the others, then word to the coordinator that they are on their way.
+                    let header = Message.StepOutputs(rank: rank, globalStep: step.globalStep, attempt: step.attempt)
+                    actions.append(.publish(.outputs(header, tensors: outputs), to: step.meshTargets(excluding: rank)))
+                    actions.append(.send(.outputs(header, tensors: [])))
+                } else {
+                    actions.append(.send(.outputs(.init(rank: rank, globalStep: step.globalStep), tensors: outputs)))
+                }
                 guard case .forward(_, let teacher) = work, let timing else { break }
                 stage = .awaitingOthers(step, teacher: teacher, sentAt: now, timing: timing)
                 // What came during the forward pass (the others already, or a shutdown) is for this stage.
@@ -432,6 +553,11 @@ public struct PeerCore {
     private mutating func drainInbox() {
         while !inbox.isEmpty, !isWorking, !isDone {
             if case .joining = stage { return }
+            if case .awaitingPeers = stage {
+                // What comes after the step waits for it; only a shutdown does not.
+                if let i = inbox.firstIndex(where: { if case .shutdown = $0 { true } else { false } }) { act(on: inbox.remove(at: i)) }
+                return
+            }
             act(on: inbox.removeFirst())
         }
     }
@@ -456,14 +582,31 @@ public struct PeerCore {
                               logits: byName["logits"]!.values, gradientElement: byName["gradient_element"]!.values)
     }
 
-    /// The other present members' outputs, in rank order, checked against the shapes the configuration implies.
-    func unpackOthers(_ tensors: [TensorPayload], ranks: [Int], batchSize b: Int) throws -> [PeerOutputs] {
-        let classes = configuration.data.dataSet.classCount
-        let d = configuration.mcl.embeddingDimension
+    /// Checks that `ranks` are distinct other ranks of this cohort, ascending.
+    func checkRanks(_ ranks: [Int]) throws {
         guard ranks == ranks.sorted(), Set(ranks).count == ranks.count, !ranks.contains(rank),
               ranks.allSatisfy({ configuration.peers.indices.contains($0) }) else {
             throw WireError.header("ranks \(ranks) are not distinct other ranks of this cohort, ascending")
         }
+    }
+
+    /// Peer `r`'s outputs as it sent them over the mesh, checked against the shapes the configuration implies.
+    func peerOutputs(rank r: Int, _ tensors: [TensorPayload], batchSize b: Int) throws -> PeerOutputs {
+        let layout = configuration.outputLayout
+        let byName = try expectTensors(tensors, layout.expected(batchSize: b))
+        return PeerOutputs(rank: r, batchSize: b, embedding: byName[OutputLayout.Tensor.embedding.name]?.values,
+                           embeddingDimension: configuration.mcl.embeddingDimension,
+                           auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap {
+                               byName[OutputLayout.Tensor.auxiliaryEmbedding(branch: $0).name]?.values
+                           },
+                           logits: byName[OutputLayout.Tensor.logits.name]!.values, classCount: configuration.data.dataSet.classCount)
+    }
+
+    /// The other present members' outputs, in rank order, checked against the shapes the configuration implies.
+    func unpackOthers(_ tensors: [TensorPayload], ranks: [Int], batchSize b: Int) throws -> [PeerOutputs] {
+        let classes = configuration.data.dataSet.classCount
+        let d = configuration.mcl.embeddingDimension
+        try checkRanks(ranks)
         let layout = configuration.outputLayout
         let byName = try expectTensors(tensors, layout.expectedOthers(ranks: ranks, batchSize: b))
         return ranks.map { r in

@@ -133,6 +133,9 @@ public enum TransportInput: Sendable {
     case message(Message, from: ConnectionID?, user: String?)
     /// A message that failed validation (the transport has logged it), with its sender.
     case invalid(WireError, from: ConnectionID?)
+    /// Mesh mode, a peer's side: a valid message from another peer's data plane, with its authenticated
+    /// user (with CURVE).
+    case peerData(Message, user: String?)
 }
 
 /// Carries protocol messages for a driver: ZeroMQ sockets between processes, or queues in memory.
@@ -143,6 +146,21 @@ public protocol MessageTransport: AnyObject {
     func send(_ message: Message, to connection: ConnectionID?) throws
     /// The next input, waiting until `deadline` (seconds since 1970) at most; nil when none arrived.
     func receive(until deadline: Double) throws -> TransportInput?
+    /// Mesh mode, a peer's side: sends `message` to each target's data endpoint without waiting.
+    /// - Throws: when it cannot be handed over to some target (the others still get it).
+    func publish(_ message: Message, to targets: [Message.MeshTarget]) throws
+}
+
+extension MessageTransport {
+    public func publish(_ message: Message, to targets: [Message.MeshTarget]) throws {
+        throw TransportError(description: "this transport has no data plane between peers (network.exchange: mesh)")
+    }
+}
+
+/// A transport could not carry a message.
+public struct TransportError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// The time the drivers give the cores: seconds since 1970.

@@ -41,6 +41,9 @@ struct CoordinatorHarness {
     /// The connection of peer `rank`'s first process (`incarnation` counts restarts).
     static func connection(_ rank: Int, incarnation: Int = 0) -> ConnectionID { [UInt8(rank), UInt8(incarnation)] }
 
+    /// Mesh mode: the data endpoint of peer `rank`'s process.
+    static func dataEndpoint(_ rank: Int, incarnation: Int = 0) -> String { "tcp://host\(rank):\(6000 + incarnation)" }
+
     /// Handles `event` at the current time (after advancing the clock by `after` seconds); returns its actions.
     @discardableResult
     mutating func handle(_ event: CoordinatorCore.Event, after: Double = 0) -> [CoordinatorCore.Action] {
@@ -53,7 +56,8 @@ struct CoordinatorHarness {
     @discardableResult
     mutating func hello(_ rank: Int, incarnation: Int = 0, model: String = "resnet8", resumeStep: Int = 0, user: String? = nil,
                         after: Double = 0) -> [CoordinatorCore.Action] {
-        handle(.received(.hello(.init(rank: rank, model: model, host: "host\(rank)", resumeStep: resumeStep)),
+        let data = core.configuration.network.exchange == .mesh ? Self.dataEndpoint(rank, incarnation: incarnation) : nil
+        return handle(.received(.hello(.init(rank: rank, model: model, host: "host\(rank)", resumeStep: resumeStep, dataEndpoint: data)),
                          from: Self.connection(rank, incarnation: incarnation), user: user), after: after)
     }
 
@@ -134,7 +138,8 @@ struct PeerHarness {
 
     init(_ configuration: CohortConfiguration, rank: Int = 0, done: Int = 0, teacherFeatureCount: Int? = nil) {
         core = PeerCore(configuration: configuration, rank: rank, sampler: protocolSampler, teacherFeatureCount: teacherFeatureCount,
-                        timing: ProtocolTiming(configuration.network), done: done, host: "host", endpoint: "tcp://test:1")
+                        timing: ProtocolTiming(configuration.network), done: done, host: "host", endpoint: "tcp://test:1",
+                        dataEndpoint: CoordinatorHarness.dataEndpoint(rank))
     }
 
     @discardableResult
@@ -175,6 +180,20 @@ struct PeerHarness {
                    accuracy: 0.5, testAccuracy: nil, imagesPerSecond: 1, stepSeconds: 1, exchangeSeconds: 0, time: now, embeddingCosine: nil)
     }
 
+    /// Mesh mode: step `g` as the coordinator sends it, sending `attempt`, with `ranks` taking part.
+    static func meshStep(_ g: Int, attempt: Int, ranks: [Int] = [0, 1, 2]) -> Message.Step {
+        step(g).forMesh(attempt: attempt, endpoints: (0..<3).map { ranks.contains($0) ? CoordinatorHarness.dataEndpoint($0) : "" })
+    }
+
+    /// Mesh mode: peer `rank`'s outputs for step `g` (sending `attempt`) as they come over the mesh.
+    func meshOutputs(from rank: Int, _ g: Int, attempt: Int, batch: Int = 4, value: Float = 0.5, user: String? = nil) -> PeerCore.Event {
+        let tensors = core.configuration.outputLayout.expected(batchSize: batch).map {
+            TensorPayload(name: $0.name, shape: $0.shape, values: Array(repeating: value, count: $0.shape.reduce(1, *)))
+        }
+        return .peerData(.outputs(.init(rank: rank, globalStep: g, attempt: attempt), tensors: tensors), user: user)
+    }
+
+    var published: [(Message, [Message.MeshTarget])] { actions.compactMap { if case .publish(let m, let t) = $0 { (m, t) } else { nil } } }
     var sent: [Message] { actions.compactMap { if case .send(let m) = $0 { m } else { nil } } }
     var work: [PeerWork] { actions.compactMap { if case .perform(let w) = $0 { w } else { nil } } }
     var logs: [CoreLog] { actions.compactMap { if case .log(let l) = $0 { l } else { nil } } }
