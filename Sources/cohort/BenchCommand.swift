@@ -4,6 +4,7 @@ import NN
 import Tensors
 import Benchmarks
 import Cluster
+import Runtime
 
 /// `cohort bench`: times training steps, convolution layers, the sgemm peak, the losses and the exchange.
 struct BenchCommand: ParsableCommand {
@@ -64,6 +65,16 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: ArgumentHelp("Run only the exchange benchmark's peers, connecting to ENDPOINT.", valueName: "endpoint"))
     var exchangeConnect: String?
+
+    @Option(help: ArgumentHelp("How the exchange benchmark's outputs travel: coordinator, or mesh (peer to peer).", valueName: "mode"))
+    var exchangeMode: String = "coordinator"
+
+    @Option(help: ArgumentHelp("With --exchange-connect, run only this peer (repeatable); one peer per process puts each behind its own link.",
+                               valueName: "rank"))
+    var exchangeRank: [Int] = []
+
+    @Option(help: ArgumentHelp("Mesh mode: where this process's synthetic peers bind their data sockets.", valueName: "endpoint"))
+    var meshEndpoint: String = "tcp://127.0.0.1:*"
 
     @Flag(help: "Everything: the step, the sgemm peak, the layers, every loss and the exchange.")
     var all = false
@@ -129,14 +140,23 @@ struct BenchCommand: ParsableCommand {
         }
         if all || exchange {
             let role: ExchangeBenchmark.Role = exchangeBind.map { .coordinator(bind: $0) } ?? exchangeConnect.map { .peers(connect: $0) } ?? .both
-            let r = try ExchangeBenchmark(peers: peers, batch: batch, classes: classes, rounds: Swift.max(steps * 20, 100), role: role).run()
+            guard let mode = CohortConfiguration.NetworkSettings.ExchangeMode(rawValue: exchangeMode) else {
+                throw CLIError(message: "--exchange-mode: \(exchangeMode) is not one of coordinator, mesh")
+            }
+            if let bad = exchangeRank.first(where: { !(0..<peers).contains($0) }) {
+                throw CLIError(message: "--exchange-rank \(bad): the benchmark has --peers \(peers), ranks 0...\(peers - 1)")
+            }
+            if !exchangeRank.isEmpty && exchangeConnect == nil { throw CLIError(message: "--exchange-rank goes with --exchange-connect") }
+            let r = try ExchangeBenchmark(peers: peers, batch: batch, classes: classes, rounds: Swift.max(steps * 20, 100), role: role,
+                                          mode: mode, ranks: exchangeRank.isEmpty ? nil : exchangeRank, meshBind: meshEndpoint).run()
             if exchangeBind != nil {
-                try emit(r, "exchange, coordinator's side: served \(r.rounds) rounds of \(r.peers) peers, \(r.coordinator_bytes_per_step) B per step")
+                try emit(r, "exchange (\(r.mode)), coordinator's side: served \(r.rounds) rounds of \(r.peers) peers, \(r.coordinator_bytes_per_step) B per step")
                 return
             }
-            try emit(r, "exchange, \(r.peers) peers, batch \(r.batch) (outputs \(r.outputs_bytes) B, others \(r.others_bytes) B): "
+            try emit(r, "exchange (\(r.mode)), \(r.peers) peers, batch \(r.batch) (outputs \(r.outputs_bytes) B, others \(r.others_bytes) B): "
                      + "round trip median \(r.median_ms) ms, mean \(r.mean_ms) ms, p90 \(r.p90_ms) ms; "
-                     + "coordinator \(r.coordinator_bytes_per_step) B per step (\(r.model_ms_at_1gbps) ms at 1 Gb/s)")
+                     + "coordinator \(r.coordinator_bytes_per_step) B per step, busiest peer link \(r.peer_link_bytes_per_step) B "
+                     + "(\(r.model_ms_at_1gbps) ms at 1 Gb/s)")
         }
     }
 
