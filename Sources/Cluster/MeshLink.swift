@@ -37,7 +37,7 @@ final class MeshLink {
         }
         try pull.bind(bind)
         endpoint = Self.advertised(pull.lastEndpoint, host: host)
-        socket = ProtocolSocket(pull, codec: codec, logger: logger, routed: false)
+        socket = ProtocolSocket(pull, codec: codec, logger: logger, routed: false, sender: "a peer (mesh)")
     }
 
     /// `bound` with a wildcard address replaced by `host`.

@@ -16,9 +16,11 @@ final class ProtocolSocket: MessageTransport {
     private(set) var rejected = 0
     /// Warnings about dropped messages, rate-limited per sender.
     let warnings = RateLimitedWarnings()
+    /// Who sends on an unrouted socket: the coordinator, or (a peer's data socket) the other peers.
+    let sender: String
 
-    init(_ socket: ZMQSocket, codec: WireCodec, logger: Logger, routed: Bool) {
-        self.socket = socket; self.codec = codec; self.logger = logger; self.routed = routed
+    init(_ socket: ZMQSocket, codec: WireCodec, logger: Logger, routed: Bool, sender: String = "coordinator") {
+        self.socket = socket; self.codec = codec; self.logger = logger; self.routed = routed; self.sender = sender
     }
 
     /// Sends `message` (to `identity` on a ROUTER socket).
@@ -59,7 +61,7 @@ final class ProtocolSocket: MessageTransport {
             return .message(try codec.decode(frames), from: identity, user: received.userID)
         } catch let error as WireError {
             rejected += 1
-            let sender = ProtocolSocket.describe(identity)
+            let sender = identity.map { ProtocolSocket.describe($0) } ?? self.sender
             warnings.warn(logger, sender: sender, "dropped a malformed message", metadata: ["reason": "\(error)", "from": "\(sender)"])
             return .invalid(error, from: identity)
         }

@@ -108,6 +108,14 @@ public struct CohortConfiguration: Sendable, Equatable {
         }
     }
 
+    /// Codistillation (Anil et al., 2018): each peer trains at its own pace and every `every` steps sends
+    /// its weights to the others over the mesh; each computes the others' embeddings and logits on its own
+    /// batch with the copies it holds (inference only) and feeds them to the same MCL terms.
+    public struct CodistillationSettings: Sendable, Equatable {
+        /// Steps between a peer's publications of its weights.
+        public var every = 50
+    }
+
     /// CURVE keys: the coordinator's public key and the public keys admitted, one per peer (by rank) and
     /// any number of monitors. Paths to files written by `cohort keygen`.
     public struct SecuritySettings: Sendable, Equatable {
@@ -136,6 +144,9 @@ public struct CohortConfiguration: Sendable, Equatable {
     public var peers: [Peer] = []
     public var mcl = MCLSettings()
     public var teacher: TeacherSettings?
+    /// Codistillation: the peers train without a step barrier and learn from each other's weights as
+    /// last published (`nil`: every step's outputs are exchanged).
+    public var codistillation: CodistillationSettings?
     public var output = "runs/cohort"
     public var evaluationBatchSize = 500
     /// Epochs between test-set evaluations (the last epoch is always evaluated); 1: every epoch.

@@ -353,6 +353,11 @@ public enum ConfigurationSchema {
                get: { $0.teacher?.rrd?.teacherTemperature }, set: { $0.teacher!.rrd!.teacherTemperature = $1 }),
         integer("teacher.rrd.embedding_dim", 1...65_536, "128", "the relation embeddings' size", digest: .withSection, scope: .cohort,
                 get: { $0.teacher?.rrd?.dimension }, set: { $0.teacher!.rrd!.dimension = $1 }),
+        section("codistillation", "absent (outputs every step)",
+                "codistillation: no step barrier; each peer learns from the others' weights as last published (needs `network.exchange: mesh`)",
+                scope: .cohort, open: { $0.codistillation = .init() }),
+        integer("codistillation.every", 1...1_000_000, "50", "steps between a peer's publications of its weights", digest: .withSection, scope: .cohort,
+                get: { $0.codistillation?.every }, set: { $0.codistillation!.every = $1 }),
         Key(path: "output", kind: .path, defaultText: "`runs/cohort` (`runs/train` for one network)", doc: "the run directory",
             digest: .no, scope: .every, note: nil, required: nil, read: { node, c in c.output = try node.string() }, value: { $0.output }),
         integer("evaluation_batch_size", 1...100_000, "500", "images per batch when evaluating", get: { $0.evaluationBatchSize }, set: { $0.evaluationBatchSize = $1 }),
@@ -442,6 +447,19 @@ public enum ConfigurationSchema {
         }
         if let keys = c.security?.peerKeys, keys.count != c.peers.count {
             throw ConfigurationError.badValue(path: "security.peer_keys", expected: "one key per peer (\(c.peers.count))", found: "\(keys.count)")
+        }
+        if c.codistillation != nil {
+            if c.network.exchange != .mesh {
+                throw ConfigurationError.badValue(path: "network.exchange", expected: "mesh with codistillation (the peers send each other their weights)",
+                                                  found: c.network.exchange.rawValue)
+            }
+            if c.teacher != nil {
+                throw ConfigurationError.badValue(path: "codistillation", expected: "absent with a teacher (codistillation with a teacher is not supported yet)",
+                                                  found: "present")
+            }
+            if c.peers.count < 2 || !c.mcl.enabled {
+                throw ConfigurationError.badValue(path: "codistillation", expected: "two or more peers with mcl.enabled", found: "\(c.peers.count) peer(s)")
+            }
         }
         if let rrd = c.teacher?.rrd, rrd.memory == .fifo, rrd.keys % c.batchSize != 0 {
             throw ConfigurationError.badValue(path: "teacher.rrd.keys", expected: "a multiple of batch_size (\(c.batchSize))", found: "\(rrd.keys)")

@@ -130,7 +130,7 @@ public final class PeerTrainer {
     let configuration: CohortConfiguration
     let schedule: any LearningRateSchedule
     let stepsPerEpoch: Int
-    private(set) var pending: Pending?
+    var pending: Pending?
 
     /// A forward pass awaiting the others' outputs.
     struct Pending {
@@ -440,4 +440,67 @@ public enum StepSkip: String, Sendable {
 
     /// The term a skipped step's record carries (value 1).
     public static let term = "skipped"
+}
+
+// MARK: Codistillation
+
+/// Another peer's weights as it last published them (codistillation).
+public struct PeerWeights: Sendable {
+    public let rank: Int
+    /// The steps the weights have trained.
+    public let globalStep: Int
+    public let tensors: [TensorPayload]
+
+    public init(rank: Int, globalStep: Int, tensors: [TensorPayload]) { self.rank = rank; self.globalStep = globalStep; self.tensors = tensors }
+}
+
+extension PeerTrainer {
+    /// The modules the other peers need to compute this peer's outputs: the network, its auxiliary
+    /// branches and its MCL projection heads (not the optimizer's momentum or the teacher's losses).
+    var publishedModules: [(String, Module)] {
+        var modules: [(String, Module)] = [("model", model)]
+        if let auxiliary { modules.append(("auxiliary_classifier", auxiliary)) }
+        if let head { modules.append(("loss.mcl_head", head)) }
+        for (l, h) in auxiliaryHeads.enumerated() { modules.append(("loss.mcl_head_aux\(l + 1)", h)) }
+        return modules
+    }
+
+    /// This peer's network, branches and heads (parameters and running statistics) as named tensors,
+    /// for the other peers' copies.
+    public func publishedWeights() -> [TensorPayload] {
+        publishedModules.flatMap { prefix, module in
+            module.stateDict().map { TensorPayload(name: prefix + "." + $0.0, shape: $0.1.shape, values: $0.1.scalars) }
+        }
+    }
+
+    /// Loads another peer's ``publishedWeights()`` into this trainer (a copy of that peer).
+    /// - Throws: ``StateDictError`` naming a missing, unexpected or misshapen tensor; nothing is changed then.
+    public func loadPublished(_ tensors: [TensorPayload]) throws {
+        var byModule: [String: [String: Tensor]] = [:]
+        let prefixes = publishedModules.map(\.0)
+        for t in tensors {
+            guard let prefix = prefixes.first(where: { t.name.hasPrefix($0 + ".") }) else { throw StateDictError.unexpectedKeys([t.name]) }
+            byModule[prefix, default: [:]][String(t.name.dropFirst(prefix.count + 1))] = Tensor(t.values, shape: t.shape)
+        }
+        // Check every module before changing any.
+        for (prefix, module) in publishedModules {
+            let own = module.stateDict()
+            let given = byModule[prefix] ?? [:]
+            let missing = own.map(\.0).filter { given[$0] == nil }
+            if !missing.isEmpty { throw StateDictError.missingKeys(missing.map { prefix + "." + $0 }) }
+            for (name, tensor) in own where given[name]!.shape != tensor.shape {
+                throw StateDictError.shapeMismatch(key: prefix + "." + name, expected: tensor.shape, found: given[name]!.shape)
+            }
+            let unexpected = Set(given.keys).subtracting(own.map(\.0))
+            if !unexpected.isEmpty { throw StateDictError.unexpectedKeys(unexpected.sorted().map { prefix + "." + $0 }) }
+        }
+        for (prefix, module) in publishedModules { try module.loadStateDict(byModule[prefix]!) }
+    }
+
+    /// The outputs of this trainer's network on `batch` as a copy of another peer: training mode (batch
+    /// statistics, as that peer computes its own), no gradient, nothing kept for a backward pass.
+    public func copyOutputs(_ batch: Batch) -> PeerOutputs {
+        defer { pending = nil }
+        return withNoGrad { forward(batch) }
+    }
 }

@@ -90,6 +90,8 @@ public struct WireCodec: Sendable {
         case .log(let v): return parts(v, [])
         case .heartbeat(let v): return parts(v, [])
         case .shutdown(let v): return parts(v, [])
+        case .weights(let v, let t): return parts(v, t)
+        case .members(let v): return parts(v, [])
         }
     }
 
@@ -128,7 +130,7 @@ public struct WireCodec: Sendable {
         }
         var tensors: [TensorPayload] = []
         for (descriptor, frame) in zip(header.tensors, frames.dropFirst(2)) {
-            try HeaderBounds.field("a tensor name", descriptor.name, limit: HeaderBounds.maximumNameBytes)
+            try HeaderBounds.field("a tensor name", descriptor.name, limit: HeaderBounds.maximumTensorNameBytes)
             guard descriptor.dtype == "F32" else { throw WireError.tensor("\(descriptor.name): dtype \(HeaderBounds.clipped(descriptor.dtype)), expected F32") }
             guard descriptor.shape.allSatisfy({ $0 >= 0 }), descriptor.shape.count <= 8 else {
                 throw WireError.tensor("\(descriptor.name): bad shape \(descriptor.shape)")
@@ -176,6 +178,12 @@ public struct WireCodec: Sendable {
         case "evaluate": try noTensors(); return .evaluate(try body(Message.Evaluate.self))
         case "checkpoint": try noTensors(); return .checkpoint(try body(Message.Checkpoint.self))
         case "evaluation": return .evaluation(try body(Message.Evaluation.self), tensors: tensors)
+        case "weights": return .weights(try body(Message.Weights.self), tensors: tensors)
+        case "members":
+            try noTensors()
+            let members = try body(Message.Members.self)
+            for endpoint in members.endpoints { try HeaderBounds.field("members.endpoints", endpoint, limit: HeaderBounds.maximumEndpointBytes) }
+            return .members(members)
         case "log": try noTensors(); return .log(try body(Message.LogBatch.self))
         case "heartbeat": try noTensors(); return .heartbeat(try body(Message.Heartbeat.self))
         case "shutdown":

@@ -8,8 +8,10 @@ public enum HeaderBounds {
     public static let maximumHeaderBytes = 1 << 20
     /// The longest string anywhere in a header (a log record's message), in bytes as sent.
     public static let maximumStringBytes = 16 << 10
-    /// The longest model or tensor name.
+    /// The longest model name.
     public static let maximumNameBytes = 64
+    /// The longest tensor name (a state-dict key of a network's auxiliary branch: `weights` messages).
+    public static let maximumTensorNameBytes = 128
     /// The longest host name (DNS's limit).
     public static let maximumHostBytes = 255
     /// The longest endpoint (`tcp://`, a host name, a port).

@@ -25,6 +25,10 @@ public enum Message: Sendable, Equatable {
     case heartbeat(Heartbeat)
     /// Coordinator -> peers: stop after the current step (or at once).
     case shutdown(Shutdown)
+    /// Codistillation: a peer's weights as of `globalStep`, to the other peers over the mesh.
+    case weights(Weights, tensors: [TensorPayload])
+    /// Mesh mode, coordinator → peers: where every present peer now receives (after one joined again).
+    case members(Members)
 
     public struct Hello: Codable, Sendable, Equatable {
         public let rank: Int
@@ -138,6 +142,17 @@ public enum Message: Sendable, Equatable {
         public let session: Int?
         public init(rank: Int?, sequence: Int, session: Int? = nil) { self.rank = rank; self.sequence = sequence; self.session = session }
     }
+    public struct Weights: Codable, Sendable, Equatable {
+        public let rank: Int
+        /// The steps the weights have trained.
+        public let globalStep: Int
+        public init(rank: Int, globalStep: Int) { self.rank = rank; self.globalStep = globalStep }
+    }
+    public struct Members: Codable, Sendable, Equatable {
+        /// Every present peer's data endpoint by rank (empty for the others).
+        public let endpoints: [String]
+        public init(endpoints: [String]) { self.endpoints = endpoints }
+    }
     public struct Shutdown: Codable, Sendable, Equatable {
         /// On the wire: `finished` when the run ended normally, otherwise why it stopped.
         public let reason: String
@@ -177,6 +192,8 @@ public enum Message: Sendable, Equatable {
         case .log: "log"
         case .heartbeat: "heartbeat"
         case .shutdown: "shutdown"
+        case .weights: "weights"
+        case .members: "members"
         }
     }
 }

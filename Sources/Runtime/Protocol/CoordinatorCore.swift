@@ -89,6 +89,9 @@ public struct CoordinatorCore {
         case gathering(Gathering)
         /// Before the last epoch's end: waiting for absent peers so that the summary covers everyone.
         case awaitingAbsent(epoch: Int, deadline: Double)
+        /// Codistillation: every peer steps on its own; the coordinator keeps membership and scores each
+        /// epoch once every peer present has sent its test-set logits (by epoch, then rank).
+        case codistilling(logits: [Int: [Int: [Float]]], nobodySince: Double?)
         case done
     }
 
@@ -293,6 +296,10 @@ public struct CoordinatorCore {
         if let t = state.teacherTop1, let teacher = configuration.teacher {
             log(.info, String(format: "teacher %@: test top-1 %.2f%%", teacher.model, 100 * t))
         }
+        if configuration.codistillation != nil {
+            beginCodistilling()
+            return
+        }
         let checkpointStep = state.globalStep
         let start = startingStep(total: total)
         if start > 0 { log(.notice, "continuing at step \(start)", ["checkpoint_step": "\(checkpointStep)"]) }
@@ -307,6 +314,73 @@ public struct CoordinatorCore {
         } else {
             nextStep()
         }
+    }
+
+    // MARK: Codistillation
+
+    private mutating func beginCodistilling() {
+        let spe = stepsPerEpoch
+        log(.info, "cohort of \(configuration.peers.count) (\(configuration.peers.map(\.model).joined(separator: ", "))) on \(configuration.data.dataSet.rawValue): "
+            + "\(trainCount) images, \(spe) steps/epoch, \(configuration.epochs) epochs; codistilling (each peer at its own pace, "
+            + "weights every \(configuration.codistillation!.every) steps)")
+        started = now - state.elapsedSeconds
+        publishPhase(nil, .training)
+        stage = .codistilling(logits: [:], nobodySince: nil)
+        if state.evaluatedEpochs >= configuration.epochs {
+            finishRun()
+            return
+        }
+        for r in presentRanks { startOnItsOwn(r) }
+    }
+
+    /// Every present peer's data endpoint by rank (empty for the others).
+    private var presentEndpoints: [String] {
+        membership.indices.map { membership[$0] == .present ? dataEndpoints[$0] ?? "" : "" }
+    }
+
+    /// Tells peer `r` to step on its own from where its state is (after the last step: to send its last
+    /// epoch's logits again).
+    private mutating func startOnItsOwn(_ r: Int) {
+        let spe = stepsPerEpoch, total = configuration.epochs * spe
+        let g = resumeSteps[r]
+        if g >= total {
+            send(.evaluate(.init(epoch: configuration.epochs - 1, globalStep: total)), to: [r])
+            return
+        }
+        let step = Message.Step(epoch: g / spe, step: g % spe, globalStep: g).forMesh(attempt: nextAttempt, endpoints: presentEndpoints)
+        nextAttempt &+= 1
+        send(.step(step, teacher: []), to: [r])
+    }
+
+    /// Codistillation: admits those back, scores every epoch all present peers have sent their logits
+    /// for, in order, and ends the run after the last.
+    private mutating func advanceCodistilling(logits: [Int: [Int: [Float]]], nobodySince: Double?) {
+        var logits = logits
+        let joining = membership.indices.filter { membership[$0] == .joining }
+        if !joining.isEmpty {
+            for r in joining { membership[r] = .present }
+            for r in joining { startOnItsOwn(r) }
+            // The others learn where the new ones receive.
+            send(.members(.init(endpoints: presentEndpoints)), to: presentRanks.filter { !joining.contains($0) })
+        }
+        let present = presentRanks
+        while state.evaluatedEpochs < configuration.epochs {
+            let epoch = state.evaluatedEpochs
+            if !configuration.evaluates(epoch: epoch) {
+                state.evaluatedEpochs = epoch + 1
+                continue
+            }
+            let delivered = (logits[epoch] ?? [:]).keys.sorted()
+            guard !delivered.isEmpty, Set(delivered).isSuperset(of: present) else { break }
+            state.globalStep = (epoch + 1) * stepsPerEpoch
+            state.images = state.globalStep * configuration.batchSize
+            scoreEpoch(epoch, delivered: delivered, logits: delivered.map { logits[epoch]![$0]! })
+            state.evaluatedEpochs = epoch + 1
+            saveState()
+            logits[epoch] = nil
+        }
+        stage = .codistilling(logits: logits, nobodySince: present.isEmpty ? nobodySince ?? now : nil)
+        if state.evaluatedEpochs >= configuration.epochs { finishRun() }
     }
 
     // MARK: The schedule
@@ -434,8 +508,14 @@ public struct CoordinatorCore {
 
     private mutating func completeEvaluation(_ g: Gathering, epoch: Int) {
         let delivered = g.delivered.sorted()
+        scoreEpoch(epoch, delivered: delivered, logits: delivered.map { g.logits[$0] })
+        finishEpoch(epoch)
+    }
+
+    /// Scores the peers' and the ensemble's test-set logits of `epoch` and records them.
+    private mutating func scoreEpoch(_ epoch: Int, delivered: [Int], logits: [[Float]]) {
         let classes = configuration.data.dataSet.classCount
-        let scored = evaluateCohort(logits: delivered.map { g.logits[$0] }, labels: testLabels, classCount: classes)
+        let scored = evaluateCohort(logits: logits, labels: testLabels, classCount: classes)
         for (i, r) in delivered.enumerated() { state.lastEvaluation[r] = scored.peers[i] }
         state.ensembleTop1 = scored.ensembleTop1
         state.ensembleTop5 = scored.ensembleTop5
@@ -445,7 +525,6 @@ public struct CoordinatorCore {
         let evaluation = lastEvaluation(ensembleTop1: scored.ensembleTop1, ensembleTop5: scored.ensembleTop5)
         actions.append(.recordEpoch(epoch: epoch, globalStep: state.globalStep, evaluation: evaluation, seconds: now - started))
         log(.info, epochReport(epoch: epoch, configuration: configuration, evaluation: evaluation))
-        finishEpoch(epoch)
     }
 
     private mutating func finishEpoch(_ epoch: Int) {
@@ -522,6 +601,8 @@ public struct CoordinatorCore {
             }
         case .awaitingAbsent(let epoch, _):
             if !membership.contains(.absent) { evaluateEpoch(epoch) }
+        case .codistilling(let logits, let nobodySince):
+            advanceCodistilling(logits: logits, nobodySince: nobodySince)
         case .gathering(var g):
             // Members that left since they were asked no longer count.
             for r in g.pending where membership[r] != .present { g.pending.remove(r) }
@@ -553,6 +634,11 @@ public struct CoordinatorCore {
             if now >= deadline { fail(.nobodyPresent(seconds: timing.joinTimeout)); return }
         case .awaitingAbsent(let epoch, let deadline):
             if now >= deadline { evaluateEpoch(epoch) }
+        case .codistilling(_, let nobodySince):
+            for r in presentRanks where now - lastHeard[r] > timing.heartbeatTimeout {
+                markAbsent(r, "nothing heard for \(Int(timing.heartbeatTimeout)) s (network.heartbeat_timeout)")
+            }
+            if let nobodySince, now - nobodySince >= timing.joinTimeout { fail(.nobodyPresent(seconds: timing.joinTimeout)); return }
         case .gathering(let g):
             for r in g.pending.sorted() {
                 if now - lastHeard[r] > timing.heartbeatTimeout {
@@ -611,6 +697,7 @@ public struct CoordinatorCore {
                 if let status = batch.status, status.rank == rank {
                     statuses[rank] = status
                     actions.append(.publish(.status(status)))
+                    if case .codistilling = stage { codistillingProgress() }
                 }
                 if let phase = batch.phase, phase != .absent, phase != .finished { publishPhase(rank, phase) }
             case .shutdown(let s):
@@ -623,6 +710,15 @@ public struct CoordinatorCore {
         }
     }
 
+    /// Each peer's step, loss, accuracy and speed: they differ while codistilling.
+    private mutating func codistillingProgress() {
+        let total = configuration.epochs * stepsPerEpoch
+        let peers = presentRanks.compactMap { statuses[$0] }.map {
+            String(format: "p%d %d/%d %.3f/%.0f%% %.0f img/s", $0.rank, $0.globalStep, total, $0.loss, 100 * $0.accuracy, $0.imagesPerSecond)
+        }
+        actions.append(.progress("codistilling  " + peers.joined(separator: "  "), endsEpoch: false))
+    }
+
     private var awaiting: String {
         switch stage {
         case .gathering(let g): g.awaiting
@@ -633,6 +729,21 @@ public struct CoordinatorCore {
 
     /// Takes `message` when the stage gathers it from `rank`; whether it did.
     private mutating func gather(_ message: Message, from rank: Int) -> Bool {
+        if case .codistilling(var logits, let nobodySince) = stage, case .evaluation(let body, let tensors) = message {
+            do {
+                guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
+                guard (state.evaluatedEpochs..<configuration.epochs).contains(body.epoch) else {
+                    throw WireError.header("epoch \(body.epoch) is scored already or not in this run")
+                }
+                let classes = configuration.data.dataSet.classCount
+                logits[body.epoch, default: [:]][rank] = try expectTensors(tensors, [("logits", [testLabels.count, classes])])["logits"]!.values
+            } catch {
+                log(.warning, "dropped an invalid evaluation", ["rank": "\(rank)", "reason": "\(error)"])
+                return false
+            }
+            stage = .codistilling(logits: logits, nobodySince: nobodySince)
+            return true
+        }
         guard case .gathering(var g) = stage, g.pending.contains(rank) else { return false }
         switch (g.kind, message) {
         case (.outputs(let step, _, let expected), .outputs(let body, let tensors)) where body.globalStep == step.globalStep && body.attempt == step.attempt:

@@ -84,6 +84,9 @@ public final class PeerCompute {
             case .checkpoint(let c):
                 try checkpoint()
                 return .checkpointed(c)
+            case .codistill(let step, let copies, let publish, let timing):
+                let status = try codistill(step, copies: copies, timing: timing)
+                return .codistilled(step, status: status, weights: publish ? trainer.publishedWeights() : nil)
             }
         } catch let error as PeerError {
             return .failed(error)
@@ -111,7 +114,44 @@ public final class PeerCompute {
         return layout.tensors.map { TensorPayload(name: $0.name, shape: layout.shape(of: $0, batchSize: batch.size), values: own.values(of: $0)) }
     }
 
-    private func finish(_ step: Message.Step, _ others: [PeerOutputs], _ teacher: TeacherOutputs?, _ timing: StepTiming) throws -> PeerStatus {
+    /// Codistillation: the copies of the other peers, by rank — their initial weights (every member
+    /// derives them from the seed) until they publish theirs.
+    private var copies: [Int: PeerTrainer] = [:]
+    /// The step each copy's weights had trained when published (0: the initial weights).
+    private var copySteps: [Int: Int] = [:]
+
+    /// A codistillation step: this peer's forward pass, the others' outputs on the same batch from the
+    /// copies it holds, the loss, backward pass and update.
+    private func codistill(_ step: Message.Step, copies received: [PeerWeights], timing: StepTiming) throws -> PeerStatus {
+        if copies.isEmpty {
+            for r in configuration.peers.indices where r != rank {
+                copies[r] = PeerTrainer(rank: r, configuration: configuration, dataCount: data.trainSet.count, teacherFeatureCount: nil,
+                                        stepsPerEpoch: data.stepsPerEpoch)
+                copySteps[r] = 0
+            }
+        }
+        for weights in received {
+            guard let copy = copies[weights.rank] else { continue }
+            do {
+                try copy.loadPublished(weights.tensors)
+                copySteps[weights.rank] = weights.globalStep
+            } catch {
+                log(CoreLog(.warning, "dropped peer \(weights.rank)'s weights", ["reason": "\(error)", "global_step": "\(weights.globalStep)"]))
+            }
+        }
+        let batch = try batch(for: step)
+        let computing = Date()
+        let others = copies.keys.sorted().map { copies[$0]!.copyOutputs(batch) }
+        _ = trainer.forward(batch)
+        var timing = timing
+        // The copies' forward passes stand where the exchange would be.
+        timing.exchange = Date().timeIntervalSince(computing)
+        let staleness = copySteps.values.map { step.globalStep - $0 }
+        return try finish(step, others, nil, timing, extra: ["copies_staleness_steps": Double(staleness.reduce(0, +)) / Double(max(staleness.count, 1))])
+    }
+
+    private func finish(_ step: Message.Step, _ others: [PeerOutputs], _ teacher: TeacherOutputs?, _ timing: StepTiming,
+                        extra: [String: Double] = [:]) throws -> PeerStatus {
         let spe = data.stepsPerEpoch
         let position = TrainingPosition(epoch: step.epoch, stepInEpoch: step.step, globalStep: step.globalStep, elapsedSeconds: elapsedSeconds)
         let b = trainer.pending?.batch.size ?? 0
@@ -132,6 +172,7 @@ public final class PeerCompute {
         terms["step_seconds"] = stepSeconds
         terms["idle_seconds"] = timing.idle + timing.waited
         terms["peers_present"] = Double(others.count + 1)
+        terms.merge(extra) { $1 }
         directory.recordStep(epoch: step.epoch, step: step.step, globalStep: done, batchSize: b, terms: terms)
         imagesSince.count += b
         let rate = Double(imagesSince.count) / max(Date().timeIntervalSince(imagesSince.since), 1e-9)

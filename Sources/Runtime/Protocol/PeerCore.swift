@@ -18,6 +18,9 @@ public enum PeerWork: Sendable {
     case endEpoch(Message.Evaluate, test: EvaluationResult?)
     /// A checkpoint between epoch ends.
     case checkpoint(Message.Checkpoint)
+    /// Codistillation: a whole step against the copies of the others (first updated with `copies`, the
+    /// weights that came since the last step); with `publish`, answered with this peer's weights after it.
+    case codistill(Message.Step, copies: [PeerWeights], publish: Bool, timing: StepTiming)
 }
 
 /// When a step's parts happened, for its record (`idle_seconds`, `exchange_seconds`, `step_seconds`).
@@ -43,6 +46,8 @@ public enum PeerWorkResult: Sendable {
     /// The epoch's line and checkpoint are written.
     case epochEnded(Message.Evaluate)
     case checkpointed(Message.Checkpoint)
+    /// A codistillation step is done; `weights` are this peer's after it, when asked to publish them.
+    case codistilled(Message.Step, status: PeerStatus, weights: [TensorPayload]?)
     case failed(PeerError)
 }
 
@@ -127,6 +132,17 @@ public struct PeerCore {
         let globalStep: Int
         let tensors: [TensorPayload]
     }
+
+    /// Codistillation: whether the coordinator has said where to start (this peer then steps on its own).
+    var selfDriving = false
+    /// Codistillation: the steps whose end (an epoch's evaluation and checkpoint, a checkpoint) is done.
+    var settled: Int
+    /// Codistillation: the other peers' weights that came since the last step, newest per rank.
+    var receivedWeights: [Int: PeerWeights] = [:]
+    /// Codistillation: the step of the newest weights taken from each peer.
+    var newestWeights: [Int: Int] = [:]
+    /// Mesh mode: where the other peers are, from the coordinator.
+    var meshTargets: [Message.MeshTarget] = []
     /// Steps this peer's state has trained.
     public private(set) var done: Int
     /// The admission the heartbeats vouch for; nil while (re)joining.
@@ -163,7 +179,11 @@ public struct PeerCore {
         self.teacherFeatureCount = teacherFeatureCount; self.timing = timing; self.done = done
         self.host = host; self.endpoint = endpoint
         self.dataEndpoint = configuration.network.exchange == .mesh ? dataEndpoint : nil
+        settled = done
     }
+
+    /// Whether the peers train without a step barrier (`codistillation`).
+    var codistilling: Bool { configuration.codistillation != nil }
 
     /// Whether the peers send each other their outputs directly (`network.exchange: mesh`).
     var exchangesOverMesh: Bool { dataEndpoint != nil }
@@ -215,6 +235,7 @@ public struct PeerCore {
     private mutating func rejoin(_ why: String) {
         log(.warning, "lost the coordinator; rejoining", ["why": why, "steps_done": "\(done)"])
         inbox = []
+        selfDriving = false
         actions.append(.reconnect)
         join()
     }
@@ -291,11 +312,16 @@ public struct PeerCore {
             log(.debug, "a repeated welcome (the answer to an earlier hello)")
             return
         }
+        if case .members(let m) = message {
+            meshTargets = Message.Step(epoch: 0, step: 0, globalStep: 0, endpoints: m.endpoints).meshTargets(excluding: rank)
+            return
+        }
         if isWorking || afterRewind != nil {
             inbox.append(message)
             return
         }
         act(on: message)
+        codistillNext()
     }
 
     /// Acts on a message from the coordinator while no work runs.
@@ -303,6 +329,13 @@ public struct PeerCore {
         switch stage {
         case .ready(let since):
             switch message {
+            case .step(let step, let tensors) where codistilling:
+                // The coordinator says where to start; from there this peer steps on its own.
+                meshTargets = step.meshTargets(excluding: rank)
+                selfDriving = true
+                if step.globalStep != done {
+                    startStep(step, tensors, timing: StepTiming(received: now, idle: now - since, waited: 0, exchange: 0))
+                }
             case .step(let step, let tensors):
                 startStep(step, tensors, timing: StepTiming(received: now, idle: now - since, waited: 0, exchange: 0))
             case .evaluate(let e):
@@ -382,6 +415,10 @@ public struct PeerCore {
     /// Keeps another peer's outputs for the step they belong to (checked once that step is known).
     private mutating func receiveFromPeer(_ message: Message, user: String?) {
         guard exchangesOverMesh else { return }
+        if case .weights(let body, let tensors) = message {
+            receiveWeights(body, tensors, user: user)
+            return
+        }
         guard case .outputs(let body, let tensors) = message, let attempt = body.attempt else {
             log(.warning, "dropped a \(message.type) message from the mesh (only outputs travel there)")
             return
@@ -405,6 +442,27 @@ public struct PeerCore {
             }
         }
         if case .awaitingPeers = stage { finishIfPeersArrived() }
+    }
+
+    /// Codistillation: keeps another peer's newest weights for this peer's next step.
+    private mutating func receiveWeights(_ body: Message.Weights, _ tensors: [TensorPayload], user: String?) {
+        let r = body.rank
+        guard codistilling else {
+            log(.warning, "dropped weights from the mesh", ["reason": "this cohort does not codistil"])
+            return
+        }
+        guard r != rank, configuration.peers.indices.contains(r) else {
+            log(.warning, "dropped weights from the mesh", ["reason": "rank \(r) is not another peer of this cohort"])
+            return
+        }
+        if let user, user != "peer-\(r)" {
+            log(.warning, "dropped weights from the mesh", ["reason": "the sender's key is not peer \(r)'s", "user": user])
+            return
+        }
+        // Older than what this peer already took (a peer that went back to a checkpoint starts again from there).
+        guard body.globalStep != newestWeights[r] else { return }
+        newestWeights[r] = body.globalStep
+        receivedWeights[r] = PeerWeights(rank: r, globalStep: body.globalStep, tensors: tensors)
     }
 
     /// Mesh mode: once every rank the coordinator named has sent its outputs, the step goes on.
@@ -451,7 +509,44 @@ public struct PeerCore {
             log(.warning, "dropped a step with invalid teacher outputs", ["global_step": "\(step.globalStep)", "reason": "\(error)"])
             return
         }
+        if codistilling {
+            let copies = receivedWeights.keys.sorted().map { receivedWeights[$0]! }
+            receivedWeights = [:]
+            let every = configuration.codistillation!.every
+            perform(.codistill(step, copies: copies, publish: (step.globalStep + 1) % every == 0, timing: timing), timing: timing)
+            return
+        }
         perform(.forward(step, teacher: teacher), timing: timing)
+    }
+
+    /// Codistillation: what this peer does next on its own — the end of the step just trained (an
+    /// epoch's evaluation and checkpoint, a checkpoint), then the next step, until the last.
+    private mutating func codistillNext() {
+        guard codistilling, selfDriving, case .ready = stage, afterRewind == nil, inbox.isEmpty else { return }
+        let spe = stepsPerEpoch
+        if settled < done {
+            if done % spe == 0 {
+                let epoch = done / spe - 1
+                let e = Message.Evaluate(epoch: epoch, globalStep: done, test: configuration.evaluates(epoch: epoch))
+                if e.evaluatesTestSet {
+                    actions.append(.flushLogs(status: nil, phase: .evaluating))
+                    perform(.evaluate(e))
+                } else {
+                    endEpoch(e, test: nil)
+                }
+                return
+            }
+            if configuration.checkpointEvery > 0, done % configuration.checkpointEvery == 0 {
+                actions.append(.flushLogs(status: nil, phase: .checkpointing))
+                perform(.checkpoint(.init(globalStep: done)))
+                return
+            }
+            settled = done
+        }
+        // After the last step the coordinator, holding every peer's last logits, ends the run.
+        guard done < configuration.epochs * spe else { return }
+        startStep(Message.Step(epoch: done / spe, step: done % spe, globalStep: done), [],
+                  timing: StepTiming(received: now, idle: 0, waited: 0, exchange: 0))
     }
 
     private mutating func rewind(to step: Int, then message: Message, timing: StepTiming?) {
@@ -487,6 +582,7 @@ public struct PeerCore {
         case .rewound(let step):
             log(.notice, "went back to the cohort's step", ["steps_done": "\(done)", "cohort_step": "\(step)"])
             done = step
+            settled = step
             if let (message, timing) = afterRewind, lostWhileWorking == nil {
                 afterRewind = nil
                 if case .step(let s, let tensors) = message, let timing {
@@ -527,15 +623,24 @@ public struct PeerCore {
         case .epochEnded(let e):
             // The line and checkpoint first, then the logits: the cohort's epoch result follows every
             // peer's line, and a coordinator that holds the logits knows the checkpoint exists.
-            actions.append(.flushLogs(status: lastStatus.map { $0.with(testAccuracy: lastTestTop1) }, phase: .waiting))
+            actions.append(.flushLogs(status: lastStatus.map { $0.with(testAccuracy: lastTestTop1) }, phase: codistilling ? .training : .waiting))
             if let logits = testLogits, e.evaluatesTestSet {
                 let classes = configuration.data.dataSet.classCount
                 actions.append(.send(.evaluation(.init(rank: rank, epoch: e.epoch),
                                                  tensors: [TensorPayload(name: "logits", shape: [logits.count / classes, classes], values: logits)])))
             }
             testLogits = nil
+            settled = done
         case .checkpointed:
-            actions.append(.flushLogs(status: nil, phase: .waiting))
+            settled = done
+            actions.append(.flushLogs(status: nil, phase: codistilling ? .training : .waiting))
+        case .codistilled(let step, let status, let weights):
+            done = step.globalStep + 1
+            lastStatus = status
+            actions.append(.flushLogs(status: status, phase: nil))
+            if let weights, !meshTargets.isEmpty {
+                actions.append(.publish(.weights(.init(rank: rank, globalStep: done), tensors: weights), to: meshTargets))
+            }
         }
         if let lost = lostWhileWorking {
             lostWhileWorking = nil
@@ -543,6 +648,7 @@ public struct PeerCore {
             return
         }
         drainInbox()
+        codistillNext()
     }
 
     private mutating func endEpoch(_ e: Message.Evaluate, test: EvaluationResult?) {
