@@ -58,6 +58,9 @@ final class MeshLink {
     /// hold up the others.
     /// - Throws: ``TransportError`` naming the targets that could not take it.
     func publish(_ message: Message, to targets: [Message.MeshTarget]) throws {
+        // Links to peers no longer named (gone, or back elsewhere) are closed with what was queued on them.
+        let named = Set(targets.map(\.rank))
+        for rank in pushes.keys where !named.contains(rank) { pushes[rank] = nil }
         var failed: [String] = []
         for target in targets {
             do { try push(to: target).send(message, to: nil) } catch {
@@ -76,7 +79,10 @@ final class MeshLink {
         try push.setSendTimeout(milliseconds: 0)
         try push.setSendHighWaterMark(8)
         try push.setMaximumMessageSize(bytes: Int64(codec.maximumBytes))
-        if let keys { try push.makeCurveClient(serverKey: keys.peers[target.rank], keys: keys.own) }
+        if let keys {
+            guard keys.peers.indices.contains(target.rank) else { throw TransportError(description: "no peer \(target.rank) in this cohort") }
+            try push.makeCurveClient(serverKey: keys.peers[target.rank], keys: keys.own)
+        }
         try push.connect(target.endpoint)
         let socket = ProtocolSocket(push, codec: codec, logger: logger, routed: false)
         pushes[target.rank] = (target.endpoint, socket)

@@ -35,6 +35,8 @@ public struct ConfigurationKey: Sendable {
         case withSection
         /// One line per list item (`peers.<index>.model`).
         case perItem
+        /// Only with `codistillation` (each peer then decides on its own what the coordinator awaits).
+        case withCodistillation
         /// A section: its keys say.
         case ofKeys
     }
@@ -125,6 +127,7 @@ public struct ConfigurationKey: Sendable {
         case .no: "no"
         case .withSection: "yes, with `\(section)`"
         case .perItem: "yes, one line per item"
+        case .withCodistillation: "with `codistillation`"
         case .ofKeys: "its keys"
         }
     }
@@ -361,7 +364,7 @@ public enum ConfigurationSchema {
         Key(path: "output", kind: .path, defaultText: "`runs/cohort` (`runs/train` for one network)", doc: "the run directory",
             digest: .no, scope: .every, note: nil, required: nil, read: { node, c in c.output = try node.string() }, value: { $0.output }),
         integer("evaluation_batch_size", 1...100_000, "500", "images per batch when evaluating", get: { $0.evaluationBatchSize }, set: { $0.evaluationBatchSize = $1 }),
-        integer("evaluation_every", 1...100_000, "1", "epochs between test-set evaluations (the last is always evaluated)", digest: .no,
+        integer("evaluation_every", 1...100_000, "1", "epochs between test-set evaluations (the last is always evaluated)", digest: .withCodistillation,
                 get: { $0.evaluationEvery }, set: { $0.evaluationEvery = $1 }),
         section("network", "", "where the coordinator listens, and how long silence may last", scope: .cohort),
         Key(path: "network.coordinator", kind: .endpoint, defaultText: "`tcp://127.0.0.1:5570`", doc: "the coordinator's control endpoint: peers connect here",
@@ -480,6 +483,8 @@ public enum ConfigurationSchema {
                 if let value = key.value?(c) { lines.append((key.path, value)) }
             case .perItem:
                 for (i, p) in c.peers.enumerated() { lines.append(("peers.\(i).model", p.model)) }
+            case .withCodistillation:
+                if c.codistillation != nil, let value = key.value?(c) { lines.append((key.path, value)) }
             case .no, .ofKeys:
                 break
             }

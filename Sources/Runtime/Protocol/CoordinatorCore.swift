@@ -91,11 +91,23 @@ public struct CoordinatorCore {
         case awaitingAbsent(epoch: Int, deadline: Double)
         /// Codistillation: every peer steps on its own; the coordinator keeps membership and scores each
         /// epoch once every peer present has sent its test-set logits (by epoch, then rank).
-        case codistilling(logits: [Int: [Int: [Float]]], nobodySince: Double?)
+        case codistilling(Codistilling)
         case done
     }
 
     enum Continuation { case step, epochEnd(Int) }
+
+    /// What the coordinator keeps while the peers codistil.
+    struct Codistilling {
+        /// The peers' test-set logits by epoch, then rank, until the epoch is scored.
+        var logits: [Int: [Int: [Float]]] = [:]
+        /// Ranks not awaited for an epoch: they came back with weights past its end and did not send its logits.
+        var excused: [Int: Set<Int>] = [:]
+        /// Since when nobody has been present.
+        var nobodySince: Double?
+        /// Since when the last epoch has waited for absent peers (`network.join_timeout` at most).
+        var lastEpochWaitSince: Double?
+    }
 
     struct Gathering {
         enum Kind {
@@ -325,12 +337,14 @@ public struct CoordinatorCore {
             + "weights every \(configuration.codistillation!.every) steps)")
         started = now - state.elapsedSeconds
         publishPhase(nil, .training)
-        stage = .codistilling(logits: [:], nobodySince: nil)
+        stage = .codistilling(Codistilling())
         if state.evaluatedEpochs >= configuration.epochs {
             finishRun()
             return
         }
-        for r in presentRanks { startOnItsOwn(r) }
+        var c = Codistilling()
+        for r in presentRanks { startOnItsOwn(r, &c) }
+        stage = .codistilling(c)
     }
 
     /// Every present peer's data endpoint by rank (empty for the others).
@@ -339,10 +353,14 @@ public struct CoordinatorCore {
     }
 
     /// Tells peer `r` to step on its own from where its state is (after the last step: to send its last
-    /// epoch's logits again).
-    private mutating func startOnItsOwn(_ r: Int) {
+    /// epoch's logits again). Earlier epochs it is past and has not sent the logits of (they were lost with
+    /// a connection, or a previous coordinator) are scored without it: its weights are past them.
+    private mutating func startOnItsOwn(_ r: Int, _ c: inout Codistilling) {
         let spe = stepsPerEpoch, total = configuration.epochs * spe
         let g = resumeSteps[r]
+        for epoch in state.evaluatedEpochs..<min(g / spe, configuration.epochs - 1) where c.logits[epoch]?[r] == nil {
+            c.excused[epoch, default: []].insert(r)
+        }
         if g >= total {
             send(.evaluate(.init(epoch: configuration.epochs - 1, globalStep: total)), to: [r])
             return
@@ -354,34 +372,57 @@ public struct CoordinatorCore {
 
     /// Codistillation: admits those back, scores every epoch all present peers have sent their logits
     /// for, in order, and ends the run after the last.
-    private mutating func advanceCodistilling(logits: [Int: [Int: [Float]]], nobodySince: Double?) {
-        var logits = logits
+    private mutating func advanceCodistilling(_ c: Codistilling) {
+        var c = c
         let joining = membership.indices.filter { membership[$0] == .joining }
         if !joining.isEmpty {
             for r in joining { membership[r] = .present }
-            for r in joining { startOnItsOwn(r) }
+            for r in joining { startOnItsOwn(r, &c) }
             // The others learn where the new ones receive.
             send(.members(.init(endpoints: presentEndpoints)), to: presentRanks.filter { !joining.contains($0) })
         }
         let present = presentRanks
+        let last = configuration.epochs - 1
         while state.evaluatedEpochs < configuration.epochs {
             let epoch = state.evaluatedEpochs
             if !configuration.evaluates(epoch: epoch) {
                 state.evaluatedEpochs = epoch + 1
                 continue
             }
-            let delivered = (logits[epoch] ?? [:]).keys.sorted()
-            guard !delivered.isEmpty, Set(delivered).isSuperset(of: present) else { break }
+            let delivered = (c.logits[epoch] ?? [:]).keys.sorted()
+            guard !delivered.isEmpty, Set(delivered).union(c.excused[epoch] ?? []).isSuperset(of: present) else { break }
+            // The last epoch waits for absent peers (network.join_timeout), so that the summary covers everyone.
+            if epoch == last, delivered.count < configuration.peers.count, timing.joinTimeout > 0 {
+                let since = c.lastEpochWaitSince ?? now
+                c.lastEpochWaitSince = since
+                if now - since < timing.joinTimeout { break }
+            }
             state.globalStep = (epoch + 1) * stepsPerEpoch
             state.images = state.globalStep * configuration.batchSize
-            scoreEpoch(epoch, delivered: delivered, logits: delivered.map { logits[epoch]![$0]! })
+            scoreEpoch(epoch, delivered: delivered, logits: delivered.map { c.logits[epoch]![$0]! })
             state.evaluatedEpochs = epoch + 1
             saveState()
-            logits[epoch] = nil
+            c.logits[epoch] = nil
+            c.excused[epoch] = nil
         }
-        stage = .codistilling(logits: logits, nobodySince: present.isEmpty ? nobodySince ?? now : nil)
+        c.nobodySince = present.isEmpty ? c.nobodySince ?? now : nil
+        stage = .codistilling(c)
         if state.evaluatedEpochs >= configuration.epochs { finishRun() }
     }
+
+    /// Stops a codistilling cohort: every present peer checkpoints at its own step, then stops.
+    private mutating func stopCodistilling(signal: Int32?) {
+        send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
+        saveState()
+        log(.notice, "stopped; every present peer checkpoints at its own step")
+        broadcast(.shutdown(.init(.failed("coordinator: stopped"))))
+        actions.append(.publish(.end(StreamEnd(ok: false, reason: "stopped", time: now))))
+        stage = .done
+        actions.append(.finish(.stopped(globalStep: state.globalStep, signal: signal)))
+    }
+
+    /// Whether the peers codistil (the driver then asks about stopping between its rounds, not before steps).
+    public var isCodistilling: Bool { if case .codistilling = stage { true } else { false } }
 
     // MARK: The schedule
 
@@ -567,9 +608,9 @@ public struct CoordinatorCore {
         switch request {
         case .signal(let s):
             fail(.stopped(signal: s))
-        case .checkpointAndStop:
+        case .checkpointAndStop(let signal):
             // Between steps the members checkpoint at once; mid-step, at the next step's start.
-            if case .preparing = stage { stopAtStep(request) } else if training { pendingStop = request } else {
+            if case .codistilling = stage { stopCodistilling(signal: signal) } else if case .preparing = stage { stopAtStep(request) } else if training { pendingStop = request } else {
                 fail(.stopped(signal: { if case .checkpointAndStop(let s) = request { s ?? 0 } else { 0 } }()))
             }
         }
@@ -601,8 +642,8 @@ public struct CoordinatorCore {
             }
         case .awaitingAbsent(let epoch, _):
             if !membership.contains(.absent) { evaluateEpoch(epoch) }
-        case .codistilling(let logits, let nobodySince):
-            advanceCodistilling(logits: logits, nobodySince: nobodySince)
+        case .codistilling(let c):
+            advanceCodistilling(c)
         case .gathering(var g):
             // Members that left since they were asked no longer count.
             for r in g.pending where membership[r] != .present { g.pending.remove(r) }
@@ -634,11 +675,15 @@ public struct CoordinatorCore {
             if now >= deadline { fail(.nobodyPresent(seconds: timing.joinTimeout)); return }
         case .awaitingAbsent(let epoch, let deadline):
             if now >= deadline { evaluateEpoch(epoch) }
-        case .codistilling(_, let nobodySince):
+        case .codistilling(let c):
+            var lost = false
             for r in presentRanks where now - lastHeard[r] > timing.heartbeatTimeout {
                 markAbsent(r, "nothing heard for \(Int(timing.heartbeatTimeout)) s (network.heartbeat_timeout)")
+                lost = true
             }
-            if let nobodySince, now - nobodySince >= timing.joinTimeout { fail(.nobodyPresent(seconds: timing.joinTimeout)); return }
+            // The others stop sending it their weights.
+            if lost { send(.members(.init(endpoints: presentEndpoints)), to: presentRanks) }
+            if let since = c.nobodySince, now - since >= timing.joinTimeout { fail(.nobodyPresent(seconds: timing.joinTimeout)); return }
         case .gathering(let g):
             for r in g.pending.sorted() {
                 if now - lastHeard[r] > timing.heartbeatTimeout {
@@ -729,19 +774,19 @@ public struct CoordinatorCore {
 
     /// Takes `message` when the stage gathers it from `rank`; whether it did.
     private mutating func gather(_ message: Message, from rank: Int) -> Bool {
-        if case .codistilling(var logits, let nobodySince) = stage, case .evaluation(let body, let tensors) = message {
+        if case .codistilling(var c) = stage, case .evaluation(let body, let tensors) = message {
             do {
                 guard body.rank == rank else { throw WireError.header("rank \(body.rank) in a message from peer \(rank)") }
                 guard (state.evaluatedEpochs..<configuration.epochs).contains(body.epoch) else {
                     throw WireError.header("epoch \(body.epoch) is scored already or not in this run")
                 }
                 let classes = configuration.data.dataSet.classCount
-                logits[body.epoch, default: [:]][rank] = try expectTensors(tensors, [("logits", [testLabels.count, classes])])["logits"]!.values
+                c.logits[body.epoch, default: [:]][rank] = try expectTensors(tensors, [("logits", [testLabels.count, classes])])["logits"]!.values
             } catch {
                 log(.warning, "dropped an invalid evaluation", ["rank": "\(rank)", "reason": "\(error)"])
                 return false
             }
-            stage = .codistilling(logits: logits, nobodySince: nobodySince)
+            stage = .codistilling(c)
             return true
         }
         guard case .gathering(var g) = stage, g.pending.contains(rank) else { return false }

@@ -119,6 +119,11 @@ public final class CoordinatorDriver {
     @discardableResult
     public func pump(now: Double) throws -> Bool {
         var happened = false
+        // Codistilling peers step on their own: a stop is asked for between rounds, not before a step.
+        if !isDone, core.isCodistilling, stopsBeforeStep() {
+            handle(.stop(.checkpointAndStop(signal: nil)), now: now)
+            return true
+        }
         while !isDone, let input = try transport.receive(until: 0) {
             deliver(input, now: now)
             happened = true

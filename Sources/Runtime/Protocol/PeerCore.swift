@@ -313,6 +313,10 @@ public struct PeerCore {
             return
         }
         if case .members(let m) = message {
+            guard m.endpoints.count == configuration.peers.count else {
+                log(.warning, "dropped members naming \(m.endpoints.count) endpoints for \(configuration.peers.count) peers")
+                return
+            }
             meshTargets = Message.Step(epoch: 0, step: 0, globalStep: 0, endpoints: m.endpoints).meshTargets(excluding: rank)
             return
         }
@@ -331,6 +335,10 @@ public struct PeerCore {
             switch message {
             case .step(let step, let tensors) where codistilling:
                 // The coordinator says where to start; from there this peer steps on its own.
+                guard step.endpoints?.count == configuration.peers.count else {
+                    log(.warning, "dropped a step without the \(configuration.peers.count) peers' data endpoints")
+                    return
+                }
                 meshTargets = step.meshTargets(excluding: rank)
                 selfDriving = true
                 if step.globalStep != done {
@@ -351,7 +359,7 @@ public struct PeerCore {
                 }
             case .checkpoint(let c):
                 actions.append(.flushLogs(status: nil, phase: .checkpointing))
-                if done != c.globalStep {
+                if done != c.globalStep && !codistilling {
                     log(.warning, "checkpoint written at this peer's own step", ["steps_done": "\(done)", "cohort_step": "\(c.globalStep)"])
                 }
                 perform(.checkpoint(c))
@@ -432,12 +440,24 @@ public struct PeerCore {
             log(.warning, "dropped outputs from the mesh", ["reason": "the sender's key is not peer \(r)'s", "user": user])
             return
         }
-        guard body.globalStep >= done else { return }  // a step this peer is past: left over
-        peerOutputs[MeshKey(attempt: attempt, rank: r)] = PeerData(globalStep: body.globalStep, tensors: tensors)
-        // At most a few steps' worth is held: the oldest go first.
-        let limit = 4 * configuration.peers.count
+        // The steps this peer can still use: from the one it is at (or going back to) on. Outputs may come
+        // before the step's message, and for a step far ahead when this peer rejoins behind the cohort.
+        var from = done
+        if case .working(.rewind(let target), _) = stage { from = target }
+        let g = body.globalStep
+        guard g >= from, g < configuration.epochs * stepsPerEpoch else { return }
+        let step = Message.Step(epoch: g / stepsPerEpoch, step: g % stepsPerEpoch, globalStep: g)
+        do { _ = try expectTensors(tensors, configuration.outputLayout.expected(batchSize: batchSize(of: step))) } catch {
+            log(.warning, "dropped invalid outputs from the mesh", ["rank": "\(r)", "reason": "\(error)"])
+            return
+        }
+        peerOutputs[MeshKey(attempt: attempt, rank: r)] = PeerData(globalStep: g, tensors: tensors)
+        // At most three steps' worth of sendings is held: those left behind go first, then the furthest ahead
+        // (the next steps' come again from the peers that send them; the current one's would not).
+        let limit = 3 * configuration.peers.count
+        if peerOutputs.count > limit { peerOutputs = peerOutputs.filter { $0.value.globalStep >= from } }
         if peerOutputs.count > limit {
-            for key in peerOutputs.sorted(by: { $0.value.globalStep < $1.value.globalStep }).prefix(peerOutputs.count - limit).map(\.key) {
+            for key in peerOutputs.sorted(by: { $0.value.globalStep > $1.value.globalStep }).prefix(peerOutputs.count - limit).map(\.key) {
                 peerOutputs[key] = nil
             }
         }
@@ -459,7 +479,8 @@ public struct PeerCore {
             log(.warning, "dropped weights from the mesh", ["reason": "the sender's key is not peer \(r)'s", "user": user])
             return
         }
-        // Older than what this peer already took (a peer that went back to a checkpoint starts again from there).
+        // The same weights again (a repeated sending) change nothing; older ones are taken, as a peer that
+        // went back to a checkpoint publishes from there again.
         guard body.globalStep != newestWeights[r] else { return }
         newestWeights[r] = body.globalStep
         receivedWeights[r] = PeerWeights(rank: r, globalStep: body.globalStep, tensors: tensors)
@@ -491,6 +512,10 @@ public struct PeerCore {
 
     private mutating func startStep(_ step: Message.Step, _ tensors: [TensorPayload], timing: StepTiming) {
         let spe = stepsPerEpoch
+        if exchangesOverMesh, let endpoints = step.endpoints, endpoints.count != configuration.peers.count {
+            log(.warning, "dropped a step naming \(endpoints.count) data endpoints for \(configuration.peers.count) peers", ["global_step": "\(step.globalStep)"])
+            return
+        }
         guard step.epoch < configuration.epochs, step.step < spe, step.globalStep == step.epoch * spe + step.step else {
             fail(.outOfStep("step \(step.step) of epoch \(step.epoch) as global step \(step.globalStep) does not fit \(configuration.epochs) epochs of \(spe) steps"))
             return

@@ -182,6 +182,84 @@ import Wire
         guard case .failed(.nobodyPresent)? = c.outcome else { Issue.record("\(String(describing: c.outcome))"); return }
     }
 
+    @Test func epochsAPeerCameBackPastAreScoredWithoutItsLostLogits() throws {
+        var c = CoordinatorHarness(try Self.configuration())
+        _ = c.admit([0, 1, 2])
+        c.tick(after: 6)
+        c.beat([0, 1])
+        c.tick(after: 6)
+        // Peer 2's logits of epoch 1 were lost with its connection; it is back with 5 steps trained.
+        c.hello(2, incarnation: 1, resumeStep: 5)
+        #expect(c.core.membership == [.present, .present, .present])
+        c.handle(Self.evaluation(0, epoch: 0, correct: 4))
+        c.handle(Self.evaluation(1, epoch: 0, correct: 4))
+        #expect(c.savedStates.last?.evaluatedEpochs == 1, "peer 2 is past epoch 1's end and is not awaited for it")
+        // Epoch 2 awaits it again.
+        c.handle(Self.evaluation(0, epoch: 1, correct: 4))
+        c.handle(Self.evaluation(1, epoch: 1, correct: 4))
+        #expect(c.outcome == nil)
+        c.handle(.received(.evaluation(.init(rank: 2, epoch: 1), tensors: [TensorPayload(name: "logits", shape: [4, 10], values: Array(repeating: 0, count: 40))]),
+                           from: CoordinatorHarness.connection(2, incarnation: 1), user: nil))
+        guard case .finished? = c.outcome else { Issue.record("\(String(describing: c.outcome))"); return }
+    }
+
+    @Test func theLastEpochWaitsForAbsentPeersThenEndsWithoutThem() throws {
+        var c = CoordinatorHarness(try Self.configuration())
+        _ = c.admit([0, 1, 2])
+        for r in 0..<3 { c.handle(Self.evaluation(r, epoch: 0, correct: 4)) }
+        c.tick(after: 6)
+        c.beat([0, 1])
+        c.tick(after: 6)
+        #expect(c.core.membership[2] == .absent)
+        guard case .members(let m)? = c.sent(to: 0).last else { Issue.record("the others are not told"); return }
+        #expect(m.endpoints[2].isEmpty && !m.endpoints[0].isEmpty)
+        c.handle(Self.evaluation(0, epoch: 1, correct: 4))
+        c.handle(Self.evaluation(1, epoch: 1, correct: 4))
+        #expect(c.outcome == nil, "the last epoch awaits the absent peer")
+        for _ in 0..<30 {
+            c.tick(after: 9)
+            c.beat([0, 1])
+        }
+        c.tick(after: 31)
+        guard case .finished(let summary)? = c.outcome else { Issue.record("\(String(describing: c.outcome))"); return }
+        #expect(summary.peers.count == 3)
+    }
+
+    @Test func aStopAsksEveryPeerToCheckpointAtItsOwnStep() throws {
+        var c = CoordinatorHarness(try Self.configuration())
+        _ = c.admit([0, 1, 2])
+        #expect(c.core.isCodistilling)
+        c.handle(.stop(.checkpointAndStop(signal: 2)))
+        for r in 0..<3 {
+            let sent = c.sent(to: r)
+            guard sent.count >= 2, case .checkpoint = sent[sent.count - 2], case .shutdown = sent[sent.count - 1] else {
+                Issue.record("peer \(r): \(sent)"); return
+            }
+        }
+        guard case .stopped(_, let signal)? = c.outcome else { Issue.record("\(String(describing: c.outcome))"); return }
+        #expect(signal == 2)
+        // A peer checkpoints at its own step without a warning, then stops.
+        var p = PeerHarness(try Self.configuration())
+        p.join()
+        p.handle(.received(.step(PeerHarness.meshStep(0, attempt: 5), teacher: [])))
+        p.handle(.received(.checkpoint(.init(globalStep: 0))))
+        p.handle(.received(.shutdown(.init(.failed("coordinator: stopped")))))
+        _ = Self.finishStep(&p)
+        guard case .checkpoint? = p.work.last else { Issue.record("no checkpoint: \(p.work)"); return }
+        p.handle(.done(.checkpointed(.init(globalStep: 0))))
+        guard case .failed(.stopped)? = p.outcome else { Issue.record("\(String(describing: p.outcome))"); return }
+        #expect(!p.logged("checkpoint written at this peer's own step"))
+    }
+
+    @Test func endpointListsOfTheWrongLengthAreDropped() throws {
+        var p = PeerHarness(try Self.configuration())
+        p.join()
+        let short = PeerHarness.step(0).forMesh(attempt: 1, endpoints: ["tcp://a:1"])
+        p.handle(.received(.step(short, teacher: [])))
+        p.handle(.received(.members(.init(endpoints: Array(repeating: "tcp://a:1", count: 9)))))
+        #expect(p.work.isEmpty && p.logs.filter { $0.level == .warning }.count == 2)
+    }
+
     // MARK: The configuration
 
     @Test func codistillationNeedsTheMeshAndNoTeacher() throws {
@@ -194,5 +272,8 @@ import Wire
         #expect(try Self.configuration().codistillation?.every == 2)
         #expect(try Self.configuration().canonicalSettings.contains("codistillation.every=2"))
         #expect(!(try protocolConfiguration("network: {exchange: mesh}").canonicalSettings.contains("codistillation")))
+        // Each peer decides which epochs it evaluates: they must agree.
+        #expect(try Self.configuration().canonicalSettings.contains("evaluation_every=1"))
+        #expect(!(try protocolConfiguration("network: {exchange: mesh}").canonicalSettings.contains("evaluation_every")))
     }
 }

@@ -203,4 +203,24 @@ import Wire
         guard case .forward(let next, _)? = p.work.last else { Issue.record("no next step"); return }
         #expect(next.globalStep == 4 && next.attempt == 9 && p.reconnects == 0)
     }
+
+    /// Outputs of the step a peer is going back to are kept while it loads its checkpoint; outputs of steps
+    /// far ahead, or past the run, are not held.
+    @Test func outputsForTheStepAPeerGoesBackToAreKeptWhileItRewinds() throws {
+        var p = PeerHarness(try Self.meshConfiguration(), done: 6)
+        p.join()
+        let step = PeerHarness.meshStep(4, attempt: 2)
+        p.handle(.received(.step(step, teacher: [])))
+        guard case .rewind(4)? = p.work.last else { Issue.record("no rewind"); return }
+        p.handle(p.meshOutputs(from: 1, 4, attempt: 2))
+        p.handle(p.meshOutputs(from: 2, 4, attempt: 2))
+        p.handle(p.meshOutputs(from: 2, 3, attempt: 1))  // left behind
+        p.handle(p.meshOutputs(from: 2, 8, attempt: 9))  // past the run's last step
+        #expect(p.core.peerOutputs.count == 2)
+        p.handle(.done(.rewound(to: 4)))
+        p.handle(.done(.forwarded(step, outputs: [])))
+        p.handle(Self.others(p, 4, ranks: [1, 2]))
+        guard case .finish(let s, let others, _, _)? = p.work.last else { Issue.record("no finish"); return }
+        #expect(s.globalStep == 4 && others.map(\.rank) == [1, 2])
+    }
 }
