@@ -142,10 +142,10 @@ public final class PeerCompute {
         let batch = try batch(for: step)
         let computing = Date()
         let others = copies.keys.sorted().map { copies[$0]!.copyOutputs(batch) }
-        _ = trainer.forward(batch)
         var timing = timing
         // The copies' forward passes stand where the exchange would be.
         timing.exchange = Date().timeIntervalSince(computing)
+        _ = trainer.forward(batch)
         let staleness = copySteps.values.map { step.globalStep - $0 }
         return try finish(step, others, nil, timing, extra: ["copies_staleness_steps": Double(staleness.reduce(0, +)) / Double(max(staleness.count, 1))])
     }
