@@ -53,6 +53,55 @@ import Runtime
         #expect((stream.contains("is absent") || stream.contains("joined again from a new connection")) && stream.contains("rejoins at the next step"))
     }
 
+    /// Codistillation survives the same: peer 1 killed, then the coordinator while peer 0 is ahead; each
+    /// comes back (`--resume`) and the peers go on from where each is; the run ends with both scored.
+    @Test func codistillationSurvivesAKilledPeerAndCoordinator() throws {
+        let directory = scratch("chaos-codistill")
+        let config = directory + "/cohort.yaml"
+        try write("""
+            data: {dataset: fashion-mnist, train_limit: 1920, test_limit: 300}
+            seed: 3
+            epochs: 3
+            batch_size: 64
+            peers: [{model: resnet8}, {model: resnet8}]
+            mcl: {embedding_dim: 16}
+            codistillation: {every: 5}
+            checkpoint_every: 5
+            network: {exchange: mesh, coordinator: "tcp://127.0.0.1:*", stream: "tcp://127.0.0.1:*", timeout: 30, join_timeout: 60,
+                      heartbeat_interval: 0.5, heartbeat_timeout: 3}
+            """, to: config)
+        let run = directory + "/run"
+        let launch = try CohortProcess(["launch", "--config", config, "--threads", "1", "--out", run])
+        // 30 steps an epoch, 90 in all: kill peer 1 after its step 12, the coordinator after peer 0's step 45.
+        for (rank, after, victim) in [(1, 12, ["peer", "--rank 1"]), (0, 45, ["cohort coordinator"])] {
+            let deadline = Date() + 300
+            while peerSteps(run, rank: rank) < after && launch.process.isRunning && Date() < deadline { usleep(20_000) }
+            let pids = processes(matching: victim + [config])
+            try #require(pids.count == 1, "\(victim): \(pids) — \(launch.output)")
+            kill(pids[0], SIGKILL)
+        }
+        #expect(launch.finish() == 0, "\(launch.output)")
+        let summary = try JSONDecoder().decode(CohortSummary.self, from: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json")))
+        #expect(summary.steps == 90 && summary.peers.count == 2 && summary.peers.allSatisfy { $0.test_top1 > 0.3 }, "\(summary)")
+        for name in ["peer 1 failed (killed by signal 9); restarting", "coordinator failed (killed by signal 9); restarting", "resumed",
+                     "lost the coordinator; rejoining"] {
+            #expect(launch.output.contains(name), "\(name)")
+        }
+        // Every peer trained every step: peer 1 went back to its checkpoint and trained on from there.
+        for rank in 0..<2 { #expect(peerSteps(run, rank: rank) == 90) }
+        let epochs = try jsonLines(run + "/metrics.jsonl").filter { $0["kind"] as? String == "epoch" }
+        #expect(epochs.count == 3, "every epoch scored once: \(epochs)")
+    }
+
+    /// The newest step peer `rank` has recorded.
+    func peerSteps(_ run: String, rank: Int) -> Int {
+        ((try? String(contentsOfFile: run + "/peer-\(rank)/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.contains("\"kind\":\"step\"") }.compactMap { line -> Int? in
+                guard let r = line.range(of: "\"global_step\":") else { return nil }
+                return Int(line[r.upperBound...].prefix { $0.isNumber })
+            }.max() ?? 0
+    }
+
     /// A corrupt newest cohort checkpoint is reported and the one before it used.
     @Test func corruptCoordinatorStateFallsBackToThePreviousOne() throws {
         let output = scratch("state")

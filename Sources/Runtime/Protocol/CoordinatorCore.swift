@@ -358,7 +358,8 @@ public struct CoordinatorCore {
     private mutating func startOnItsOwn(_ r: Int, _ c: inout Codistilling) {
         let spe = stepsPerEpoch, total = configuration.epochs * spe
         let g = resumeSteps[r]
-        for epoch in state.evaluatedEpochs..<min(g / spe, configuration.epochs - 1) where c.logits[epoch]?[r] == nil {
+        // (A peer back from a checkpoint behind the epochs already scored has none to be excused from.)
+        for epoch in state.evaluatedEpochs..<max(state.evaluatedEpochs, min(g / spe, configuration.epochs - 1)) where c.logits[epoch]?[r] == nil {
             c.excused[epoch, default: []].insert(r)
         }
         if g >= total {

@@ -203,6 +203,21 @@ import Wire
         guard case .finished? = c.outcome else { Issue.record("\(String(describing: c.outcome))"); return }
     }
 
+    /// A peer back from a checkpoint behind the epochs already scored without it goes on from there.
+    @Test func aPeerBackBehindTheScoredEpochsIsStartedWhereItIs() throws {
+        var c = CoordinatorHarness(try Self.configuration())
+        _ = c.admit([0, 1, 2])
+        c.tick(after: 6)
+        c.beat([0, 1])
+        c.tick(after: 6)
+        c.handle(Self.evaluation(0, epoch: 0, correct: 4))
+        c.handle(Self.evaluation(1, epoch: 0, correct: 4))
+        #expect(c.savedStates.last?.evaluatedEpochs == 1)
+        c.hello(2, incarnation: 1, resumeStep: 2)
+        let restarted = c.sent(to: 2, incarnation: 1).compactMap { if case .step(let s, _) = $0 { s } else { nil } }
+        #expect(restarted.map(\.globalStep) == [2] && c.outcome == nil)
+    }
+
     @Test func theLastEpochWaitsForAbsentPeersThenEndsWithoutThem() throws {
         var c = CoordinatorHarness(try Self.configuration())
         _ = c.admit([0, 1, 2])
