@@ -8,11 +8,14 @@ import Runtime
 /// supervised cohort (`cohort launch`); the run finishes, every peer is in the summary, every checkpoint
 /// on disk reads back whole (checksums), and the absences and rejoins are on record.
 @Suite(.serialized) struct FaultToleranceTests {
-    @Test func cohortSurvivesKilledPeersAndCoordinator() throws {
-        let directory = scratch("chaos")
+    /// Both exchanges: through the coordinator, and peer to peer (mesh; a peer back from a kill receives at
+    /// a new data endpoint, and a resumed coordinator sends the peers back to a common step).
+    @Test(arguments: ["coordinator", "mesh"]) func cohortSurvivesKilledPeersAndCoordinator(exchange: String) throws {
+        let directory = scratch("chaos-\(exchange)")
         let config = directory + "/cohort.yaml"
         try write(cohortConfiguration(epochs: 3, trainLimit: 1920, extra: "checkpoint_every: 5").replacingOccurrences(
-            of: "timeout: 60, join_timeout: 60", with: "timeout: 30, join_timeout: 60, heartbeat_interval: 0.5, heartbeat_timeout: 3"), to: config)
+            of: "timeout: 60, join_timeout: 60",
+            with: "timeout: 30, join_timeout: 60, heartbeat_interval: 0.5, heartbeat_timeout: 3, exchange: \(exchange)"), to: config)
         let run = directory + "/run"
         let launch = try CohortProcess(["launch", "--config", config, "--threads", "2", "--out", run])
         // 30 steps an epoch, 90 in all: kill peer 1 after step 12, the coordinator after 40, peer 2 after 65.
