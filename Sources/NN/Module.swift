@@ -63,6 +63,18 @@ open class Module {
     /// - Throws: ``StateDictError`` for a missing or unexpected key, or a shape mismatch; nothing is
     ///   changed when it throws.
     public func loadStateDict(_ entries: [String: Tensor], counters: [String: Int] = [:], strict: Bool = true) throws {
+        try checkStateDict(entries, counters: counters, strict: strict)
+        let ownCounters = Dictionary(uniqueKeysWithValues: namedCounters())
+        for (name, tensor) in stateDict() {
+            if let source = entries[name] { tensor.assign(source) }
+        }
+        for (name, value) in counters { ownCounters[name]?.value = value }
+    }
+
+    /// Checks what ``loadStateDict(_:counters:strict:)`` checks, changing nothing: to load several modules
+    /// all or none.
+    /// - Throws: ``StateDictError`` for a missing or unexpected key, or a shape mismatch.
+    public func checkStateDict(_ entries: [String: Tensor], counters: [String: Int] = [:], strict: Bool = true) throws {
         let own = stateDict()
         let ownNames = Set(own.map(\.0))
         let ownCounters = Dictionary(uniqueKeysWithValues: namedCounters())
@@ -78,10 +90,6 @@ open class Module {
                 throw StateDictError.shapeMismatch(key: name, expected: tensor.shape, found: source.shape)
             }
         }
-        for (name, tensor) in own {
-            if let source = entries[name] { tensor.assign(source) }
-        }
-        for (name, value) in counters { ownCounters[name]?.value = value }
     }
 
     /// Sets training (`true`) or evaluation mode on this module and all its descendants.
@@ -125,6 +133,15 @@ public enum StateDictError: Error, Equatable, CustomStringConvertible {
         case .missingKeys(let keys): "state dict is missing keys: \(keys.joined(separator: ", "))"
         case .unexpectedKeys(let keys): "state dict has unexpected keys: \(keys.joined(separator: ", "))"
         case .shapeMismatch(let key, let expected, let found): "state dict key \(key) has shape \(found), expected \(expected)"
+        }
+    }
+
+    /// The same error with every key under `prefix` (a module inside a larger dictionary).
+    public func prefixed(_ prefix: String) -> StateDictError {
+        switch self {
+        case .missingKeys(let keys): .missingKeys(keys.map { prefix + $0 })
+        case .unexpectedKeys(let keys): .unexpectedKeys(keys.map { prefix + $0 })
+        case .shapeMismatch(let key, let expected, let found): .shapeMismatch(key: prefix + key, expected: expected, found: found)
         }
     }
 }

@@ -482,17 +482,11 @@ extension PeerTrainer {
             guard let prefix = prefixes.first(where: { t.name.hasPrefix($0 + ".") }) else { throw StateDictError.unexpectedKeys([t.name]) }
             byModule[prefix, default: [:]][String(t.name.dropFirst(prefix.count + 1))] = Tensor(t.values, shape: t.shape)
         }
-        // Check every module before changing any.
+        // Check every module before changing any; errors name the published keys.
         for (prefix, module) in publishedModules {
-            let own = module.stateDict()
-            let given = byModule[prefix] ?? [:]
-            let missing = own.map(\.0).filter { given[$0] == nil }
-            if !missing.isEmpty { throw StateDictError.missingKeys(missing.map { prefix + "." + $0 }) }
-            for (name, tensor) in own where given[name]!.shape != tensor.shape {
-                throw StateDictError.shapeMismatch(key: prefix + "." + name, expected: tensor.shape, found: given[name]!.shape)
+            do { try module.checkStateDict(byModule[prefix] ?? [:]) } catch let error as StateDictError {
+                throw error.prefixed(prefix + ".")
             }
-            let unexpected = Set(given.keys).subtracting(own.map(\.0))
-            if !unexpected.isEmpty { throw StateDictError.unexpectedKeys(unexpected.sorted().map { prefix + "." + $0 }) }
         }
         for (prefix, module) in publishedModules { try module.loadStateDict(byModule[prefix]!) }
     }

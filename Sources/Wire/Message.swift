@@ -74,15 +74,18 @@ public enum Message: Sendable, Equatable {
         }
 
         /// The data endpoints of the step's participants other than `rank`.
-        public func meshTargets(excluding rank: Int) -> [MeshTarget] {
-            (endpoints ?? []).enumerated().compactMap { r, e in r == rank || e.isEmpty ? nil : MeshTarget(rank: r, endpoint: e) }
-        }
+        public func meshTargets(excluding rank: Int) -> [MeshTarget] { MeshTarget.targets(endpoints ?? [], excluding: rank) }
     }
     /// Where one peer sends its outputs in mesh mode.
     public struct MeshTarget: Sendable, Equatable, Hashable {
         public let rank: Int
         public let endpoint: String
         public init(rank: Int, endpoint: String) { self.rank = rank; self.endpoint = endpoint }
+
+        /// The peers of `endpoints` (by rank; empty for those not taking part) other than `rank`.
+        public static func targets(_ endpoints: [String], excluding rank: Int) -> [MeshTarget] {
+            endpoints.enumerated().compactMap { r, e in r == rank || e.isEmpty ? nil : MeshTarget(rank: r, endpoint: e) }
+        }
     }
     public struct StepOutputs: Codable, Sendable, Equatable {
         public let rank: Int

@@ -20,9 +20,7 @@ private struct SilentSink: LogSink { func emit(_ record: LogRecord) {} }
     /// (memories, queues, heads, auxiliary branches) and momentum agrees, and so do the test scores.
     @Test func inMemoryAndZeroMQTransportsTrainTheSameWeights() throws {
         let directory = scratch("transports")
-        let text = cohortConfiguration(epochs: 2, trainLimit: 192, extra: "mcl: {embedding_dim: 16, layer_weights: [1.0, 0.5, 1.0]}\ncheckpoint_every: 2")
-            .replacingOccurrences(of: "mcl: {embedding_dim: 32}\n", with: "")
-        var configuration = try CohortConfiguration.parse(text)
+        var configuration = try Self.configuration()
         configuration.output = directory + "/inproc"
         let memory = try Parallelism.withThreadCount(1) {
             try InProcessCohort(configuration: configuration).run(progress: ProgressReporter(interactive: false))
@@ -45,9 +43,7 @@ private struct SilentSink: LogSink { func emit(_ record: LogRecord) {} }
     /// coordinator mode trains; so does the in-memory transport in mesh mode.
     @Test func meshModeTrainsTheSameWeightsAsTheCoordinatorMode() throws {
         let directory = scratch("mesh")
-        let text = cohortConfiguration(epochs: 2, trainLimit: 192, extra: "mcl: {embedding_dim: 16, layer_weights: [1.0, 0.5, 1.0]}\ncheckpoint_every: 2")
-            .replacingOccurrences(of: "mcl: {embedding_dim: 32}\n", with: "")
-        var configuration = try CohortConfiguration.parse(text)
+        var configuration = try Self.configuration()
         configuration.output = directory + "/coordinator"
         let reference = try Parallelism.withThreadCount(1) {
             try InProcessCohort(configuration: configuration).run(progress: ProgressReporter(interactive: false))
@@ -70,6 +66,14 @@ private struct SilentSink: LogSink { func emit(_ record: LogRecord) {} }
         let stream = try String(contentsOfFile: directory + "/zmq-mesh/stream.jsonl", encoding: .utf8)
         #expect(stream.contains("receiving the others' outputs at tcp://127.0.0.1:"))
         #expect(!stream.contains("\"level\":\"warning\""), "no peer waited in vain, rejoined or dropped anything")
+    }
+
+    /// Three peers (resnet8, resnet8, resnet14) with layer-wise MCL and a resnet8 teacher with KD, CRCD and
+    /// RRD, 2 epochs of 3 steps, a checkpoint every 2 steps.
+    static func configuration() throws -> CohortConfiguration {
+        try CohortConfiguration.parse(cohortConfiguration(epochs: 2, trainLimit: 192,
+                                                          extra: "mcl: {embedding_dim: 16, layer_weights: [1.0, 0.5, 1.0]}\ncheckpoint_every: 2")
+            .replacingOccurrences(of: "mcl: {embedding_dim: 32}\n", with: ""))
     }
 
     /// A coordinator and three `PeerNode`s on threads of this process over loopback TCP; the summary.

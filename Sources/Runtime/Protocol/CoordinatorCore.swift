@@ -411,17 +411,6 @@ public struct CoordinatorCore {
         if state.evaluatedEpochs >= configuration.epochs { finishRun() }
     }
 
-    /// Stops a codistilling cohort: every present peer checkpoints at its own step, then stops.
-    private mutating func stopCodistilling(signal: Int32?) {
-        send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
-        saveState()
-        log(.notice, "stopped; every present peer checkpoints at its own step")
-        broadcast(.shutdown(.init(.failed("coordinator: stopped"))))
-        actions.append(.publish(.end(StreamEnd(ok: false, reason: "stopped", time: now))))
-        stage = .done
-        actions.append(.finish(.stopped(globalStep: state.globalStep, signal: signal)))
-    }
-
     /// Whether the peers codistil (the driver then asks about stopping between its rounds, not before steps).
     public var isCodistilling: Bool { if case .codistilling = stage { true } else { false } }
 
@@ -611,7 +600,7 @@ public struct CoordinatorCore {
             fail(.stopped(signal: s))
         case .checkpointAndStop(let signal):
             // Between steps the members checkpoint at once; mid-step, at the next step's start.
-            if case .codistilling = stage { stopCodistilling(signal: signal) } else if case .preparing = stage { stopAtStep(request) } else if training { pendingStop = request } else {
+            if case .codistilling = stage { stopWithCheckpoints(signal: signal, atCohortStep: false) } else if case .preparing = stage { stopAtStep(request) } else if training { pendingStop = request } else {
                 fail(.stopped(signal: { if case .checkpointAndStop(let s) = request { s ?? 0 } else { 0 } }()))
             }
         }
@@ -619,11 +608,18 @@ public struct CoordinatorCore {
 
     private mutating func stopAtStep(_ request: StopRequest) {
         guard case .checkpointAndStop(let signal) = request else { return }
+        stopWithCheckpoints(signal: signal, atCohortStep: true)
+    }
+
+    /// Every present peer checkpoints — at the cohort's step, or (codistilling) each at its own — and the
+    /// run stops there.
+    private mutating func stopWithCheckpoints(signal: Int32?, atCohortStep: Bool) {
         send(.checkpoint(.init(globalStep: state.globalStep)), to: presentRanks)
         saveState()
-        log(.notice, "stopped at step \(state.globalStep); every present peer checkpoints there")
-        broadcast(.shutdown(.init(.failed("coordinator: stopped at step \(state.globalStep)"))))
-        actions.append(.publish(.end(StreamEnd(ok: false, reason: "stopped at step \(state.globalStep)", time: now))))
+        let at = atCohortStep ? " at step \(state.globalStep)" : ""
+        log(.notice, "stopped\(at); every present peer checkpoints \(atCohortStep ? "there" : "at its own step")")
+        broadcast(.shutdown(.init(.failed("coordinator: stopped\(at)"))))
+        actions.append(.publish(.end(StreamEnd(ok: false, reason: "stopped\(at)", time: now))))
         stage = .done
         actions.append(.finish(.stopped(globalStep: state.globalStep, signal: signal)))
     }

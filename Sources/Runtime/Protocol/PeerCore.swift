@@ -130,7 +130,8 @@ public struct PeerCore {
 
     struct PeerData {
         let globalStep: Int
-        let tensors: [TensorPayload]
+        /// Checked against the step's shapes when they came.
+        let outputs: PeerOutputs
     }
 
     /// Codistillation: whether the coordinator has said where to start (this peer then steps on its own).
@@ -317,7 +318,7 @@ public struct PeerCore {
                 log(.warning, "dropped members naming \(m.endpoints.count) endpoints for \(configuration.peers.count) peers")
                 return
             }
-            meshTargets = Message.Step(epoch: 0, step: 0, globalStep: 0, endpoints: m.endpoints).meshTargets(excluding: rank)
+            meshTargets = Message.MeshTarget.targets(m.endpoints, excluding: rank)
             return
         }
         if isWorking || afterRewind != nil {
@@ -432,14 +433,7 @@ public struct PeerCore {
             return
         }
         let r = body.rank
-        guard r != rank, configuration.peers.indices.contains(r) else {
-            log(.warning, "dropped outputs from the mesh", ["reason": "rank \(r) is not another peer of this cohort"])
-            return
-        }
-        if let user, user != "peer-\(r)" {
-            log(.warning, "dropped outputs from the mesh", ["reason": "the sender's key is not peer \(r)'s", "user": user])
-            return
-        }
+        guard acceptsSender(rank: r, user: user, of: "outputs") else { return }
         // The steps this peer can still use: from the one it is at (or going back to) on. Outputs may come
         // before the step's message, and for a step far ahead when this peer rejoins behind the cohort.
         var from = done
@@ -447,11 +441,12 @@ public struct PeerCore {
         let g = body.globalStep
         guard g >= from, g < configuration.epochs * stepsPerEpoch else { return }
         let step = Message.Step(epoch: g / stepsPerEpoch, step: g % stepsPerEpoch, globalStep: g)
-        do { _ = try expectTensors(tensors, configuration.outputLayout.expected(batchSize: batchSize(of: step))) } catch {
+        let outputs: PeerOutputs
+        do { outputs = try peerOutputs(rank: r, tensors, batchSize: batchSize(of: step)) } catch {
             log(.warning, "dropped invalid outputs from the mesh", ["rank": "\(r)", "reason": "\(error)"])
             return
         }
-        peerOutputs[MeshKey(attempt: attempt, rank: r)] = PeerData(globalStep: g, tensors: tensors)
+        peerOutputs[MeshKey(attempt: attempt, rank: r)] = PeerData(globalStep: g, outputs: outputs)
         // At most three steps' worth of sendings is held: those left behind go first, then the furthest ahead
         // (the next steps' come again from the peers that send them; the current one's would not).
         let limit = 3 * configuration.peers.count
@@ -471,14 +466,7 @@ public struct PeerCore {
             log(.warning, "dropped weights from the mesh", ["reason": "this cohort does not codistil"])
             return
         }
-        guard r != rank, configuration.peers.indices.contains(r) else {
-            log(.warning, "dropped weights from the mesh", ["reason": "rank \(r) is not another peer of this cohort"])
-            return
-        }
-        if let user, user != "peer-\(r)" {
-            log(.warning, "dropped weights from the mesh", ["reason": "the sender's key is not peer \(r)'s", "user": user])
-            return
-        }
+        guard acceptsSender(rank: r, user: user, of: "weights") else { return }
         // The same weights again (a repeated sending) change nothing; older ones are taken, as a peer that
         // went back to a checkpoint publishes from there again.
         guard body.globalStep != newestWeights[r] else { return }
@@ -486,24 +474,34 @@ public struct PeerCore {
         receivedWeights[r] = PeerWeights(rank: r, globalStep: body.globalStep, tensors: tensors)
     }
 
+    /// Whether a message from the mesh naming `rank` (sent by CURVE user `user`, when secured) comes from
+    /// another peer of this cohort that is who it says; logs why not.
+    private mutating func acceptsSender(rank r: Int, user: String?, of what: String) -> Bool {
+        var reason: [String: String]?
+        if r == rank || !configuration.peers.indices.contains(r) {
+            reason = ["reason": "rank \(r) is not another peer of this cohort"]
+        } else if let user, user != "peer-\(r)" {
+            reason = ["reason": "the sender's key is not peer \(r)'s", "user": user]
+        }
+        if let reason { log(.warning, "dropped \(what) from the mesh", reason) }
+        return reason == nil
+    }
+
     /// Mesh mode: once every rank the coordinator named has sent its outputs, the step goes on.
     private mutating func finishIfPeersArrived() {
         guard case .awaitingPeers(let step, let teacher, let ranks, _, let sentAt, var timing) = stage, let attempt = step.attempt else { return }
         let keys = ranks.map { MeshKey(attempt: attempt, rank: $0) }
         guard keys.allSatisfy({ peerOutputs[$0] != nil }) else { return }
-        let b = batchSize(of: step)
         var others: [PeerOutputs] = []
         for key in keys {
             let data = peerOutputs[key]!
-            do {
-                guard data.globalStep == step.globalStep else { throw WireError.header("global step \(data.globalStep) for step \(step.globalStep)") }
-                others.append(try peerOutputs(rank: key.rank, data.tensors, batchSize: b))
-            } catch {
-                // The sender's copy is wrong and will not be sent again: wait, and rejoin if nothing better comes.
-                log(.warning, "dropped invalid outputs from the mesh", ["rank": "\(key.rank)", "reason": "\(error)"])
+            guard data.globalStep == step.globalStep else {
+                // Another step under this sending's number: wrong, and not sent again; wait, and rejoin if nothing better comes.
+                log(.warning, "dropped invalid outputs from the mesh", ["rank": "\(key.rank)", "reason": "global step \(data.globalStep) for step \(step.globalStep)"])
                 peerOutputs[key] = nil
                 return
             }
+            others.append(data.outputs)
         }
         peerOutputs = peerOutputs.filter { $0.value.globalStep > step.globalStep }
         timing.exchange = max(0, now - sentAt - timing.waited)
@@ -723,30 +721,22 @@ public struct PeerCore {
 
     /// Peer `r`'s outputs as it sent them over the mesh, checked against the shapes the configuration implies.
     func peerOutputs(rank r: Int, _ tensors: [TensorPayload], batchSize b: Int) throws -> PeerOutputs {
-        let layout = configuration.outputLayout
-        let byName = try expectTensors(tensors, layout.expected(batchSize: b))
-        return PeerOutputs(rank: r, batchSize: b, embedding: byName[OutputLayout.Tensor.embedding.name]?.values,
-                           embeddingDimension: configuration.mcl.embeddingDimension,
-                           auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap {
-                               byName[OutputLayout.Tensor.auxiliaryEmbedding(branch: $0).name]?.values
-                           },
-                           logits: byName[OutputLayout.Tensor.logits.name]!.values, classCount: configuration.data.dataSet.classCount)
+        let byName = try expectTensors(tensors, configuration.outputLayout.expected(batchSize: b))
+        return outputs(rank: r, batchSize: b) { byName[$0.name]?.values }
+    }
+
+    /// Peer `r`'s outputs from the checked tensors `values` gives for each part of the layout.
+    private func outputs(rank r: Int, batchSize b: Int, _ values: (OutputLayout.Tensor) -> [Float]?) -> PeerOutputs {
+        PeerOutputs(rank: r, batchSize: b, embedding: values(.embedding), embeddingDimension: configuration.mcl.embeddingDimension,
+                    auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap { values(.auxiliaryEmbedding(branch: $0)) },
+                    logits: values(.logits)!, classCount: configuration.data.dataSet.classCount)
     }
 
     /// The other present members' outputs, in rank order, checked against the shapes the configuration implies.
     func unpackOthers(_ tensors: [TensorPayload], ranks: [Int], batchSize b: Int) throws -> [PeerOutputs] {
-        let classes = configuration.data.dataSet.classCount
-        let d = configuration.mcl.embeddingDimension
         try checkRanks(ranks)
-        let layout = configuration.outputLayout
-        let byName = try expectTensors(tensors, layout.expectedOthers(ranks: ranks, batchSize: b))
-        return ranks.map { r in
-            PeerOutputs(rank: r, batchSize: b, embedding: OutputLayout.values(of: .embedding, rank: r, in: byName), embeddingDimension: d,
-                        auxiliaryEmbeddings: (1..<CohortConfiguration.MCLSettings.layerCount).compactMap {
-                            OutputLayout.values(of: .auxiliaryEmbedding(branch: $0), rank: r, in: byName)
-                        },
-                        logits: OutputLayout.values(of: .logits, rank: r, in: byName)!, classCount: classes)
-        }
+        let byName = try expectTensors(tensors, configuration.outputLayout.expectedOthers(ranks: ranks, batchSize: b))
+        return ranks.map { r in outputs(rank: r, batchSize: b) { OutputLayout.values(of: $0, rank: r, in: byName) } }
     }
 
     // MARK: Endings
