@@ -35,7 +35,9 @@ final class MeshLink {
             try pull.makeCurveServer(secretKey: keys.own.secretKey)
             try pull.setZAPDomain(Self.domain)
         }
-        try pull.bind(bind)
+        do { try pull.bind(bind) } catch {
+            throw TransportError(description: "cannot bind the data socket at \(bind) (--mesh-endpoint): \(error)")
+        }
         endpoint = Self.advertised(pull.lastEndpoint, host: host)
         socket = ProtocolSocket(pull, codec: codec, logger: logger, routed: false, sender: "a peer (mesh)")
     }

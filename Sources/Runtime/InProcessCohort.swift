@@ -129,7 +129,7 @@ public final class InProcessCohort {
         }
         switch coordinator.outcome! {
         case .finished(let summary): return summary
-        case .stopped(let step, _): throw CohortStopped(globalStep: step)
+        case .stopped(let step, _): throw CohortStopped(globalStep: step, atOwnSteps: configuration.codistillation != nil)
         case .failed(.resume(let error)): throw error
         case .failed(let error): throw error
         }
@@ -160,7 +160,12 @@ public final class InProcessCohort {
 /// The in-process cohort stopped when asked (a signal), after every peer wrote a checkpoint at `globalStep`.
 public struct CohortStopped: Error, CustomStringConvertible {
     public let globalStep: Int
-    public var description: String { "stopped at step \(globalStep); every peer wrote a checkpoint there" }
+    /// Codistilling peers each checkpoint at their own step.
+    public var atOwnSteps = false
+    public init(globalStep: Int, atOwnSteps: Bool = false) { self.globalStep = globalStep; self.atOwnSteps = atOwnSteps }
+    public var description: String {
+        atOwnSteps ? "stopped; every peer wrote a checkpoint at its own step" : "stopped at step \(globalStep); every peer wrote a checkpoint there"
+    }
 }
 
 /// "epoch 2/3: peer 0 (resnet8) 88.10%, peer 1 (resnet8) 87.95%; ensemble 89.02%"

@@ -126,8 +126,13 @@ struct PeerCommand: ParsableCommand {
 
     func run() throws {
         let configuration = try loadConfiguration(config, out: out)
-        if meshEndpoint != nil, configuration.network.exchange != .mesh {
-            throw CLIError(message: "--mesh-endpoint: \(config) has network.exchange: \(configuration.network.exchange.rawValue); it takes effect with mesh")
+        if let meshEndpoint {
+            guard configuration.network.exchange == .mesh else {
+                throw CLIError(message: "--mesh-endpoint: \(config) has network.exchange: \(configuration.network.exchange.rawValue); it takes effect with mesh")
+            }
+            guard ["tcp://", "ipc://"].contains(where: { meshEndpoint.hasPrefix($0) }), meshEndpoint.contains(":") else {
+                throw CLIError(message: "--mesh-endpoint: \"\(meshEndpoint)\" is not a ZeroMQ endpoint; give one such as tcp://10.0.0.2:5580, tcp://*:* or ipc:///tmp/peer-0")
+            }
         }
         guard configuration.peers.indices.contains(rank) else {
             throw CLIError(message: "--rank \(rank): \(config) has \(configuration.peers.count) peer(s), ranks 0...\(configuration.peers.count - 1)")

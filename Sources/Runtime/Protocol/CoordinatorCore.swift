@@ -344,7 +344,7 @@ public struct CoordinatorCore {
         }
         var c = Codistilling()
         for r in presentRanks { startOnItsOwn(r, &c) }
-        stage = .codistilling(c)
+        advanceCodistilling(c)
     }
 
     /// Every present peer's data endpoint by rank (empty for the others).
@@ -391,7 +391,15 @@ public struct CoordinatorCore {
                 continue
             }
             let delivered = (c.logits[epoch] ?? [:]).keys.sorted()
-            guard !delivered.isEmpty, Set(delivered).union(c.excused[epoch] ?? []).isSuperset(of: present) else { break }
+            guard Set(delivered).union(c.excused[epoch] ?? []).isSuperset(of: present), !(delivered.isEmpty && present.isEmpty) else { break }
+            if delivered.isEmpty {
+                // Every peer came back past this epoch's end without its logits (a stop, a lost coordinator).
+                log(.error, "epoch \(epoch + 1) ends unscored: no peer's test-set logits of it are left")
+                state.evaluatedEpochs = epoch + 1
+                saveState()
+                c.excused[epoch] = nil
+                continue
+            }
             // The last epoch waits for absent peers (network.join_timeout), so that the summary covers everyone.
             if epoch == last, delivered.count < configuration.peers.count, timing.joinTimeout > 0 {
                 let since = c.lastEpochWaitSince ?? now

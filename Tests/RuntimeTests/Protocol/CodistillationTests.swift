@@ -218,6 +218,16 @@ import Wire
         #expect(restarted.map(\.globalStep) == [2] && c.outcome == nil)
     }
 
+    /// Stopped and resumed after the peers passed an epoch's end whose logits nobody delivered: that epoch
+    /// ends unscored and the run goes on (it used to wait for it for ever).
+    @Test func anEpochEveryPeerIsPastWithoutItsLogitsEndsUnscored() throws {
+        var c = CoordinatorHarness(try Self.configuration())
+        _ = c.admit([0, 1, 2], resumeSteps: [0: 5, 1: 6, 2: 5])
+        #expect(c.savedStates.last?.evaluatedEpochs == 1 && c.logged("epoch 1 ends unscored"))
+        for r in 0..<3 { c.handle(Self.evaluation(r, epoch: 1, correct: 4)) }
+        guard case .finished? = c.outcome else { Issue.record("\(String(describing: c.outcome))"); return }
+    }
+
     @Test func theLastEpochWaitsForAbsentPeersThenEndsWithoutThem() throws {
         var c = CoordinatorHarness(try Self.configuration())
         _ = c.admit([0, 1, 2])
