@@ -79,7 +79,7 @@ let package = Package(
             ]),
         // Helpers shared by the test targets (finite-difference gradient checks).
         .target(name: "TestSupport", dependencies: ["Tensors", "NN"], path: "Tests/TestSupport"),
-        .testTarget(name: "TensorsTests", dependencies: ["CBLAS", "Tensors", "TestSupport"]),
+        .testTarget(name: "TensorsTests", dependencies: ["CBLAS", "CKernels", "Tensors", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["Tensors", "NN", "TestSupport"], exclude: ["Resources"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "CZlib"]),
         .testTarget(name: "TrainingTests", dependencies: ["Tensors", "NN", "Data", "Training", "TestSupport"]),

@@ -99,14 +99,11 @@ static inline long block_depth(long k) {
     return (depth + 7) / 8 * 8;
 }
 
-// dst[i * ldd + r] = src[r * lds + i] for an 8 x 8 block.
-AVX2 static inline void transpose8(const float *src, long lds, float *dst, long ldd) {
-    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
-           r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds),
-           r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
-           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
-           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+// dst[i * ldd + q] = lane i of r[q]: an 8 x 8 transpose of eight row vectors.
+AVX2 static inline void transpose_rows8(const __m256 r[8], float *dst, long ldd) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]), t2 = _mm256_unpacklo_ps(r[2], r[3]),
+           t3 = _mm256_unpackhi_ps(r[2], r[3]), t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]),
+           t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
     __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
            u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
            u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
@@ -119,6 +116,14 @@ AVX2 static inline void transpose8(const float *src, long lds, float *dst, long 
     _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
     _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
     _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// dst[i * ldd + r] = src[r * lds + i] for an 8 x 8 block.
+AVX2 static inline void transpose8(const float *src, long lds, float *dst, long ldd) {
+    __m256 r[8];
+#pragma clang loop unroll(full)
+    for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(src + q * lds);
+    transpose_rows8(r, dst, ldd);
 }
 
 // op(A)[i0 : i0+mc, p0 : p0+kc] into MR-row panels: panel q holds rows q*MR.., as kc groups of MR.
@@ -390,7 +395,7 @@ long cohort_packed_weights_count(long m, long k) { return packed_rows(m) * k; }
 
 // Block pc (KC deep) of the packed matrix starts at packed_rows(m) * pc; panel ip within it at ip * kc.
 int cohort_pack_weights(long m, long k, const float *a, float *packed) {
-    if (cohort_sgemm_level() != COHORT_GEMM_AVX512) return 0;
+    if (cohort_sgemm_level() == COHORT_GEMM_BLAS) return 0;
     for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
         long kc = min_long(kb, k - pc);
         pack_a(0, a, k, 0, pc, m, kc, packed + packed_rows(m) * pc);
@@ -431,10 +436,154 @@ AVX512 static void shifted_kernel(long kc, const float *restrict a, const float 
     }
 }
 
+
+// The lanes of an 8-lane vector whose bit is set in `bits` (lane i: bit i), as a mask for maskload.
+AVX2 static inline __m256i lane_mask(uint32_t bits) {
+    const __m256i shifts = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+    return _mm256_sllv_epi32(_mm256_set1_epi32((int)bits), shifts);
+}
+
+// The AVX2 path's column panel for the convolution without lowering: 24 pixels (three ymm vectors), so
+// that a 4-row pass keeps 12 accumulators.
+enum { SHIFTED_NR = 24 };
+
+// acc[0..11] = rows 0-3 of an MR-row A panel x a packed kc x 24 B panel (kc > 0): acc[3r + v] holds
+// row r, columns 8v..8v+7. The loop is written in assembly because its 12 accumulators, 3 B vectors and
+// the broadcast take all 16 ymm registers, and the compiler, left to itself, spills an accumulator (a
+// store and reload in every FMA chain: half the speed).
+AVX2 static inline void accumulate_4x24(long kc, const float *a, const float *b, __m256 acc[12]) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
+           c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+    __asm__ volatile(
+        "1:\n\t"
+        "vmovaps (%[b]), %%ymm12\n\t"
+        "vmovaps 32(%[b]), %%ymm13\n\t"
+        "vmovaps 64(%[b]), %%ymm14\n\t"
+        "vbroadcastss (%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
+        "vbroadcastss 4(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
+        "vbroadcastss 8(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
+        "vbroadcastss 12(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
+        "addq $32, %[a]\n\t"
+        "addq $96, %[b]\n\t"
+        "decq %[k]\n\t"
+        "jnz 1b\n\t"
+        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc),
+          [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12),
+          [c20] "+x"(c20), [c21] "+x"(c21), [c22] "+x"(c22), [c30] "+x"(c30), [c31] "+x"(c31), [c32] "+x"(c32)
+        :
+        : "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
+    acc[0] = c00; acc[1] = c01; acc[2] = c02; acc[3] = c10; acc[4] = c11; acc[5] = c12;
+    acc[6] = c20; acc[7] = c21; acc[8] = c22; acc[9] = c30; acc[10] = c31; acc[11] = c32;
+}
+
+// C[0:4, 0:24] = rows 0-3 of an MR-row A panel x a packed kc x 24 B panel (C row stride ldc); with `add`,
+// C += that product instead (one rounding of each sum, as the AVX-512 kernel's).
+AVX2 static inline void kernel_4x24(long kc, const float *a, const float *b, float *c, long ldc, int add) {
+    __m256 acc[12];
+    accumulate_4x24(kc, a, b, acc);
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 4; r++)
+#pragma clang loop unroll(full)
+        for (int v = 0; v < 3; v++) {
+            float *out = c + r * ldc + 8 * v;
+            _mm256_storeu_ps(out, add ? _mm256_add_ps(acc[3 * r + v], _mm256_loadu_ps(out)) : acc[3 * r + v]);
+        }
+}
+
+// AVX2: for each image and each 24-pixel column panel, the panel's kc x 24 block of the implicit lowered
+// matrix is gathered once from the shifted input planes (masked loads) into an L1-resident panel, which
+// every MR-row panel of the packed weights then multiplies. No lowered matrix ever reaches memory.
+AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                    const float *packed, const float *images, long image_stride, long count,
+                                    float *out, long out_stride) {
+    PackBuffers *buffers = thread_buffers();
+    if (!buffers) return 0;
+    long taps = kh * kw, k = channels * taps, plane = h * w;
+    long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + SHIFTED_NR - 1) / SHIFTED_NR;
+    long *offsets = malloc(sizeof(long) * (size_t)k);
+    uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(taps * panels));
+    __m256i *lanes = aligned_alloc(32, sizeof(__m256i) * (size_t)(3 * taps));
+    if (!offsets || !masks || !lanes) { free(offsets); free(masks); free(lanes); return 0; }
+    for (long p = 0; p < k; p++) {
+        long c = p / taps, t = p % taps;
+        offsets[p] = c * plane + (t / kw - ph) * w + (t % kw - pw);
+    }
+    // For each panel and tap, the pixels of the panel whose tap falls inside the image.
+    for (long panel = 0; panel < panels; panel++) {
+        long j0 = panel * SHIFTED_NR;
+        for (long t = 0; t < taps; t++) {
+            uint32_t bits = 0;
+            for (long q = 0; q < SHIFTED_NR && j0 + q < end; q++) {
+                long iy = (j0 + q) / w + t / kw - ph, ix = (j0 + q) % w + t % kw - pw;
+                if (iy >= 0 && iy < h && ix >= 0 && ix < w) bits |= 1u << q;
+            }
+            masks[panel * taps + t] = bits;
+        }
+    }
+    float *panel_b = buffers->b;
+    float edge[MR * SHIFTED_NR] __attribute__((aligned(64)));
+    for (long n = 0; n < count; n++) {
+        const float *image = images + n * image_stride;
+        float *output = out + n * out_stride;
+        for (long panel = 0; panel < panels; panel++) {
+            long j0 = panel * SHIFTED_NR, width = min_long(SHIFTED_NR, end - j0);
+            // The panel's lane masks, three vectors per tap.
+            for (long t = 0; t < taps; t++) {
+                uint32_t bits = masks[panel * taps + t];
+                for (int v = 0; v < 3; v++) lanes[3 * t + v] = lane_mask(bits >> (8 * v) & 0xFF);
+            }
+            for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
+                long kc = min_long(kb, k - pc);
+                // Branch-free gathering: a masked load never touches its masked-off lanes.
+                for (long p = 0, t = pc % taps; p < kc; p++, t = t + 1 == taps ? 0 : t + 1) {
+                    const float *row = image + j0 + offsets[pc + p];
+                    float *d = panel_b + p * SHIFTED_NR;
+                    _mm256_store_ps(d, _mm256_maskload_ps(row, lanes[3 * t]));
+                    _mm256_store_ps(d + 8, _mm256_maskload_ps(row + 8, lanes[3 * t + 1]));
+                    _mm256_store_ps(d + 16, _mm256_maskload_ps(row + 16, lanes[3 * t + 2]));
+                }
+                const float *block = packed + packed_rows(m) * pc;
+                for (long ir = 0; ir < m; ir += MR) {
+                    float *tile = output + ir * end + j0;
+                    const float *panel_a = block + ir * kc;
+                    if (m - ir >= MR && width == SHIFTED_NR) {
+                        kernel_4x24(kc, panel_a, panel_b, tile, end, pc > 0);
+                        kernel_4x24(kc, panel_a + 4, panel_b, tile + 4 * end, end, pc > 0);
+                        continue;
+                    }
+                    kernel_4x24(kc, panel_a, panel_b, edge, SHIFTED_NR, 0);
+                    kernel_4x24(kc, panel_a + 4, panel_b, edge + 4 * SHIFTED_NR, SHIFTED_NR, 0);
+                    long mr = min_long(MR, m - ir);
+                    for (long r = 0; r < mr; r++)
+                        for (long q = 0; q < width; q++)
+                            tile[r * end + q] = pc == 0 ? edge[r * SHIFTED_NR + q] : tile[r * end + q] + edge[r * SHIFTED_NR + q];
+                }
+            }
+        }
+    }
+    free(offsets); free(masks); free(lanes);
+    return 1;
+}
+
 int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                 const float *packed, const float *images, long image_stride, long count,
                                 float *out, long out_stride) {
-    if (cohort_sgemm_level() != COHORT_GEMM_AVX512) return 0;
+    int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_AVX2)
+        return shifted_forward_avx2(m, channels, h, w, kh, kw, ph, pw, packed, images, image_stride, count, out, out_stride);
+    if (path != COHORT_GEMM_AVX512) return 0;
     long taps = kh * kw, k = channels * taps, plane = h * w;
     long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + NR - 1) / NR;
     // Tables shared by every image: each row p's offset from the panel's first pixel, and for each panel
@@ -492,39 +641,61 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
     return 1;
 }
 
-// One 8 x 8 block of a shifted-plane panel: rows p0..p0+8 of the implicit matrix (each `source + offsets[p]`,
-// its validity bits from `bits[p]`), columns j..j+8, transposed into dst (row stride NR).
 #define AVX512VL __attribute__((target("avx512f,avx512vl")))
 
-AVX512VL static inline void shifted_block(const float *source, const long *offsets, const uint32_t *const *bits,
-                                        long j, float *dst) {
-    __m256 r[8];
+// A kc8 x NR panel of the weight gradient's B (the shifted output-gradient planes, transposed): row j of
+// the panel holds, for each of the NR implicit rows p (`source + offsets[p]`, validity bits `bits[p]`),
+// pixel pc + j, zero where the shift leaves the image. Built in 8 x 8 blocks (masked loads, transposes).
+typedef void (*ShiftedPanelFill)(const float *source, const long *offsets, const uint32_t *const *bits, long pc, long kc8,
+                                 long width, float *panel);
+
+// C[0:MR, 0:width] (+)= A panel x a kc x width panel (width: the path's panel width; with `add`, C += the
+// product, one rounding of each sum).
+typedef void (*ShiftedTile)(long kc, const float *a, const float *panel, float *c, long ldc, int add);
+
+AVX512VL static void fill_panel_avx512(const float *source, const long *offsets, const uint32_t *const *bits, long pc,
+                                       long kc8, long width, float *panel) {
+    for (long g = 0; g < width; g += 8)
+        for (long j = 0; j < kc8; j += 8) {
+            __m256 r[8];
 #pragma clang loop unroll(full)
-    for (int q = 0; q < 8; q++) {
-        const uint32_t *valid = bits[q];
-        __mmask8 mask = (__mmask8)(valid[j >> 5] >> (j & 31));
-        r[q] = _mm256_maskz_loadu_ps(mask, source + offsets[q] + j);
-    }
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]), t2 = _mm256_unpacklo_ps(r[2], r[3]),
-           t3 = _mm256_unpackhi_ps(r[2], r[3]), t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]),
-           t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
-           u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
-           u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
-           u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(dst + NR, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(dst + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(dst + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(dst + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(dst + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(dst + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps(dst + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+            for (int q = 0; q < 8; q++) {
+                const uint32_t *valid = bits[g + q];
+                long pixel = pc + j;
+                __mmask8 mask = (__mmask8)(valid[pixel >> 5] >> (pixel & 31));
+                r[q] = _mm256_maskz_loadu_ps(mask, source + offsets[g + q] + pixel);
+            }
+            transpose_rows8(r, panel + j * width + g, width);
+        }
 }
 
-AVX512VL static int shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
-                                           const float *a, long a_stride, const float *b, long b_stride, long count,
-                                           float *out, long ldo) {
+AVX2 static void fill_panel_avx2(const float *source, const long *offsets, const uint32_t *const *bits, long pc,
+                                 long kc8, long width, float *panel) {
+    for (long g = 0; g < width; g += 8)
+        for (long j = 0; j < kc8; j += 8) {
+            __m256 r[8];
+#pragma clang loop unroll(full)
+            for (int q = 0; q < 8; q++) {
+                const uint32_t *valid = bits[g + q];
+                long pixel = pc + j;
+                r[q] = _mm256_maskload_ps(source + offsets[g + q] + pixel, lane_mask(valid[pixel >> 5] >> (pixel & 31) & 0xFF));
+            }
+            transpose_rows8(r, panel + j * width + g, width);
+        }
+}
+
+AVX512 static void shifted_tile_avx512(long kc, const float *a, const float *panel, float *c, long ldc, int add) {
+    kernel(kc, a, panel, NR, c, ldc, 1, add ? 1 : 0);
+}
+
+AVX2 static void shifted_tile_avx2(long kc, const float *a, const float *panel, float *c, long ldc, int add) {
+    kernel_4x24(kc, a, panel, c, ldc, add);
+    kernel_4x24(kc, a + 4, panel, c + 4 * ldc, ldc, add);
+}
+
+static int shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                   const float *a, long a_stride, const float *b, long b_stride, long count,
+                                   float *out, long ldo, long width, ShiftedPanelFill fill, ShiftedTile tile_kernel) {
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
     long taps = kh * kw, n = channels * taps, plane = h * w;
@@ -555,22 +726,20 @@ AVX512VL static int shifted_weight_gradient(long m, long channels, long h, long 
         for (long pc = 0, kb = block_depth(pixels); pc < pixels; pc += kb) {
             long kc = min_long(kb, pixels - pc), kc8 = (kc + 7) / 8 * 8;
             pack_a(0, x, pixels, 0, pc, m, kc, buffers->a);
-            for (long jr = 0; jr < n; jr += NR) {
-                long nr = min_long(NR, n - jr);
+            for (long jr = 0; jr < n; jr += width) {
+                long nr = min_long(width, n - jr);
                 float *panel = buffers->b;
-                for (long g = 0; g < NR; g += 8)
-                    for (long j = 0; j < kc8; j += 8)
-                        shifted_block(dy, offsets + jr + g, row_bits + jr + g, pc + j, panel + j * NR + g);
+                fill(dy, offsets + jr, row_bits + jr, pc, kc8, width, panel);
                 for (long ir = 0; ir < m; ir += MR) {
                     long mr = min_long(MR, m - ir);
                     float *tile = out + ir * ldo + jr;
-                    if (mr == MR && nr == NR) {
-                        kernel(kc, buffers->a + ir * kc, panel, NR, tile, ldo, 1, 1);
+                    if (mr == MR && nr == width) {
+                        tile_kernel(kc, buffers->a + ir * kc, panel, tile, ldo, 1);
                         continue;
                     }
-                    kernel(kc, buffers->a + ir * kc, panel, NR, edge, NR, 1, 0);
+                    tile_kernel(kc, buffers->a + ir * kc, panel, edge, width, 0);
                     for (long i = 0; i < mr; i++)
-                        for (long j = 0; j < nr; j++) tile[i * ldo + j] += edge[i * NR + j];
+                        for (long j = 0; j < nr; j++) tile[i * ldo + j] += edge[i * width + j];
                 }
             }
         }
@@ -582,8 +751,14 @@ AVX512VL static int shifted_weight_gradient(long m, long channels, long h, long 
 int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo) {
-    if (cohort_sgemm_level() != COHORT_GEMM_AVX512 || !__builtin_cpu_supports("avx512vl")) return 0;
-    return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo);
+    int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_AVX512 && __builtin_cpu_supports("avx512vl"))
+        return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo,
+                                       NR, fill_panel_avx512, shifted_tile_avx512);
+    if (path == COHORT_GEMM_AVX2)
+        return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo,
+                                       SHIFTED_NR, fill_panel_avx2, shifted_tile_avx2);
+    return 0;
 }
 
 #else

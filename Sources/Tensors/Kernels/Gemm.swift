@@ -43,8 +43,8 @@ public enum Gemm {
     /// Whether products run on one of Cohort's kernels in this process.
     public static var usesOwnKernel: Bool { path != .blas }
 
-    /// Whether stride-1 convolutions run without lowering (Cohort's AVX-512 kernels).
-    public static var usesShiftedConvolutions: Bool { path == .avx512 }
+    /// Whether stride-1 convolutions run without lowering (Cohort's AVX-512 or AVX2 kernels).
+    public static var usesShiftedConvolutions: Bool { path != .blas }
 
     /// `C = alpha * op(A) op(B) + beta * C`, row-major, where `op(A)` is `m x k` and `op(B)` is `k x n`.
     /// With `beta == 0`, `C`'s old contents are not read.
