@@ -35,9 +35,9 @@ static void detect(void) {
     capability = __builtin_cpu_supports("avx512f") ? COHORT_GEMM_AVX512
                : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? COHORT_GEMM_AVX2 : COHORT_GEMM_BLAS;
     const char *choice = getenv("COHORT_GEMM");
-    // By default the AVX-512 kernel where the CPU has it; on AVX2 CPUs OpenBLAS, whose tuned kernel the
-    // AVX2 one does not yet match (docs/benchmarks.md): COHORT_GEMM=avx2 chooses it.
-    int chosen = capability == COHORT_GEMM_AVX512 ? COHORT_GEMM_AVX512 : COHORT_GEMM_BLAS;
+    // By default the best path the CPU has: with Cohort's kernels the stride-1 convolutions run without
+    // lowering, which beats OpenBLAS with lowering on AVX2 CPUs too (docs/benchmarks.md).
+    int chosen = capability;
     if (choice && strcmp(choice, "avx2") == 0) chosen = COHORT_GEMM_AVX2;
     if (choice && strcmp(choice, "blas") == 0) chosen = COHORT_GEMM_BLAS;
     level = chosen < capability ? chosen : capability;
@@ -443,6 +443,12 @@ AVX2 static inline __m256i lane_mask(uint32_t bits) {
     return _mm256_sllv_epi32(_mm256_set1_epi32((int)bits), shifts);
 }
 
+// Whether [row, row + n) lies inside [first, last) (compared as addresses: `row` may point outside any object).
+static inline int readable(const float *row, long n, const float *first, const float *last) {
+    uintptr_t start = (uintptr_t)row;
+    return start >= (uintptr_t)first && start + sizeof(float) * (uintptr_t)n <= (uintptr_t)last;
+}
+
 // The AVX2 path's column panel for the convolution without lowering: 24 pixels (three ymm vectors), so
 // that a 4-row pass keeps 12 accumulators.
 enum { SHIFTED_NR = 24 };
@@ -514,7 +520,7 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
     long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + SHIFTED_NR - 1) / SHIFTED_NR;
     long *offsets = malloc(sizeof(long) * (size_t)k);
     uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(taps * panels));
-    __m256i *lanes = aligned_alloc(32, sizeof(__m256i) * (size_t)(3 * taps));
+    __m256 *lanes = aligned_alloc(32, sizeof(__m256) * (size_t)(3 * taps));
     if (!offsets || !masks || !lanes) { free(offsets); free(masks); free(lanes); return 0; }
     for (long p = 0; p < k; p++) {
         long c = p / taps, t = p % taps;
@@ -534,6 +540,8 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
     }
     float *panel_b = buffers->b;
     float edge[MR * SHIFTED_NR] __attribute__((aligned(64)));
+    // The memory known to be readable: from the first image's start to the last one's end.
+    const float *first = images, *last = images + (count - 1) * image_stride + channels * plane;
     for (long n = 0; n < count; n++) {
         const float *image = images + n * image_stride;
         float *output = out + n * out_stride;
@@ -542,17 +550,24 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
             // The panel's lane masks, three vectors per tap.
             for (long t = 0; t < taps; t++) {
                 uint32_t bits = masks[panel * taps + t];
-                for (int v = 0; v < 3; v++) lanes[3 * t + v] = lane_mask(bits >> (8 * v) & 0xFF);
+                for (int v = 0; v < 3; v++) lanes[3 * t + v] = _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(bits >> (8 * v) & 0xFF), 31));
             }
             for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
                 long kc = min_long(kb, k - pc);
-                // Branch-free gathering: a masked load never touches its masked-off lanes.
-                for (long p = 0, t = pc % taps; p < kc; p++, t = t + 1 == taps ? 0 : t + 1) {
+                                for (long p = 0, t = pc % taps; p < kc; p++, t = t + 1 == taps ? 0 : t + 1) {
                     const float *row = image + j0 + offsets[pc + p];
                     float *d = panel_b + p * SHIFTED_NR;
-                    _mm256_store_ps(d, _mm256_maskload_ps(row, lanes[3 * t]));
-                    _mm256_store_ps(d + 8, _mm256_maskload_ps(row + 8, lanes[3 * t + 1]));
-                    _mm256_store_ps(d + 16, _mm256_maskload_ps(row + 16, lanes[3 * t + 2]));
+                    if (readable(row, SHIFTED_NR, first, last)) {
+                        // Inside the images' memory: a plain load, the lanes outside the image zeroed.
+                        _mm256_store_ps(d, _mm256_and_ps(_mm256_loadu_ps(row), lanes[3 * t]));
+                        _mm256_store_ps(d + 8, _mm256_and_ps(_mm256_loadu_ps(row + 8), lanes[3 * t + 1]));
+                        _mm256_store_ps(d + 16, _mm256_and_ps(_mm256_loadu_ps(row + 16), lanes[3 * t + 2]));
+                    } else {
+                        // At the ends of the memory: masked loads, which never touch masked-off lanes.
+                        _mm256_store_ps(d, _mm256_maskload_ps(row, _mm256_castps_si256(lanes[3 * t])));
+                        _mm256_store_ps(d + 8, _mm256_maskload_ps(row + 8, _mm256_castps_si256(lanes[3 * t + 1])));
+                        _mm256_store_ps(d + 16, _mm256_maskload_ps(row + 16, _mm256_castps_si256(lanes[3 * t + 2])));
+                    }
                 }
                 const float *block = packed + packed_rows(m) * pc;
                 for (long ir = 0; ir < m; ir += MR) {
@@ -647,14 +662,15 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
 // the panel holds, for each of the NR implicit rows p (`source + offsets[p]`, validity bits `bits[p]`),
 // pixel pc + j, zero where the shift leaves the image. Built in 8 x 8 blocks (masked loads, transposes).
 typedef void (*ShiftedPanelFill)(const float *source, const long *offsets, const uint32_t *const *bits, long pc, long kc8,
-                                 long width, float *panel);
+                                 long width, float *panel, const float *first, const float *last);
 
 // C[0:MR, 0:width] (+)= A panel x a kc x width panel (width: the path's panel width; with `add`, C += the
 // product, one rounding of each sum).
 typedef void (*ShiftedTile)(long kc, const float *a, const float *panel, float *c, long ldc, int add);
 
 AVX512VL static void fill_panel_avx512(const float *source, const long *offsets, const uint32_t *const *bits, long pc,
-                                       long kc8, long width, float *panel) {
+                                       long kc8, long width, float *panel, const float *first, const float *last) {
+    (void)first; (void)last;   // masked loads throughout: AVX-512's are as fast as plain ones
     for (long g = 0; g < width; g += 8)
         for (long j = 0; j < kc8; j += 8) {
             __m256 r[8];
@@ -670,15 +686,20 @@ AVX512VL static void fill_panel_avx512(const float *source, const long *offsets,
 }
 
 AVX2 static void fill_panel_avx2(const float *source, const long *offsets, const uint32_t *const *bits, long pc,
-                                 long kc8, long width, float *panel) {
+                                 long kc8, long width, float *panel, const float *first, const float *last) {
     for (long g = 0; g < width; g += 8)
         for (long j = 0; j < kc8; j += 8) {
             __m256 r[8];
+            long pixel = pc + j;
 #pragma clang loop unroll(full)
             for (int q = 0; q < 8; q++) {
-                const uint32_t *valid = bits[g + q];
-                long pixel = pc + j;
-                r[q] = _mm256_maskload_ps(source + offsets[g + q] + pixel, lane_mask(valid[pixel >> 5] >> (pixel & 31) & 0xFF));
+                const float *row = source + offsets[g + q] + pixel;
+                __m256i lanes = lane_mask(bits[g + q][pixel >> 5] >> (pixel & 31) & 0xFF);
+                // A plain load with the lanes outside the image zeroed where the memory is known to be
+                // readable; a masked load (never touching masked-off lanes) at its ends.
+                r[q] = readable(row, 8, first, last)
+                     ? _mm256_and_ps(_mm256_loadu_ps(row), _mm256_castsi256_ps(_mm256_srai_epi32(lanes, 31)))
+                     : _mm256_maskload_ps(row, lanes);
             }
             transpose_rows8(r, panel + j * width + g, width);
         }
@@ -721,6 +742,8 @@ static int shifted_weight_gradient(long m, long channels, long h, long w, long k
         row_bits[p] = bits + t * words;
     }
     float edge[MR * NR] __attribute__((aligned(64)));
+    // The memory known to be readable: from the first image's output gradient to the last one's end.
+    const float *first = b, *last = b + (count - 1) * b_stride + channels * plane;
     for (long image = 0; image < count; image++) {
         const float *x = a + image * a_stride, *dy = b + image * b_stride;
         for (long pc = 0, kb = block_depth(pixels); pc < pixels; pc += kb) {
@@ -729,7 +752,7 @@ static int shifted_weight_gradient(long m, long channels, long h, long w, long k
             for (long jr = 0; jr < n; jr += width) {
                 long nr = min_long(width, n - jr);
                 float *panel = buffers->b;
-                fill(dy, offsets + jr, row_bits + jr, pc, kc8, width, panel);
+                fill(dy, offsets + jr, row_bits + jr, pc, kc8, width, panel, first, last);
                 for (long ir = 0; ir < m; ir += MR) {
                     long mr = min_long(MR, m - ir);
                     float *tile = out + ir * ldo + jr;

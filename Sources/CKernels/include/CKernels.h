@@ -20,8 +20,9 @@ int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float
 /// 1 when `cohort_sgemm` computes products in this process (the path in force is not BLAS).
 int cohort_sgemm_supported(void);
 
-/// The path in force: AVX-512 where the CPU has it, else BLAS, unless `COHORT_GEMM=blas` or
-/// `COHORT_GEMM=avx2` chose otherwise (at most the CPU's best), or `cohort_sgemm_force` did on this thread. The convolutions without lowering need `COHORT_GEMM_AVX512`.
+/// The path in force: the CPU's best (AVX-512, else AVX2 + FMA, else BLAS), unless `COHORT_GEMM=blas` or
+/// `COHORT_GEMM=avx2` chose otherwise (at most the CPU's best), or `cohort_sgemm_force` did on this thread.
+/// The convolutions without lowering need one of Cohort's paths (not BLAS).
 int cohort_sgemm_level(void);
 
 /// The best path this CPU has.
@@ -65,7 +66,7 @@ void cohort_log(const float *x, float *out, long n);
 long cohort_packed_weights_count(long m, long k);
 
 /// Packs the row-major `m x k` matrix `a` (a convolution's weights, `Cout x Cin kh kw`) for
-/// `cohort_conv_shifted_forward`. Returns 0 (and packs nothing) when the CPU lacks AVX-512.
+/// `cohort_conv_shifted_forward`. Returns 0 (and packs nothing) when the path in force is BLAS.
 int cohort_pack_weights(long m, long k, const float *a, float *packed);
 
 /// A stride-1 convolution whose output rows are as wide as the input's (a "same" 3x3, say), computed
@@ -74,7 +75,9 @@ int cohort_pack_weights(long m, long k, const float *a, float *packed);
 ///
 /// Convolves `count` images (`channels x h x w`, `image_stride` floats apart) into `count` outputs
 /// (`m x oh x w`, `out_stride` apart), with `packed` from `cohort_pack_weights` (`k = channels kh kw`).
-/// Returns 0 when the CPU lacks AVX-512 (or memory for its tables ran out).
+/// AVX-512: an 8 x 32 register tile reads the shifted planes under masks; AVX2: each 24-pixel column panel
+/// is gathered once (masked loads) into an L1 panel for 4 x 24 register passes. Returns 0 when the path in
+/// force is BLAS (or memory for its tables ran out).
 int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                 const float *packed, const float *images, long image_stride, long count,
                                 float *out, long out_stride);
@@ -82,7 +85,8 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
 /// The weight-gradient form of the same convolution: for `count` image pairs, accumulates
 ///     out[r * ldo + ch kh kw + t] += sum_j a[r][j] * b[ch][j + (t / kw - ph) w + (t % kw - pw)]
 /// (masked where the shifted pixel leaves the image), `a` being `m x pixels` and `b` `channels x h x w`
-/// per image, `a_stride` and `b_stride` floats apart. Returns 0 when the CPU lacks AVX-512 (F and VL).
+/// per image, `a_stride` and `b_stride` floats apart. Returns 0 when the path in force is BLAS (or, on the
+/// AVX-512 path, the CPU lacks AVX-512 VL).
 int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo);

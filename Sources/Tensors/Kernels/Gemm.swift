@@ -1,10 +1,10 @@
 import CBLAS
 import CKernels
 
-/// Single-precision matrix products: Cohort's own AVX-512 kernel where the CPU has it, OpenBLAS otherwise
-/// (or when `COHORT_GEMM=blas` is set, for comparisons). Cohort's AVX2 + FMA kernel is chosen with
-/// `COHORT_GEMM=avx2` (on AVX2 CPUs it does not yet beat OpenBLAS; on AVX-512 CPUs it gives the AVX-512
-/// kernel's results bit for bit for alpha = 1 and beta = 0 or 1, the only ones Cohort uses).
+/// Single-precision matrix products: Cohort's own kernels where the CPU has AVX-512 or AVX2 + FMA, OpenBLAS
+/// otherwise (or when `COHORT_GEMM=blas` is set, for comparisons; `COHORT_GEMM=avx2` runs the AVX2 kernels on
+/// an AVX-512 CPU). With Cohort's kernels the stride-1 convolutions also run without lowering. The AVX2 and
+/// AVX-512 kernels give the same bits for alpha = 1 and beta = 0 or 1, the only ones Cohort uses.
 public enum Gemm {
     /// OpenBLAS runs single-threaded in every process, whether or not ``Parallelism/setThreadCount(_:)``
     /// was called: its own threads would split products by the machine's core count, and the results
