@@ -1,13 +1,15 @@
-// Cohort's single-precision matrix product for x86-64 CPUs with AVX-512 or AVX2 + FMA.
+// Cohort's single-precision matrix product for x86-64 CPUs with AVX-512 or AVX2 + FMA, and the stride-1
+// convolutions without lowering built on the same register tiles.
 //
-// The classic blocked scheme (Goto; BLIS's five loops): op(B) is packed into kc x NR column panels that
+// The classic blocked scheme (Goto; BLIS's five loops): op(B) is packed into kc x width column panels that
 // live in L1 while the packed mc x kc block of op(A), in MR-row panels, streams from L2 through the
-// register tile: on AVX-512 an 8 x 32 tile (16 zmm accumulators); on AVX2 the same 8 x 32 panel pair as
-// four 4 x 16 passes (8 ymm accumulators each, with room for the two B vectors and the broadcast in the
-// 16 ymm registers). Edge tiles go through a small scratch tile. Every product is single-threaded and
-// deterministic: each element's k sum runs in order (one FMA chain), so the order depends only on the
-// shapes — and the two paths give the same results for alpha = 1 and beta = 0 or 1 (the only ones
-// Cohort uses; other alpha and beta are rounded in a different order at the store).
+// register tile: on AVX-512 an 8 x 32 tile (16 zmm accumulators); on AVX2 an 8 x 24 tile as two 4 x 24
+// passes (12 ymm accumulators, 3 B vectors and the broadcast: all 16 ymm registers, so the loop is written
+// in assembly). Edge tiles go through a small scratch tile. Every product is single-threaded and
+// deterministic: each element's k sum runs in order (one FMA chain) over k blocks that depend only on k,
+// so the order depends only on the shapes — and the two paths give the same results for alpha = 1 and
+// beta = 0 or 1 (the only ones Cohort uses; other alpha and beta are rounded in a different order at the
+// store).
 
 #include "CKernels.h"
 
@@ -18,7 +20,8 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-enum { MR = 8, NR = 32, KC = 256, MC = 256, NC = 2048 };
+// MR-row A panels for both paths; B panels NR (AVX-512) or NR_AVX2 columns wide.
+enum { MR = 8, NR = 32, NR_AVX2 = 24, KC = 256, MC = 256, NC = 2048 };
 
 #define AVX512 __attribute__((target("avx512f")))
 #define AVX2 __attribute__((target("avx2,fma")))
@@ -157,26 +160,24 @@ AVX2 static void pack_a(int transpose, const float *a, long lda, long i0, long p
     }
 }
 
-// op(B)[p0 : p0+kc, j0 : j0+nc] into NR-column panels: panel q holds columns q*NR.., as kc rows of NR.
-AVX2 static void pack_b(int transpose, const float *b, long ldb, long p0, long j0, long kc, long nc, float *dst) {
-    for (long jp = 0; jp < nc; jp += NR) {
-        long nr = min_long(NR, nc - jp);
+// op(B)[p0 : p0+kc, j0 : j0+nc] into column panels `width` wide (the path's: 32 or 24): panel q holds
+// columns q*width.., as kc rows of `width`.
+AVX2 static void pack_b(int transpose, const float *b, long ldb, long p0, long j0, long kc, long nc, float *dst, long width) {
+    for (long jp = 0; jp < nc; jp += width) {
+        long nr = min_long(width, nc - jp);
         float *d = dst + jp * kc;
         if (!transpose) {
-            if (nr == NR) {
+            if (nr == width) {
                 for (long p = 0; p < kc; p++) {
                     const float *src = b + (p0 + p) * ldb + j0 + jp;
-                    _mm256_store_ps(d + p * NR, _mm256_loadu_ps(src));
-                    _mm256_store_ps(d + p * NR + 8, _mm256_loadu_ps(src + 8));
-                    _mm256_store_ps(d + p * NR + 16, _mm256_loadu_ps(src + 16));
-                    _mm256_store_ps(d + p * NR + 24, _mm256_loadu_ps(src + 24));
+                    for (long v = 0; v < width; v += 8) _mm256_store_ps(d + p * width + v, _mm256_loadu_ps(src + v));
                 }
             } else {
                 for (long p = 0; p < kc; p++) {
                     const float *src = b + (p0 + p) * ldb + j0 + jp;
                     long c = 0;
-                    for (; c < nr; c++) d[p * NR + c] = src[c];
-                    for (; c < NR; c++) d[p * NR + c] = 0;
+                    for (; c < nr; c++) d[p * width + c] = src[c];
+                    for (; c < width; c++) d[p * width + c] = 0;
                 }
             }
         } else {
@@ -184,12 +185,12 @@ AVX2 static void pack_b(int transpose, const float *b, long ldb, long p0, long j
             long c = 0;
             for (; c + 8 <= nr; c += 8) {
                 long p = 0;
-                for (; p + 8 <= kc; p += 8) transpose8(src + c * ldb + p, ldb, d + p * NR + c, NR);
+                for (; p + 8 <= kc; p += 8) transpose8(src + c * ldb + p, ldb, d + p * width + c, width);
                 for (; p < kc; p++)
-                    for (long cc = c; cc < c + 8; cc++) d[p * NR + cc] = src[cc * ldb + p];
+                    for (long cc = c; cc < c + 8; cc++) d[p * width + cc] = src[cc * ldb + p];
             }
-            for (; c < NR; c++)
-                for (long p = 0; p < kc; p++) d[p * NR + c] = c < nr ? src[c * ldb + p] : 0;
+            for (; c < width; c++)
+                for (long p = 0; p < kc; p++) d[p * width + c] = c < nr ? src[c * ldb + p] : 0;
         }
     }
 }
@@ -253,49 +254,118 @@ AVX512 static void kernel16(long kc, const float *restrict a, const float *restr
     }
 }
 
-// C[0:4, 0:16] = alpha * (rows 0-3 of the A panel x 16 columns of B) + beta * C: `a` points at the panel's
-// first row of the four (the panel stays MR wide), `b` at the first of the 16 columns.
-AVX2 static void kernel_4x16(long kc, const float *restrict a, const float *restrict b, long ldb, float *c, long ldc,
-                             float alpha, float beta) {
-    __m256 c0[4], c1[4];
-#pragma clang loop unroll(full)
-    for (int r = 0; r < 4; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); }
-#pragma clang loop unroll_count(4)
-    for (long p = 0; p < kc; p++) {
-        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-#pragma clang loop unroll(full)
-        for (int r = 0; r < 4; r++) {
-            __m256 x = _mm256_broadcast_ss(a + r);
-            c0[r] = _mm256_fmadd_ps(x, b0, c0[r]);
-            c1[r] = _mm256_fmadd_ps(x, b1, c1[r]);
-        }
-        a += MR;
-        b += ldb;
-    }
-    __m256 va = _mm256_set1_ps(alpha);
-    if (beta == 0) {
-#pragma clang loop unroll(full)
-        for (int r = 0; r < 4; r++) {
-            _mm256_storeu_ps(c + r * ldc, _mm256_mul_ps(va, c0[r]));
-            _mm256_storeu_ps(c + r * ldc + 8, _mm256_mul_ps(va, c1[r]));
-        }
-    } else {
-        __m256 vb = _mm256_set1_ps(beta);
-#pragma clang loop unroll(full)
-        for (int r = 0; r < 4; r++) {
-            float *row = c + r * ldc;
-            _mm256_storeu_ps(row, _mm256_fmadd_ps(va, c0[r], _mm256_mul_ps(vb, _mm256_loadu_ps(row))));
-            _mm256_storeu_ps(row + 8, _mm256_fmadd_ps(va, c1[r], _mm256_mul_ps(vb, _mm256_loadu_ps(row + 8))));
-        }
-    }
+// acc[0..11] = rows 0-3 of an MR-row A panel x kc rows of 24 columns of B, `ldb` floats apart (kc > 0):
+// acc[3r + v] holds row r, columns 8v..8v+7. Each element's sum is one FMA chain in k order, as on AVX-512.
+// The loop is written in assembly because its 12 accumulators, 3 B vectors and the broadcast take all 16
+// ymm registers, and the compiler, left to itself, spills an accumulator (a store and a reload in an FMA
+// chain: half the speed).
+AVX2 static inline void accumulate_4x24(long kc, const float *a, const float *b, long ldb, __m256 acc[12]) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
+           c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+    long step = ldb * (long)sizeof(float);
+    // An odd first row alone, then two rows per turn.
+    __asm__ volatile(
+        "testq $1, %[k]\n\t"
+        "jz 2f\n\t"
+        "vmovups (%[b]), %%ymm12\n\t"
+        "vmovups 32(%[b]), %%ymm13\n\t"
+        "vmovups 64(%[b]), %%ymm14\n\t"
+        "vbroadcastss 0(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
+        "vbroadcastss 4(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
+        "vbroadcastss 8(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
+        "vbroadcastss 12(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
+        "addq %[step], %[b]\n\t"
+        "addq $32, %[a]\n\t"
+        "decq %[k]\n\t"
+        "2:\n\t"
+        "testq %[k], %[k]\n\t"
+        "jz 3f\n\t"
+        "1:\n\t"
+        "vmovups (%[b]), %%ymm12\n\t"
+        "vmovups 32(%[b]), %%ymm13\n\t"
+        "vmovups 64(%[b]), %%ymm14\n\t"
+        "vbroadcastss 0(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
+        "vbroadcastss 4(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
+        "vbroadcastss 8(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
+        "vbroadcastss 12(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
+        "addq %[step], %[b]\n\t"
+        "vmovups (%[b]), %%ymm12\n\t"
+        "vmovups 32(%[b]), %%ymm13\n\t"
+        "vmovups 64(%[b]), %%ymm14\n\t"
+        "vbroadcastss 32(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
+        "vbroadcastss 36(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
+        "vbroadcastss 40(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
+        "vbroadcastss 44(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
+        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
+        "addq %[step], %[b]\n\t"
+        "addq $64, %[a]\n\t"
+        "subq $2, %[k]\n\t"
+        "jnz 1b\n\t"
+        "3:\n\t"
+        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc),
+          [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12),
+          [c20] "+x"(c20), [c21] "+x"(c21), [c22] "+x"(c22), [c30] "+x"(c30), [c31] "+x"(c31), [c32] "+x"(c32)
+        : [step] "r"(step)
+        : "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
+    acc[0] = c00; acc[1] = c01; acc[2] = c02; acc[3] = c10; acc[4] = c11; acc[5] = c12;
+    acc[6] = c20; acc[7] = c21; acc[8] = c22; acc[9] = c30; acc[10] = c31; acc[11] = c32;
 }
 
-// An MR x width tile (width 16 or 32) from 4 x 16 passes.
-AVX2 static inline void kernel_avx2(long kc, const float *a, const float *b, long ldb, float *c, long ldc, float alpha, float beta,
-                                   long width) {
-    for (long j = 0; j < width; j += 16) {
-        kernel_4x16(kc, a, b + j, ldb, c + j, ldc, alpha, beta);
-        kernel_4x16(kc, a + 4, b + j, ldb, c + 4 * ldc + j, ldc, alpha, beta);
+// C[0:MR, 0:24] = alpha * (A panel x B) + beta * C (C not read when beta == 0), as two 4 x 24 passes; the
+// store rounds as the AVX-512 kernel's does, so the two paths give the same bits for alpha = 1 and beta = 0
+// or 1. `width` is always 24 (the tile's signature is shared with AVX-512's).
+AVX2 static void kernel_avx2(long kc, const float *a, const float *b, long ldb, float *c, long ldc, float alpha, float beta,
+                             long width) {
+    (void)width;
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int half = 0; half < 2; half++) {
+        __m256 acc[12];
+        accumulate_4x24(kc, a + 4 * half, b, ldb, acc);
+        float *rows = c + 4 * half * ldc;
+#pragma clang loop unroll(full)
+        for (int r = 0; r < 4; r++)
+#pragma clang loop unroll(full)
+            for (int v = 0; v < 3; v++) {
+                float *out = rows + r * ldc + 8 * v;
+                __m256 value = beta == 0 ? _mm256_mul_ps(va, acc[3 * r + v])
+                                         : _mm256_fmadd_ps(va, acc[3 * r + v], _mm256_mul_ps(vb, _mm256_loadu_ps(out)));
+                _mm256_storeu_ps(out, value);
+            }
     }
 }
 
@@ -306,48 +376,53 @@ AVX512 static void kernel_avx512(long kc, const float *a, const float *b, long l
     else kernel16(kc, a, b, ldb, c, ldc, alpha, beta);
 }
 
-// A path's MR x width register tile (width 16 or 32): C = alpha * (A panel x B panel) + beta * C.
+// A path's MR x width register tile: C = alpha * (A panel x B panel) + beta * C.
 typedef void (*TileKernel)(long kc, const float *a, const float *b, long ldb, float *c, long ldc, float alpha, float beta, long width);
+
+// A path's tile and its column panels' width (AVX-512: 32, with a 16-wide tile for narrow edges; AVX2: 24).
+typedef struct { TileKernel tile; long width; long narrow; } Path;
 
 // The blocked product around a path's tile.
 static void product(int ta, int tb, long m, long n, long k, float alpha, const float *a, long lda, const float *b, long ldb,
-                    float beta, float *c, long ldc, PackBuffers *buffers, TileKernel tile) {
+                    float beta, float *c, long ldc, PackBuffers *buffers, Path path) {
     float edge[MR * NR] __attribute__((aligned(64)));
+    long width = path.width;
     // A few rows of A against a plain B whose rows fall in different L1 sets (a leading dimension of an odd
     // number of 64-byte lines): the kernel reads B in place; packing it would cost more than it saves.
     int direct_b = !tb && m <= 32 && ldb % 32 == 16;
-    for (long jc = 0; jc < n; jc += NC) {
-        long nc = min_long(NC, n - jc);
+    // Column blocks of whole panels (2048 on AVX-512, 2040 on AVX2).
+    for (long jc = 0, block = NC / width * width; jc < n; jc += block) {
+        long nc = min_long(block, n - jc);
         for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
             long kc = min_long(kb, k - pc);
             float scale = pc == 0 ? beta : 1;
-            if (!direct_b) pack_b(tb, b, ldb, pc, jc, kc, nc, buffers->b);
+            if (!direct_b) pack_b(tb, b, ldb, pc, jc, kc, nc, buffers->b, width);
             for (long ic = 0; ic < m; ic += MC) {
                 long mc = min_long(MC, m - ic);
                 pack_a(ta, a, lda, ic, pc, mc, kc, buffers->a);
-                for (long jr = 0; jr < nc; jr += NR) {
-                    long nr = min_long(NR, nc - jr);
+                for (long jr = 0; jr < nc; jr += width) {
+                    long nr = min_long(width, nc - jr);
                     const float *panel_b = buffers->b + jr * kc;
-                    long stride_b = NR;
-                    if (direct_b && nr == NR) {
+                    long stride_b = width;
+                    if (direct_b && nr == width) {
                         panel_b = b + pc * ldb + jc + jr;
                         stride_b = ldb;
                     } else if (direct_b && ic == 0) {
-                        pack_b(tb, b, ldb, pc, jc + jr, kc, nr, buffers->b + jr * kc);
+                        pack_b(tb, b, ldb, pc, jc + jr, kc, nr, buffers->b + jr * kc, width);
                     }
                     for (long ir = 0; ir < mc; ir += MR) {
                         long mr = min_long(MR, mc - ir);
                         const float *panel_a = buffers->a + ir * kc;
                         float *tile_c = c + (ic + ir) * ldc + jc + jr;
-                        if (mr == MR && (nr == NR || nr == 16)) {
-                            tile(kc, panel_a, panel_b, stride_b, tile_c, ldc, alpha, scale, nr);
+                        if (mr == MR && (nr == width || nr == path.narrow)) {
+                            path.tile(kc, panel_a, panel_b, stride_b, tile_c, ldc, alpha, scale, nr);
                             continue;
                         }
                         // Edge tiles through a scratch tile.
-                        tile(kc, panel_a, panel_b, stride_b, edge, NR, 1, 0, nr <= 16 ? 16 : NR);
+                        path.tile(kc, panel_a, panel_b, stride_b, edge, width, 1, 0, nr <= path.narrow ? path.narrow : width);
                         for (long i = 0; i < mr; i++)
                             for (long j = 0; j < nr; j++) {
-                                float value = alpha * edge[i * NR + j];
+                                float value = alpha * edge[i * width + j];
                                 tile_c[i * ldc + j] = scale == 0 ? value : value + scale * tile_c[i * ldc + j];
                             }
                     }
@@ -364,8 +439,8 @@ int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float
     if (m <= 0 || n <= 0) return 1;
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
-    product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers,
-            path == COHORT_GEMM_AVX512 ? kernel_avx512 : kernel_avx2);
+    Path tiles = path == COHORT_GEMM_AVX512 ? (Path){kernel_avx512, NR, 16} : (Path){kernel_avx2, NR_AVX2, NR_AVX2};
+    product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buffers, tiles);
     return 1;
 }
 
@@ -449,65 +524,6 @@ static inline int readable(const float *row, long n, const float *first, const f
     return start >= (uintptr_t)first && start + sizeof(float) * (uintptr_t)n <= (uintptr_t)last;
 }
 
-// The AVX2 path's column panel for the convolution without lowering: 24 pixels (three ymm vectors), so
-// that a 4-row pass keeps 12 accumulators.
-enum { SHIFTED_NR = 24 };
-
-// acc[0..11] = rows 0-3 of an MR-row A panel x a packed kc x 24 B panel (kc > 0): acc[3r + v] holds
-// row r, columns 8v..8v+7. The loop is written in assembly because its 12 accumulators, 3 B vectors and
-// the broadcast take all 16 ymm registers, and the compiler, left to itself, spills an accumulator (a
-// store and reload in every FMA chain: half the speed).
-AVX2 static inline void accumulate_4x24(long kc, const float *a, const float *b, __m256 acc[12]) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
-           c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
-    __asm__ volatile(
-        "1:\n\t"
-        "vmovaps (%[b]), %%ymm12\n\t"
-        "vmovaps 32(%[b]), %%ymm13\n\t"
-        "vmovaps 64(%[b]), %%ymm14\n\t"
-        "vbroadcastss (%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
-        "vbroadcastss 4(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
-        "vbroadcastss 8(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
-        "vbroadcastss 12(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
-        "addq $32, %[a]\n\t"
-        "addq $96, %[b]\n\t"
-        "decq %[k]\n\t"
-        "jnz 1b\n\t"
-        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc),
-          [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12),
-          [c20] "+x"(c20), [c21] "+x"(c21), [c22] "+x"(c22), [c30] "+x"(c30), [c31] "+x"(c31), [c32] "+x"(c32)
-        :
-        : "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
-    acc[0] = c00; acc[1] = c01; acc[2] = c02; acc[3] = c10; acc[4] = c11; acc[5] = c12;
-    acc[6] = c20; acc[7] = c21; acc[8] = c22; acc[9] = c30; acc[10] = c31; acc[11] = c32;
-}
-
-// C[0:4, 0:24] = rows 0-3 of an MR-row A panel x a packed kc x 24 B panel (C row stride ldc); with `add`,
-// C += that product instead (one rounding of each sum, as the AVX-512 kernel's).
-AVX2 static inline void kernel_4x24(long kc, const float *a, const float *b, float *c, long ldc, int add) {
-    __m256 acc[12];
-    accumulate_4x24(kc, a, b, acc);
-#pragma clang loop unroll(full)
-    for (int r = 0; r < 4; r++)
-#pragma clang loop unroll(full)
-        for (int v = 0; v < 3; v++) {
-            float *out = c + r * ldc + 8 * v;
-            _mm256_storeu_ps(out, add ? _mm256_add_ps(acc[3 * r + v], _mm256_loadu_ps(out)) : acc[3 * r + v]);
-        }
-}
-
 // AVX2: for each image and each 24-pixel column panel, the panel's kc x 24 block of the implicit lowered
 // matrix is gathered once from the shifted input planes (masked loads) into an L1-resident panel, which
 // every MR-row panel of the packed weights then multiplies. No lowered matrix ever reaches memory.
@@ -517,7 +533,7 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
     long taps = kh * kw, k = channels * taps, plane = h * w;
-    long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + SHIFTED_NR - 1) / SHIFTED_NR;
+    long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + NR_AVX2 - 1) / NR_AVX2;
     long *offsets = malloc(sizeof(long) * (size_t)k);
     uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(taps * panels));
     __m256 *lanes = aligned_alloc(32, sizeof(__m256) * (size_t)(3 * taps));
@@ -528,10 +544,10 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
     }
     // For each panel and tap, the pixels of the panel whose tap falls inside the image.
     for (long panel = 0; panel < panels; panel++) {
-        long j0 = panel * SHIFTED_NR;
+        long j0 = panel * NR_AVX2;
         for (long t = 0; t < taps; t++) {
             uint32_t bits = 0;
-            for (long q = 0; q < SHIFTED_NR && j0 + q < end; q++) {
+            for (long q = 0; q < NR_AVX2 && j0 + q < end; q++) {
                 long iy = (j0 + q) / w + t / kw - ph, ix = (j0 + q) % w + t % kw - pw;
                 if (iy >= 0 && iy < h && ix >= 0 && ix < w) bits |= 1u << q;
             }
@@ -539,14 +555,14 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
         }
     }
     float *panel_b = buffers->b;
-    float edge[MR * SHIFTED_NR] __attribute__((aligned(64)));
+    float edge[MR * NR_AVX2] __attribute__((aligned(64)));
     // The memory known to be readable: from the first image's start to the last one's end.
     const float *first = images, *last = images + (count - 1) * image_stride + channels * plane;
     for (long n = 0; n < count; n++) {
         const float *image = images + n * image_stride;
         float *output = out + n * out_stride;
         for (long panel = 0; panel < panels; panel++) {
-            long j0 = panel * SHIFTED_NR, width = min_long(SHIFTED_NR, end - j0);
+            long j0 = panel * NR_AVX2, width = min_long(NR_AVX2, end - j0);
             // The panel's lane masks, three vectors per tap.
             for (long t = 0; t < taps; t++) {
                 uint32_t bits = masks[panel * taps + t];
@@ -556,8 +572,8 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
                 long kc = min_long(kb, k - pc);
                                 for (long p = 0, t = pc % taps; p < kc; p++, t = t + 1 == taps ? 0 : t + 1) {
                     const float *row = image + j0 + offsets[pc + p];
-                    float *d = panel_b + p * SHIFTED_NR;
-                    if (readable(row, SHIFTED_NR, first, last)) {
+                    float *d = panel_b + p * NR_AVX2;
+                    if (readable(row, NR_AVX2, first, last)) {
                         // Inside the images' memory: a plain load, the lanes outside the image zeroed.
                         _mm256_store_ps(d, _mm256_and_ps(_mm256_loadu_ps(row), lanes[3 * t]));
                         _mm256_store_ps(d + 8, _mm256_and_ps(_mm256_loadu_ps(row + 8), lanes[3 * t + 1]));
@@ -573,17 +589,15 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
                 for (long ir = 0; ir < m; ir += MR) {
                     float *tile = output + ir * end + j0;
                     const float *panel_a = block + ir * kc;
-                    if (m - ir >= MR && width == SHIFTED_NR) {
-                        kernel_4x24(kc, panel_a, panel_b, tile, end, pc > 0);
-                        kernel_4x24(kc, panel_a + 4, panel_b, tile + 4 * end, end, pc > 0);
+                    if (m - ir >= MR && width == NR_AVX2) {
+                        kernel_avx2(kc, panel_a, panel_b, NR_AVX2, tile, end, 1, pc > 0 ? 1 : 0, NR_AVX2);
                         continue;
                     }
-                    kernel_4x24(kc, panel_a, panel_b, edge, SHIFTED_NR, 0);
-                    kernel_4x24(kc, panel_a + 4, panel_b, edge + 4 * SHIFTED_NR, SHIFTED_NR, 0);
+                    kernel_avx2(kc, panel_a, panel_b, NR_AVX2, edge, NR_AVX2, 1, 0, NR_AVX2);
                     long mr = min_long(MR, m - ir);
                     for (long r = 0; r < mr; r++)
                         for (long q = 0; q < width; q++)
-                            tile[r * end + q] = pc == 0 ? edge[r * SHIFTED_NR + q] : tile[r * end + q] + edge[r * SHIFTED_NR + q];
+                            tile[r * end + q] = pc == 0 ? edge[r * NR_AVX2 + q] : tile[r * end + q] + edge[r * NR_AVX2 + q];
                 }
             }
         }
@@ -710,8 +724,7 @@ AVX512 static void shifted_tile_avx512(long kc, const float *a, const float *pan
 }
 
 AVX2 static void shifted_tile_avx2(long kc, const float *a, const float *panel, float *c, long ldc, int add) {
-    kernel_4x24(kc, a, panel, c, ldc, add);
-    kernel_4x24(kc, a + 4, panel, c + 4 * ldc, ldc, add);
+    kernel_avx2(kc, a, panel, NR_AVX2, c, ldc, 1, add ? 1 : 0, NR_AVX2);
 }
 
 static int shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
@@ -780,7 +793,7 @@ int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, l
                                        NR, fill_panel_avx512, shifted_tile_avx512);
     if (path == COHORT_GEMM_AVX2)
         return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo,
-                                       SHIFTED_NR, fill_panel_avx2, shifted_tile_avx2);
+                                       NR_AVX2, fill_panel_avx2, shifted_tile_avx2);
     return 0;
 }
 

@@ -6,7 +6,8 @@ import CBLAS
 /// `Gemm.multiply` on every path this CPU has (OpenBLAS, Cohort's AVX2 kernel, its AVX-512 kernel), each
 /// forced in turn, against a double-precision reference, over shapes that cross every tile edge and cache
 /// block: m around the 8-row tile (and the AVX2 kernel's 4-row passes) and the 256-row block, n around
-/// the 16- and 32-column tiles and the 2048-column block, k around the 256-deep block.
+/// the 16-, 24- and 32-column tiles and the 2040- and 2048-column blocks, k around the 256-deep block and
+/// odd (the AVX2 loop takes two rows per turn).
 @Suite struct GemmTests {
     struct Case: CustomStringConvertible, Sendable {
         let m, n, k: Int
@@ -20,7 +21,8 @@ import CBLAS
         var result: [Case] = []
         let shapes = [(1, 1, 1), (8, 32, 1), (7, 31, 5), (9, 33, 17), (16, 64, 256), (17, 65, 257), (64, 500, 144),
                       (263, 70, 300), (24, 2050, 40), (3, 5, 600), (16, 48, 33), (40, 16, 70),
-                      (4, 16, 9), (5, 17, 8), (12, 40, 31)]
+                      (4, 16, 9), (5, 17, 8), (12, 40, 31),
+                      (8, 24, 7), (11, 23, 13), (3, 2041, 9), (16, 72, 2), (9, 49, 1)]
         for (index, (m, n, k)) in shapes.enumerated() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let alpha: Float = index % 3 == 0 ? 1 : 0.5

@@ -8,7 +8,7 @@
 enum { COHORT_GEMM_BLAS = 0, COHORT_GEMM_AVX2 = 1, COHORT_GEMM_AVX512 = 2 };
 
 /// Cohort's own single-precision matrix product for CPUs with AVX-512 or AVX2 + FMA (packed panels, an
-/// 8 x 32 register tile on AVX-512, 4 x 16 passes on AVX2). Single-threaded: Cohort splits work across its
+/// 8 x 32 register tile on AVX-512, 8 x 24 as two 4 x 24 passes on AVX2). Single-threaded: Cohort splits work across its
 /// own threads.
 ///
 /// Row-major `C = alpha * op(A) op(B) + beta * C`, `op(A)` is `m x k`, `op(B)` is `k x n`. With `beta == 0`
