@@ -100,6 +100,74 @@ import Glibc
         }
     }
 
+    /// The fused ReLU's backward pass finds its mask from the input: the same gradients, bit for bit, as
+    /// the two ops in sequence (which read the ReLU's output), with the plane not a multiple of 8 (the
+    /// scalar tails) and values that land on the kink.
+    @Test func batchNormReLUGradientsEqualTheTwoOps() {
+        let x = randn([3, 4, 5, 3], seed: 29), w = uniform([4], 0.5, 1.5, seed: 30), b = randn([4], seed: 31)
+        let seed = randn([3, 4, 5, 3], seed: 32)
+        func gradients(_ fused: Bool) -> [[Float]] {
+            let (xi, wi, bi) = (x.copy(), w.copy(), b.copy())
+            for t in [xi, wi, bi] { t.requiresGrad = true }
+            let (rm, rv) = (Tensor.zeros([4]), Tensor(repeating: 1, shape: [4]))
+            let y = fused ? xi.batchNormReLU(weight: wi, bias: bi, runningMean: rm, runningVariance: rv, training: true)
+                          : xi.batchNorm(weight: wi, bias: bi, runningMean: rm, runningVariance: rv, training: true).relu()
+            y.backward(seed)
+            return [y.scalars, xi.grad!.scalars, wi.grad!.scalars, bi.grad!.scalars]
+        }
+        #expect(gradients(true) == gradients(false))
+    }
+
+    /// `batchNormAddingReLU` (a residual block's join, the normalised values never stored) against
+    /// `batchNorm` then `addingReLU`: the same values and gradients bit for bit, in training and in
+    /// evaluation, and the running statistics updated alike; and its gradient against finite differences.
+    @Test func batchNormAddingReLUEqualsTheTwoOps() {
+        let x = randn([3, 4, 5, 3], seed: 33), r = randn([3, 4, 5, 3], seed: 34)
+        let w = uniform([4], 0.5, 1.5, seed: 35), b = randn([4], seed: 36), seed = randn([3, 4, 5, 3], seed: 37)
+        for training in [true, false] {
+            func run(_ fused: Bool) -> [[Float]] {
+                let (xi, ri, wi, bi) = (x.copy(), r.copy(), w.copy(), b.copy())
+                for t in [xi, ri, wi, bi] { t.requiresGrad = true }
+                let rm = randn([4], seed: 38), rv = uniform([4], 0.5, 2, seed: 39)
+                let y = fused
+                    ? xi.batchNormAddingReLU(ri, weight: wi, bias: bi, runningMean: rm, runningVariance: rv, training: training)
+                    : xi.batchNorm(weight: wi, bias: bi, runningMean: rm, runningVariance: rv, training: training).addingReLU(ri)
+                y.backward(seed)
+                return [y.scalars, xi.grad!.scalars, ri.grad!.scalars, wi.grad!.scalars, bi.grad!.scalars, rm.scalars, rv.scalars]
+            }
+            #expect(run(true) == run(false), "training: \(training)")
+        }
+        let rm = Tensor.zeros([4]), rv = Tensor(repeating: 1, shape: [4])
+        let rShifted = r.copy()
+        // Keep the sums away from the ReLU's kink, where finite differences are meaningless.
+        let plain = x.batchNorm(weight: w, bias: b, runningMean: Tensor.zeros([4]), runningVariance: Tensor(repeating: 1, shape: [4]),
+                                training: true)
+        for i in 0..<r.count where abs(plain.data[i] + r.data[i]) < 0.1 { rShifted.data[i] += 0.3 }
+        expectGradients([x, rShifted, w, b], check: GradientCheck(step: 1e-3, relativeTolerance: 2e-2, absoluteTolerance: 2e-3)) {
+            $0[0].batchNormAddingReLU($0[1], weight: $0[2], bias: $0[3], runningMean: rm, runningVariance: rv, training: true)
+        }
+    }
+
+    /// The one-pass statistics stay accurate for values far from zero with a small spread (the case a naive
+    /// sum of squares loses), against a double-precision two-pass reference.
+    @Test func batchNormStatisticsOfOffsetValues() {
+        var g = SeededGenerator(seed: 40)
+        let x = Tensor.randomNormal([16, 2, 7, 9], using: &g)
+        for i in 0..<x.count { x.data[i] = 1000 + 0.01 * x.data[i] }
+        let rm = Tensor.zeros([2]), rv = Tensor.zeros([2])
+        _ = x.batchNorm(weight: Tensor(repeating: 1, shape: [2]), bias: Tensor.zeros([2]), runningMean: rm,
+                        runningVariance: rv, training: true, momentum: 1)
+        let plane = 63, m = 16 * plane
+        for ch in 0..<2 {
+            var values: [Double] = []
+            for n in 0..<16 { for j in 0..<plane { values.append(Double(x.data[(n * 2 + ch) * plane + j])) } }
+            let mean = values.reduce(0, +) / Double(m)
+            let unbiased = values.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(m - 1)
+            #expect(abs(Double(rm.data[ch]) - mean) < 1e-4)
+            #expect(abs(Double(rv.data[ch]) - unbiased) / unbiased < 1e-3)
+        }
+    }
+
     @Test func addingReLUGradientAndValues() {
         let a = randn([4, 5], seed: 27), b = randn([4, 5], seed: 28)
         for i in 0..<a.count where abs(a.data[i] + b.data[i]) < 0.05 { a.data[i] += 0.2 }

@@ -38,4 +38,13 @@ public final class BatchNorm2d: Module, Layer {
         return input.batchNormReLU(weight: weight, bias: bias, runningMean: runningMean, runningVariance: runningVar,
                                    training: isTraining, momentum: momentum, epsilon: epsilon)
     }
+
+    /// `relu(self(input) + residual)`, the join of a residual block, fused into one op: the normalised
+    /// values are never stored.
+    public func withResidualReLU(_ input: Tensor, residual: Tensor) -> Tensor {
+        if isTraining { numBatchesTracked.value += 1 }
+        return input.batchNormAddingReLU(residual, weight: weight, bias: bias, runningMean: runningMean,
+                                         runningVariance: runningVar, training: isTraining, momentum: momentum,
+                                         epsilon: epsilon)
+    }
 }

@@ -35,9 +35,9 @@ public final class ResNetBasicBlock: Module, Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let out = bn2(conv2(bn1.withReLU(conv1(x))))
+        let out = conv2(bn1.withReLU(conv1(x)))
         let residual = downsample.map { $0(x) } ?? x
-        return out.addingReLU(residual)
+        return bn2.withResidualReLU(out, residual: residual)
     }
 }
 
