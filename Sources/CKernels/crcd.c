@@ -1,13 +1,13 @@
-// CRCD's per-entry loop (see CKernels.h), vectorised with AVX-512 where the CPU has it, and the
-// vectorised exp and log it uses.
+// CRCD's per-entry loop (see CKernels.h), vectorised with AVX-512 or AVX2 + FMA, and the vectorised exp
+// and log it uses. The path is the matrix products' (cohort_sgemm_level): the CPU's best unless
+// COHORT_GEMM or a test chose another; on the BLAS path the scalar forms with libm's expf and logf run.
 
 #include "CKernels.h"
 
 #include <math.h>
 #include <string.h>
-#include <pthread.h>
 
-// Scalar form: the reference for the vector form and the path on CPUs without AVX-512.
+// Scalar form: the reference for the vector forms and the path without Cohort's kernels.
 static inline void crcd_entry(long k, const float *pan, const float *norm_p, const float *sum_p, const float *ps,
                               const int64_t *contrast, int64_t anchor, float r, float base, float w_base,
                               float degenerate_cos, float eps, float *cos_out, float *w_out, int *degenerate_out) {
@@ -56,17 +56,7 @@ static double crcd_row_scalar(long k1, const float *pan, const float *norm_p, co
 #include <immintrin.h>
 
 #define AVX512 __attribute__((target("avx512f")))
-
-static int has_avx512;
-static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
-static void detect(void) {
-    __builtin_cpu_init();
-    has_avx512 = __builtin_cpu_supports("avx512f");
-}
-static int avx512(void) {
-    pthread_once(&detect_once, detect);
-    return has_avx512;
-}
+#define AVX2 __attribute__((target("avx2,fma")))
 
 // exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes' expf polynomial, then scaled by 2^n.
 AVX512 static inline __m512 exp16(__m512 x) {
@@ -172,8 +162,144 @@ AVX512 static void log_avx512(const float *x, float *out, long n) {
     }
 }
 
+
+// exp(x) on AVX2, the same arithmetic as exp16 (so the same bits): 2^n applied as two exact power-of-two
+// factors, since n reaches 128 (x near 88.7), one past the largest exponent a single factor can hold.
+AVX2 static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1)));
+    __m256i e = _mm256_cvtps_epi32(n), half = _mm256_srai_epi32(e, 1);
+    __m256 first = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
+    __m256 second = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(e, half), _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, first), second);
+}
+
+// log(x) for positive normal x on AVX2, the same arithmetic as log16: the mantissa in [1, 2) and the
+// exponent read from the bits (what getmant and getexp give for normal numbers).
+AVX2 static inline __m256 log8(__m256 x) {
+    __m256i bits = _mm256_castps_si256(x);
+    __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                   _mm256_set1_epi32(0x3F800000)));
+    __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+    __m256 high = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356237f), _CMP_GT_OQ);
+    m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), high);
+    e = _mm256_blendv_ps(e, _mm256_add_ps(e, _mm256_set1_ps(1)), high);
+    __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1));
+    __m256 z = _mm256_mul_ps(f, f);
+    __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.1514610310e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.1676998740e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.2420140846e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.4249322787e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.6668057665e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.0000714765e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-2.4999993993e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(3.3333331174e-1f));
+    y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
+    y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+    y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+    return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+}
+
+// The lanes of the last, partial group of 8 (the first `left` lanes).
+AVX2 static inline __m256i first_lanes(long left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AVX2 static inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// crcd_row_avx512's arithmetic eight entries at a time (the per-entry values are the same bits; the row's
+// sums are added in another order).
+AVX2 static double crcd_row_avx2(long k1, const float *pan, const float *norm_p, const float *sum_p,
+                                 const float *ps, const int64_t *contrast, int64_t anchor, float r, float base,
+                                 float w_base, float degenerate_cos, float eps, float inv_t, float inv_z, float c,
+                                 float m_pn, float grad_scale, float *cw, float *out) {
+    double loss = crcd_row_scalar(1, pan, norm_p, sum_p, ps, contrast, anchor, r, base, w_base, degenerate_cos, eps,
+                                  inv_t, inv_z, c, m_pn, grad_scale, cw, out);
+    __m256 cos_term = _mm256_setzero_ps(), h_sum = _mm256_setzero_ps(), degenerate_sum = _mm256_setzero_ps();
+    __m256 loss_sum = _mm256_setzero_ps();
+    const __m256 v_two_eps = _mm256_set1_ps(2 * eps), v_eps = _mm256_set1_ps(eps), v_w_base = _mm256_set1_ps(w_base);
+    const __m256 v_base = _mm256_set1_ps(base), v_r = _mm256_set1_ps(r), v_degenerate_cos = _mm256_set1_ps(degenerate_cos);
+    const __m256 v_inv_t = _mm256_set1_ps(inv_t), v_inv_z = _mm256_set1_ps(inv_z), v_c = _mm256_set1_ps(c);
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1);
+    const __m256 v_log_m_pn = _mm256_set1_ps(logf(m_pn)), v_grad_scale = _mm256_set1_ps(grad_scale);
+    const __m256i v_anchor = _mm256_set1_epi64x(anchor);
+    for (long k = 1; k < k1; k += 8) {
+        long left = k1 - k;
+        __m256i lanes = left >= 8 ? _mm256_set1_epi32(-1) : first_lanes(left);
+        __m256 valid = _mm256_castsi256_ps(lanes);
+        __m256 pa = _mm256_maskload_ps(pan + k, lanes), np = _mm256_maskload_ps(norm_p + k, lanes);
+        __m256 sp = _mm256_maskload_ps(sum_p + k, lanes), dp = _mm256_maskload_ps(ps + k, lanes);
+        __m256 w2 = _mm256_add_ps(_mm256_fmadd_ps(v_two_eps, sp, _mm256_fnmadd_ps(_mm256_set1_ps(2), pa, np)), v_w_base);
+        __m256 w = _mm256_max_ps(_mm256_sqrt_ps(_mm256_max_ps(w2, zero)), _mm256_set1_ps(1e-12f));
+        __m256 dot = _mm256_sub_ps(_mm256_fmadd_ps(v_eps, sp, _mm256_sub_ps(dp, pa)), v_base);
+        __m256 wr = _mm256_mul_ps(w, v_r);
+        // Entries whose contrast row is the anchor itself: two 4 x 64-bit compares, narrowed to 8 x 32.
+        __m256i low = _mm256_maskload_epi64((const long long *)(contrast + k), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(lanes)));
+        __m256i highs = _mm256_maskload_epi64((const long long *)(contrast + k + 4),
+                                              _mm256_cvtepi32_epi64(_mm256_extracti128_si256(lanes, 1)));
+        const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        __m256i eq = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(_mm256_cmpeq_epi64(low, v_anchor), evens),
+                                        _mm256_permutevar8x32_epi32(_mm256_cmpeq_epi64(highs, v_anchor), evens), 0xF0);
+        __m256 degenerate = _mm256_and_ps(_mm256_castsi256_ps(eq), valid);
+        // Lanes past the row's end compute on a harmless 1 (their results are masked off below).
+        __m256 cosine = _mm256_blendv_ps(_mm256_div_ps(dot, _mm256_blendv_ps(one, wr, valid)), v_degenerate_cos, degenerate);
+        __m256 x = _mm256_mul_ps(exp8(_mm256_mul_ps(cosine, v_inv_t)), v_inv_z);
+        __m256 xc = _mm256_add_ps(x, v_c);
+        loss_sum = _mm256_add_ps(loss_sum, _mm256_and_ps(_mm256_sub_ps(v_log_m_pn, log8(_mm256_blendv_ps(one, xc, valid))), valid));
+        __m256 g = _mm256_and_ps(_mm256_mul_ps(_mm256_div_ps(x, xc), v_grad_scale), valid);
+        cos_term = _mm256_fmadd_ps(g, cosine, cos_term);
+        __m256 h = _mm256_andnot_ps(degenerate, _mm256_div_ps(g, _mm256_blendv_ps(one, wr, valid)));
+        _mm256_maskstore_ps(cw + k, lanes, _mm256_add_ps(_mm256_maskload_ps(cw + k, lanes), h));
+        h_sum = _mm256_add_ps(h_sum, h);
+        degenerate_sum = _mm256_add_ps(degenerate_sum, _mm256_and_ps(g, degenerate));
+    }
+    out[0] += sum8(cos_term);
+    out[1] += sum8(h_sum);
+    out[2] += sum8(degenerate_sum);
+    return loss + (double)sum8(loss_sum);
+}
+
+// exp and log over n values, eight at a time; the last group through a padded buffer (so it computes on the
+// same vector arithmetic as the others, and reads and writes nothing past n).
+AVX2 static void exp_avx2(const float *x, float *out, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float tail[8] = {0};
+        memcpy(tail, x + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(tail, exp8(_mm256_loadu_ps(tail)));
+        memcpy(out + i, tail, sizeof(float) * (size_t)(n - i));
+    }
+}
+
+AVX2 static void log_avx2(const float *x, float *out, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, log8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float tail[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+        memcpy(tail, x + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(tail, log8(_mm256_loadu_ps(tail)));
+        memcpy(out + i, tail, sizeof(float) * (size_t)(n - i));
+    }
+}
+
 #else
-static int avx512(void) { return 0; }
 static double crcd_row_avx512(long k1, const float *pan, const float *norm_p, const float *sum_p,
                               const float *ps, const int64_t *contrast, int64_t anchor, float r, float base,
                               float w_base, float degenerate_cos, float eps, float inv_t, float inv_z, float c,
@@ -181,17 +307,30 @@ static double crcd_row_avx512(long k1, const float *pan, const float *norm_p, co
     return crcd_row_scalar(k1, pan, norm_p, sum_p, ps, contrast, anchor, r, base, w_base, degenerate_cos, eps,
                            inv_t, inv_z, c, m_pn, grad_scale, cw, out);
 }
+static double crcd_row_avx2(long k1, const float *pan, const float *norm_p, const float *sum_p,
+                            const float *ps, const int64_t *contrast, int64_t anchor, float r, float base,
+                            float w_base, float degenerate_cos, float eps, float inv_t, float inv_z, float c,
+                            float m_pn, float grad_scale, float *cw, float *out) {
+    return crcd_row_scalar(k1, pan, norm_p, sum_p, ps, contrast, anchor, r, base, w_base, degenerate_cos, eps,
+                           inv_t, inv_z, c, m_pn, grad_scale, cw, out);
+}
 static void exp_avx512(const float *x, float *out, long n) { (void)x; (void)out; (void)n; }
 static void log_avx512(const float *x, float *out, long n) { (void)x; (void)out; (void)n; }
+static void exp_avx2(const float *x, float *out, long n) { (void)x; (void)out; (void)n; }
+static void log_avx2(const float *x, float *out, long n) { (void)x; (void)out; (void)n; }
 #endif
 
 double cohort_crcd_row(long k1, const float *pan, const float *norm_p, const float *sum_p, const float *ps,
                        const int64_t *contrast, int64_t anchor, float r, float base, float w_base, float degenerate_cos,
                        float eps, float inv_t, float inv_z, float c, float m_pn, float grad_scale, float *cw,
                        float *out) {
-    if (avx512())
+    int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_AVX512)
         return crcd_row_avx512(k1, pan, norm_p, sum_p, ps, contrast, anchor, r, base, w_base, degenerate_cos, eps,
                                inv_t, inv_z, c, m_pn, grad_scale, cw, out);
+    if (path == COHORT_GEMM_AVX2)
+        return crcd_row_avx2(k1, pan, norm_p, sum_p, ps, contrast, anchor, r, base, w_base, degenerate_cos, eps,
+                             inv_t, inv_z, c, m_pn, grad_scale, cw, out);
     return crcd_row_scalar(k1, pan, norm_p, sum_p, ps, contrast, anchor, r, base, w_base, degenerate_cos, eps, inv_t,
                            inv_z, c, m_pn, grad_scale, cw, out);
 }
@@ -211,12 +350,16 @@ double cohort_crcd_exp_sum(long k1, const float *pan, const float *norm_p, const
 }
 
 void cohort_exp(const float *x, float *out, long n) {
-    if (avx512()) { exp_avx512(x, out, n); return; }
+    int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_AVX512) { exp_avx512(x, out, n); return; }
+    if (path == COHORT_GEMM_AVX2) { exp_avx2(x, out, n); return; }
     for (long i = 0; i < n; i++) out[i] = expf(x[i]);
 }
 
 void cohort_log(const float *x, float *out, long n) {
-    if (avx512()) { log_avx512(x, out, n); return; }
+    int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_AVX512) { log_avx512(x, out, n); return; }
+    if (path == COHORT_GEMM_AVX2) { log_avx2(x, out, n); return; }
     for (long i = 0; i < n; i++) out[i] = logf(x[i]);
 }
 

@@ -2,9 +2,23 @@ import Foundation
 import Testing
 @testable import Tensors
 
-/// The vectorised `exp` and `log` (own polynomials on AVX-512 CPUs) against double-precision libm.
+/// The vectorised `exp` and `log` (own polynomials on AVX-512 and AVX2 CPUs, libm on the BLAS path)
+/// against double-precision libm, on every path this CPU has (each forced in turn); the own paths give the
+/// same bits.
 @Suite struct VectorMathTests {
     @Test func expIsWithinTwoUlps() {
+        let results = Gemm.availablePaths.map { path in Gemm.withPath(path) { expIsWithinTwoUlps(path) } }
+        let own = zip(Gemm.availablePaths, results).filter { $0.0 != .blas }.map(\.1)
+        #expect(own.dropFirst().allSatisfy { $0 == own[0] })
+    }
+
+    @Test func logIsAccurate() {
+        let results = Gemm.availablePaths.map { path in Gemm.withPath(path) { logIsAccurate(path) } }
+        let own = zip(Gemm.availablePaths, results).filter { $0.0 != .blas }.map(\.1)
+        #expect(own.dropFirst().allSatisfy { $0 == own[0] })
+    }
+
+    func expIsWithinTwoUlps(_ path: Gemm.Path) -> [Float] {
         let count = 100_003   // not a multiple of the vector width: the masked tail is covered
         let x = Tensor(uninitializedShape: [count]), y = Tensor(uninitializedShape: [count])
         for i in 0..<count { x.data[i] = -87 + 175 * Float(i) / Float(count - 1) }
@@ -14,10 +28,11 @@ import Testing
             let expected = Foundation.exp(Double(x.data[i]))
             worst = max(worst, abs(Double(y.data[i]) - expected) / expected)
         }
-        #expect(worst < 2.5e-7, "worst relative error \(worst)")
+        #expect(worst < 2.5e-7, "\(path): worst relative error \(worst)")
+        return y.scalars
     }
 
-    @Test func logIsAccurate() {
+    func logIsAccurate(_ path: Gemm.Path) -> [Float] {
         let count = 100_003
         let x = Tensor(uninitializedShape: [count]), y = Tensor(uninitializedShape: [count])
         for i in 0..<count { x.data[i] = Float(Foundation.exp(-60 + 120 * Double(i) / Double(count - 1))) }
@@ -29,6 +44,23 @@ import Testing
             let expected = Foundation.log(Double(x.data[i]))
             worst = max(worst, abs(Double(y.data[i]) - expected) / max(abs(expected), 1))
         }
-        #expect(worst < 2.5e-7, "worst error \(worst)")
+        #expect(worst < 2.5e-7, "\(path): worst error \(worst)")
+        return y.scalars
+    }
+
+    /// The largest inputs exp accepts (n = 128 in x = n ln 2 + r: one past a float's largest exponent, which
+    /// the AVX2 form applies as two factors) and the smallest, where the result is near the normal range's end.
+    @Test func expAtTheEndsOfItsRange() {
+        let x: [Float] = [88.7, 88.6, 88.5, 88.4, 88.3762, 88, -87.3, -87.2, -87, -86.5, 0, 1e-8]
+        for path in Gemm.availablePaths {
+            Gemm.withPath(path) {
+                var y = [Float](repeating: 0, count: x.count)
+                Vector.exp(x, &y, count: x.count)
+                for (input, value) in zip(x, y) {
+                    let expected = Foundation.exp(Double(input))
+                    #expect(value.isFinite && abs(Double(value) - expected) / expected < 2.5e-7, "\(path): exp(\(input)) = \(value)")
+                }
+            }
+        }
     }
 }

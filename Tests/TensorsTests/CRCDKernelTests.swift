@@ -1,0 +1,80 @@
+import Foundation
+import Testing
+import CKernels
+@testable import Tensors
+
+/// CRCD's per-entry kernel (`cohort_crcd_row`) on every path this CPU has (scalar with libm on the BLAS
+/// path, AVX2, AVX-512; each forced in turn) against the formula of `CKernels.h` evaluated in double
+/// precision, for rows crossing the 8- and 16-lane groups, with entries whose contrast row is the anchor
+/// itself (degenerate) at the start, inside and in the last partial group, and an anchor index of 0 (what
+/// a lane past the row's end would read if it were not masked).
+@Suite struct CRCDKernelTests {
+    struct Row {
+        var pan: [Float], normP: [Float], sumP: [Float], ps: [Float], contrast: [Int64]
+        let anchor: Int64
+    }
+
+    static func row(_ k1: Int, anchor: Int64, degenerate: [Int], seed: UInt64) -> Row {
+        var g = SeededGenerator(seed: seed)
+        func values(_ scale: Float, _ offset: Float) -> [Float] {
+            Tensor.randomNormal([k1], using: &g).scalars.map { offset + scale * $0 }
+        }
+        var contrast = (0..<k1).map { Int64($0 + 1) }
+        for k in degenerate where k < k1 { contrast[k] = anchor }
+        return Row(pan: values(0.5, 0), normP: values(0.5, 4), sumP: values(1, 0), ps: values(1, 0),
+                   contrast: contrast, anchor: anchor)
+    }
+
+    // The constants of one call (values of the size CRCD meets: T = 0.07, K = 500 of 50,000).
+    static let (r, base, wBase, degenerateCos, eps): (Float, Float, Float, Float, Float) = (2, 0.1, 1, 0.3, 1e-4)
+    static let (invT, invZ, c, mPn, gradScale): (Float, Float, Float, Float, Float) = (1 / 0.07, 1 / 40, 0.01, 0.01, 0.125)
+
+    /// (loss, cw, out) in double precision.
+    static func reference(_ row: Row) -> (Double, [Double], [Double]) {
+        var loss = 0.0, cw = [Double](repeating: 0, count: row.pan.count), out = [0.0, 0.0, 0.0]
+        for k in row.pan.indices {
+            let w2 = Double(row.normP[k]) - 2 * Double(row.pan[k]) + 2 * Double(eps) * Double(row.sumP[k]) + Double(wBase)
+            let w = max(max(w2, 0).squareRoot(), 1e-12)
+            let degenerate = row.contrast[k] == row.anchor
+            let dot = Double(row.ps[k]) - Double(row.pan[k]) + Double(eps) * Double(row.sumP[k]) - Double(base)
+            let cosine = degenerate ? Double(degenerateCos) : dot / (w * Double(r))
+            let x = Foundation.exp(cosine * Double(invT)) * Double(invZ), cd = Double(c)
+            let g: Double
+            if k == 0 {
+                loss += Foundation.log(x / (x + cd)); g = -cd / (x + cd) * Double(gradScale)
+            } else {
+                loss += Foundation.log(Double(mPn) / (x + cd)); g = x / (x + cd) * Double(gradScale)
+            }
+            let h = degenerate ? 0 : g / (w * Double(r))
+            cw[k] = h
+            out[0] += g * cosine; out[1] += h; out[2] += degenerate ? g : 0
+        }
+        return (loss, cw, out)
+    }
+
+    static let cases: [(Int, [Int])] = [(1, [0]), (2, [1]), (8, []), (9, [0, 8]), (16, [3]), (17, [16]), (23, [5, 20]), (501, [0, 250, 500])]
+
+    @Test(arguments: 0..<cases.count) func matchesTheFormulaOnEveryPath(_ index: Int) {
+        let (k1, degenerate) = Self.cases[index]
+        for anchor: Int64 in [0, 7] {
+            let row = Self.row(k1, anchor: anchor, degenerate: degenerate, seed: UInt64(index * 10 + Int(anchor)))
+            let (expectedLoss, expectedCw, expectedOut) = Self.reference(row)
+            for path in Gemm.availablePaths {
+                Gemm.withPath(path) {
+                    var cw = [Float](repeating: 0.5, count: k1), out: [Float] = [0, 0, 0]
+                    let loss = cohort_crcd_row(k1, row.pan, row.normP, row.sumP, row.ps, row.contrast, row.anchor,
+                                               Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps, Self.invT,
+                                               Self.invZ, Self.c, Self.mPn, Self.gradScale, &cw, &out)
+                    #expect(abs(loss - expectedLoss) <= 1e-5 * max(1, abs(expectedLoss)), "\(path) k1 \(k1): loss \(loss) vs \(expectedLoss)")
+                    // cw accumulates: it started at 0.5.
+                    let worst = zip(cw, expectedCw).map { abs(Double($0) - 0.5 - $1) / max(abs($1), 1e-3) }.max() ?? 0
+                    #expect(worst < 1e-4, "\(path) k1 \(k1): cw off by \(worst)")
+                    for i in 0..<3 {
+                        #expect(abs(Double(out[i]) - expectedOut[i]) <= 1e-5 * max(1, abs(expectedOut[i])),
+                                "\(path) k1 \(k1): out[\(i)] \(out[i]) vs \(expectedOut[i])")
+                    }
+                }
+            }
+        }
+    }
+}
