@@ -512,10 +512,19 @@ AVX512 static void shifted_kernel(long kc, const float *restrict a, const float 
 }
 
 
-// The lanes of an 8-lane vector whose bit is set in `bits` (lane i: bit i), as a mask for maskload.
+// The lanes of an 8-lane vector whose bit is set in `bits` (lane i: bit i), as a mask in each lane's sign bit.
 AVX2 static inline __m256i lane_mask(uint32_t bits) {
     const __m256i shifts = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
     return _mm256_sllv_epi32(_mm256_set1_epi32((int)bits), shifts);
+}
+
+// The lanes of row[0, 8) whose bit is set in `bits` (lane i: bit i), the others zero, reading only the set
+// lanes' memory: the gather at the ends of an input's memory, where a plain load could cross into an unmapped
+// page. (Not a masked load: AMD leaves it to the implementation whether masked-off lanes may fault.)
+AVX2 static inline __m256 gather8(const float *row, uint32_t bits) {
+    float lanes[8] __attribute__((aligned(32)));
+    for (int i = 0; i < 8; i++) lanes[i] = bits >> i & 1 ? row[i] : 0.0f;
+    return _mm256_load_ps(lanes);
 }
 
 // Whether [row, row + n) lies inside [first, last) (compared as addresses: `row` may point outside any object).
@@ -525,7 +534,7 @@ static inline int readable(const float *row, long n, const float *first, const f
 }
 
 // AVX2: for each image and each 24-pixel column panel, the panel's kc x 24 block of the implicit lowered
-// matrix is gathered once from the shifted input planes (masked loads) into an L1-resident panel, which
+// matrix is gathered once from the shifted input planes (plain loads, the lanes outside the image zeroed) into an L1-resident panel, which
 // every MR-row panel of the packed weights then multiplies. No lowered matrix ever reaches memory.
 AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                     const float *packed, const float *images, long image_stride, long count,
@@ -579,10 +588,11 @@ AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long
                         _mm256_store_ps(d + 8, _mm256_and_ps(_mm256_loadu_ps(row + 8), lanes[3 * t + 1]));
                         _mm256_store_ps(d + 16, _mm256_and_ps(_mm256_loadu_ps(row + 16), lanes[3 * t + 2]));
                     } else {
-                        // At the ends of the memory: masked loads, which never touch masked-off lanes.
-                        _mm256_store_ps(d, _mm256_maskload_ps(row, _mm256_castps_si256(lanes[3 * t])));
-                        _mm256_store_ps(d + 8, _mm256_maskload_ps(row + 8, _mm256_castps_si256(lanes[3 * t + 1])));
-                        _mm256_store_ps(d + 16, _mm256_maskload_ps(row + 16, _mm256_castps_si256(lanes[3 * t + 2])));
+                        // At the ends of the memory: only the lanes inside the image are read.
+                        uint32_t bits = masks[panel * taps + t];
+                        _mm256_store_ps(d, gather8(row, bits & 0xFF));
+                        _mm256_store_ps(d + 8, gather8(row + 8, bits >> 8 & 0xFF));
+                        _mm256_store_ps(d + 16, gather8(row + 16, bits >> 16 & 0xFF));
                     }
                 }
                 const float *block = packed + packed_rows(m) * pc;
@@ -708,12 +718,12 @@ AVX2 static void fill_panel_avx2(const float *source, const long *offsets, const
 #pragma clang loop unroll(full)
             for (int q = 0; q < 8; q++) {
                 const float *row = source + offsets[g + q] + pixel;
-                __m256i lanes = lane_mask(bits[g + q][pixel >> 5] >> (pixel & 31) & 0xFF);
+                uint32_t valid = bits[g + q][pixel >> 5] >> (pixel & 31) & 0xFF;
                 // A plain load with the lanes outside the image zeroed where the memory is known to be
-                // readable; a masked load (never touching masked-off lanes) at its ends.
+                // readable; at its ends, only the lanes inside the image are read.
                 r[q] = readable(row, 8, first, last)
-                     ? _mm256_and_ps(_mm256_loadu_ps(row), _mm256_castsi256_ps(_mm256_srai_epi32(lanes, 31)))
-                     : _mm256_maskload_ps(row, lanes);
+                     ? _mm256_and_ps(_mm256_loadu_ps(row), _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(valid), 31)))
+                     : gather8(row, valid);
             }
             transpose_rows8(r, panel + j * width + g, width);
         }
@@ -761,21 +771,26 @@ static int shifted_weight_gradient(long m, long channels, long h, long w, long k
         const float *x = a + image * a_stride, *dy = b + image * b_stride;
         for (long pc = 0, kb = block_depth(pixels); pc < pixels; pc += kb) {
             long kc = min_long(kb, pixels - pc), kc8 = (kc + 7) / 8 * 8;
-            pack_a(0, x, pixels, 0, pc, m, kc, buffers->a);
-            for (long jr = 0; jr < n; jr += width) {
-                long nr = min_long(width, n - jr);
-                float *panel = buffers->b;
-                fill(dy, offsets + jr, row_bits + jr, pc, kc8, width, panel, first, last);
-                for (long ir = 0; ir < m; ir += MR) {
-                    long mr = min_long(MR, m - ir);
-                    float *tile = out + ir * ldo + jr;
-                    if (mr == MR && nr == width) {
-                        tile_kernel(kc, buffers->a + ir * kc, panel, tile, ldo, 1);
-                        continue;
+            // The rows in blocks of at most MC (the packing buffer's height; the B panels are gathered
+            // again for each block, which only layers wider than MC channels need).
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = min_long(MC, m - ic);
+                pack_a(0, x, pixels, ic, pc, mc, kc, buffers->a);
+                for (long jr = 0; jr < n; jr += width) {
+                    long nr = min_long(width, n - jr);
+                    float *panel = buffers->b;
+                    fill(dy, offsets + jr, row_bits + jr, pc, kc8, width, panel, first, last);
+                    for (long ir = 0; ir < mc; ir += MR) {
+                        long mr = min_long(MR, mc - ir);
+                        float *tile = out + (ic + ir) * ldo + jr;
+                        if (mr == MR && nr == width) {
+                            tile_kernel(kc, buffers->a + ir * kc, panel, tile, ldo, 1);
+                            continue;
+                        }
+                        tile_kernel(kc, buffers->a + ir * kc, panel, edge, width, 0);
+                        for (long i = 0; i < mr; i++)
+                            for (long j = 0; j < nr; j++) tile[i * ldo + j] += edge[i * width + j];
                     }
-                    tile_kernel(kc, buffers->a + ir * kc, panel, edge, width, 0);
-                    for (long i = 0; i < mr; i++)
-                        for (long j = 0; j < nr; j++) tile[i * ldo + j] += edge[i * width + j];
                 }
             }
         }
