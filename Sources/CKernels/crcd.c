@@ -4,6 +4,7 @@
 
 #include "CKernels.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -148,17 +149,51 @@ AVX512 static double crcd_row_avx512(long k1, const float *pan, const float *nor
     return loss + (double)_mm512_reduce_add_ps(loss_sum);
 }
 
+// The vector forms' domains: exp16/exp8 clamp x to [-87.3, 88.7] and log16/log8 read positive normal numbers.
+// Lanes outside them (NaN, infinities, zero, negatives, subnormals, exp's far ends) are computed again with
+// libm's expf and logf, so the array forms agree with libm on every special value.
+#define EXP_LOW (-87.3f)
+#define EXP_HIGH 88.7f
+
+// Recomputes lanes `bad` (bit i: lane i) of the group starting at `x` with `f`. `out` may alias `x`, so the
+// group's input is taken from `saved`.
+static void recompute_lanes(const float *saved, unsigned bad, float (*f)(float), float *out) {
+    while (bad) {
+        int lane = __builtin_ctz(bad);
+        out[lane] = f(saved[lane]);
+        bad &= bad - 1;
+    }
+}
+
 AVX512 static void exp_avx512(const float *x, float *out, long n) {
     for (long i = 0; i < n; i += 16) {
         __mmask16 valid = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(out + i, valid, exp16(_mm512_maskz_loadu_ps(valid, x + i)));
+        __m512 v = _mm512_maskz_loadu_ps(valid, x + i);
+        __mmask16 inside = _mm512_cmp_ps_mask(v, _mm512_set1_ps(EXP_LOW), _CMP_GE_OQ)
+                         & _mm512_cmp_ps_mask(v, _mm512_set1_ps(EXP_HIGH), _CMP_LE_OQ);
+        _mm512_mask_storeu_ps(out + i, valid, exp16(v));
+        unsigned bad = (unsigned)(valid & (__mmask16)~inside);
+        if (bad) {
+            float saved[16];
+            _mm512_storeu_ps(saved, v);
+            recompute_lanes(saved, bad, expf, out + i);
+        }
     }
 }
 
 AVX512 static void log_avx512(const float *x, float *out, long n) {
     for (long i = 0; i < n; i += 16) {
         __mmask16 valid = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(out + i, valid, log16(_mm512_mask_loadu_ps(_mm512_set1_ps(1), valid, x + i)));
+        __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(1), valid, x + i);
+        __mmask16 inside = _mm512_cmp_ps_mask(v, _mm512_set1_ps(FLT_MIN), _CMP_GE_OQ)
+                         & _mm512_cmp_ps_mask(v, _mm512_set1_ps(FLT_MAX), _CMP_LE_OQ);
+        _mm512_mask_storeu_ps(out + i, valid, log16(v));
+        unsigned bad = (unsigned)(valid & (__mmask16)~inside);
+        if (bad) {
+            float saved[16];
+            _mm512_storeu_ps(saved, v);
+            recompute_lanes(saved, bad, logf, out + i);
+        }
     }
 }
 
@@ -239,20 +274,37 @@ AVX2 static double crcd_row_avx2(long k1, const float *pan, const float *norm_p,
     const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1);
     const __m256 v_log_m_pn = _mm256_set1_ps(logf(m_pn)), v_grad_scale = _mm256_set1_ps(grad_scale);
     const __m256i v_anchor = _mm256_set1_epi64x(anchor);
+    // The row's last, partial group is copied into zero-padded buffers, so that every load and store is a
+    // plain one that stays inside the row (no masked loads: AMD may fault on their masked-off lanes).
+    float tail_pan[8], tail_norm[8], tail_sum[8], tail_ps[8], tail_cw[8];
+    int64_t tail_contrast[8];
     for (long k = 1; k < k1; k += 8) {
         long left = k1 - k;
         __m256i lanes = left >= 8 ? _mm256_set1_epi32(-1) : first_lanes(left);
         __m256 valid = _mm256_castsi256_ps(lanes);
-        __m256 pa = _mm256_maskload_ps(pan + k, lanes), np = _mm256_maskload_ps(norm_p + k, lanes);
-        __m256 sp = _mm256_maskload_ps(sum_p + k, lanes), dp = _mm256_maskload_ps(ps + k, lanes);
+        const float *g_pan = pan + k, *g_norm = norm_p + k, *g_sum = sum_p + k, *g_ps = ps + k;
+        const int64_t *g_contrast = contrast + k;
+        float *g_cw = cw + k;
+        if (left < 8) {
+            size_t bytes = sizeof(float) * (size_t)left;
+            memset(tail_pan, 0, sizeof tail_pan); memcpy(tail_pan, g_pan, bytes);
+            memset(tail_norm, 0, sizeof tail_norm); memcpy(tail_norm, g_norm, bytes);
+            memset(tail_sum, 0, sizeof tail_sum); memcpy(tail_sum, g_sum, bytes);
+            memset(tail_ps, 0, sizeof tail_ps); memcpy(tail_ps, g_ps, bytes);
+            memset(tail_cw, 0, sizeof tail_cw); memcpy(tail_cw, g_cw, bytes);
+            memset(tail_contrast, 0, sizeof tail_contrast); memcpy(tail_contrast, g_contrast, sizeof(int64_t) * (size_t)left);
+            g_pan = tail_pan; g_norm = tail_norm; g_sum = tail_sum; g_ps = tail_ps; g_contrast = tail_contrast;
+            g_cw = tail_cw;
+        }
+        __m256 pa = _mm256_loadu_ps(g_pan), np = _mm256_loadu_ps(g_norm);
+        __m256 sp = _mm256_loadu_ps(g_sum), dp = _mm256_loadu_ps(g_ps);
         __m256 w2 = _mm256_add_ps(_mm256_fmadd_ps(v_two_eps, sp, _mm256_fnmadd_ps(_mm256_set1_ps(2), pa, np)), v_w_base);
         __m256 w = _mm256_max_ps(_mm256_sqrt_ps(_mm256_max_ps(w2, zero)), _mm256_set1_ps(1e-12f));
         __m256 dot = _mm256_sub_ps(_mm256_fmadd_ps(v_eps, sp, _mm256_sub_ps(dp, pa)), v_base);
         __m256 wr = _mm256_mul_ps(w, v_r);
         // Entries whose contrast row is the anchor itself: two 4 x 64-bit compares, narrowed to 8 x 32.
-        __m256i low = _mm256_maskload_epi64((const long long *)(contrast + k), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(lanes)));
-        __m256i highs = _mm256_maskload_epi64((const long long *)(contrast + k + 4),
-                                              _mm256_cvtepi32_epi64(_mm256_extracti128_si256(lanes, 1)));
+        __m256i low = _mm256_loadu_si256((const __m256i *)g_contrast);
+        __m256i highs = _mm256_loadu_si256((const __m256i *)(g_contrast + 4));
         const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         __m256i eq = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(_mm256_cmpeq_epi64(low, v_anchor), evens),
                                         _mm256_permutevar8x32_epi32(_mm256_cmpeq_epi64(highs, v_anchor), evens), 0xF0);
@@ -265,7 +317,8 @@ AVX2 static double crcd_row_avx2(long k1, const float *pan, const float *norm_p,
         __m256 g = _mm256_and_ps(_mm256_mul_ps(_mm256_div_ps(x, xc), v_grad_scale), valid);
         cos_term = _mm256_fmadd_ps(g, cosine, cos_term);
         __m256 h = _mm256_andnot_ps(degenerate, _mm256_div_ps(g, _mm256_blendv_ps(one, wr, valid)));
-        _mm256_maskstore_ps(cw + k, lanes, _mm256_add_ps(_mm256_maskload_ps(cw + k, lanes), h));
+        _mm256_storeu_ps(g_cw, _mm256_add_ps(_mm256_loadu_ps(g_cw), h));
+        if (left < 8) memcpy(cw + k, tail_cw, sizeof(float) * (size_t)left);
         h_sum = _mm256_add_ps(h_sum, h);
         degenerate_sum = _mm256_add_ps(degenerate_sum, _mm256_and_ps(g, degenerate));
     }
@@ -276,27 +329,40 @@ AVX2 static double crcd_row_avx2(long k1, const float *pan, const float *norm_p,
 }
 
 // exp and log over n values, eight at a time; the last group through a padded buffer (so it computes on the
-// same vector arithmetic as the others, and reads and writes nothing past n).
-AVX2 static void exp_avx2(const float *x, float *out, long n) {
-    long i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp8(_mm256_loadu_ps(x + i)));
-    if (i < n) {
-        float tail[8] = {0};
-        memcpy(tail, x + i, sizeof(float) * (size_t)(n - i));
-        _mm256_storeu_ps(tail, exp8(_mm256_loadu_ps(tail)));
-        memcpy(out + i, tail, sizeof(float) * (size_t)(n - i));
+// same vector arithmetic as the others, and reads and writes nothing past n). Lanes outside the vector
+// domain are computed again with libm (see recompute_lanes).
+AVX2 static inline __attribute__((always_inline)) void map_avx2(const float *x, float *out, long n, __m256 (*vector)(__m256), float (*scalar)(float),
+                          float low, float high, float pad) {
+    for (long i = 0; i < n; i += 8) {
+        long count = n - i < 8 ? n - i : 8;
+        float group[8] = {pad, pad, pad, pad, pad, pad, pad, pad}, result[8];
+        __m256 v;
+        if (count == 8) v = _mm256_loadu_ps(x + i);
+        else { memcpy(group, x + i, sizeof(float) * (size_t)count); v = _mm256_loadu_ps(group); }
+        __m256 inside = _mm256_and_ps(_mm256_cmp_ps(v, _mm256_set1_ps(low), _CMP_GE_OQ),
+                                      _mm256_cmp_ps(v, _mm256_set1_ps(high), _CMP_LE_OQ));
+        unsigned bad = ~(unsigned)_mm256_movemask_ps(inside) & ((1u << count) - 1);
+        if (count == 8) {
+            if (bad) _mm256_storeu_ps(group, v);
+            _mm256_storeu_ps(out + i, vector(v));
+            if (bad) recompute_lanes(group, bad, scalar, out + i);
+        } else {
+            _mm256_storeu_ps(result, vector(v));
+            recompute_lanes(group, bad, scalar, result);
+            memcpy(out + i, result, sizeof(float) * (size_t)count);
+        }
     }
 }
 
+AVX2 static __m256 exp8_call(__m256 x) { return exp8(x); }
+AVX2 static __m256 log8_call(__m256 x) { return log8(x); }
+
+AVX2 static void exp_avx2(const float *x, float *out, long n) {
+    map_avx2(x, out, n, exp8_call, expf, EXP_LOW, EXP_HIGH, 0);
+}
+
 AVX2 static void log_avx2(const float *x, float *out, long n) {
-    long i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, log8(_mm256_loadu_ps(x + i)));
-    if (i < n) {
-        float tail[8] = {1, 1, 1, 1, 1, 1, 1, 1};
-        memcpy(tail, x + i, sizeof(float) * (size_t)(n - i));
-        _mm256_storeu_ps(tail, log8(_mm256_loadu_ps(tail)));
-        memcpy(out + i, tail, sizeof(float) * (size_t)(n - i));
-    }
+    map_avx2(x, out, n, log8_call, logf, FLT_MIN, FLT_MAX, 1);
 }
 
 #else

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import CKernels
 @testable import Tensors
+import TestSupport
 
 /// CRCD's per-entry kernel (`cohort_crcd_row`) on every path this CPU has (scalar with libm on the BLAS
 /// path, AVX2, AVX-512; each forced in turn) against the formula of `CKernels.h` evaluated in double
@@ -74,6 +75,31 @@ import CKernels
                                 "\(path) k1 \(k1): out[\(i)] \(out[i]) vs \(expectedOut[i])")
                     }
                 }
+            }
+        }
+    }
+
+    /// Every operand of a row whose length is not a multiple of the vector width, with its last element
+    /// against an inaccessible page: the kernel reads and writes nothing past the row (a crash otherwise) and
+    /// gives the same bits as on ordinary memory.
+    @Test(arguments: [3, 9, 17, 23, 501]) func staysInsideTheRow(_ k1: Int) {
+        let row = Self.row(k1, anchor: 0, degenerate: [k1 - 1], seed: 77)
+        for path in Gemm.availablePaths {
+            Gemm.withPath(path) {
+                var cw = [Float](repeating: 0.25, count: k1), out: [Float] = [0, 0, 0]
+                let loss = cohort_crcd_row(k1, row.pan, row.normP, row.sumP, row.ps, row.contrast, row.anchor,
+                                           Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps, Self.invT,
+                                           Self.invZ, Self.c, Self.mPn, Self.gradScale, &cw, &out)
+                let pan = GuardedMemory(row.pan, placement: .againstEnd), normP = GuardedMemory(row.normP, placement: .againstEnd)
+                let sumP = GuardedMemory(row.sumP, placement: .againstEnd), ps = GuardedMemory(row.ps, placement: .againstEnd)
+                let contrast = GuardedMemory(row.contrast, placement: .againstEnd)
+                let guardedCw = GuardedMemory([Float](repeating: 0.25, count: k1), placement: .againstEnd)
+                var guardedOut: [Float] = [0, 0, 0]
+                let guardedLoss = cohort_crcd_row(k1, pan.pointer, normP.pointer, sumP.pointer, ps.pointer, contrast.pointer,
+                                                  row.anchor, Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps,
+                                                  Self.invT, Self.invZ, Self.c, Self.mPn, Self.gradScale, guardedCw.pointer,
+                                                  &guardedOut)
+                #expect(guardedLoss == loss && guardedOut == out && guardedCw.values == cw, "\(path) k1 \(k1)")
             }
         }
     }

@@ -63,4 +63,43 @@ import Testing
             }
         }
     }
+
+    /// Values outside the polynomials' domain get libm's answer on every path (NaN, infinities, zero,
+    /// negatives, subnormals, exp past its clamps), mixed in one vector group with ordinary values, computed
+    /// in place and in a short last group.
+    @Test func specialValuesFollowLibm() {
+        let expInputs: [Float] = [.nan, .infinity, -.infinity, 89, 88.72, 88.8, 100, -87.4, -88, -100, -104, -110,
+                                  0, 1, -1.5, 3, 20, -.nan]
+        let logInputs: [Float] = [0, -0.0, -1, -.infinity, .infinity, .nan, 1e-40, .leastNonzeroMagnitude,
+                                  .leastNormalMagnitude, .greatestFiniteMagnitude, 1, 2.5, 0.3, 7e5, -1e-30, 1e30, 4]
+        for path in Gemm.availablePaths {
+            Gemm.withPath(path) {
+                check(expInputs, Vector.exp(_:_:count:), Foundation.expf, domain: -87.3...88.7, scale: 0, path: path, name: "exp")
+                check(logInputs, Vector.log(_:_:count:), Foundation.logf,
+                      domain: Float.leastNormalMagnitude...Float.greatestFiniteMagnitude, scale: 1, path: path, name: "log")
+            }
+        }
+    }
+
+    func check(_ inputs: [Float], _ vector: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void,
+               _ libm: (Float) -> Float, domain: ClosedRange<Float>, scale: Double, path: Gemm.Path, name: String) {
+        // Inside the domain: relative error for exp (scale 0), absolute near 1 for log (scale 1).
+        // Every length up to the whole array: each value lands in full groups and in short last groups.
+        for length in 1...inputs.count {
+            let values = UnsafeMutablePointer<Float>.allocate(capacity: length)
+            defer { values.deallocate() }
+            values.initialize(from: inputs, count: length)
+            vector(values, values, length)   // in place
+            for i in 0..<length {
+                let x = inputs[i], y = values[i], expected = libm(x)
+                if domain.contains(x) {
+                    let error = abs(Double(y) - Double(expected)) / max(abs(Double(expected)), scale)
+                    #expect(error < 2.5e-7, "\(path): \(name)(\(x)) = \(y), libm \(expected)")
+                } else {
+                    #expect(y.bitPattern == expected.bitPattern || (y.isNaN && expected.isNaN),
+                            "\(path): \(name)(\(x)) = \(y), libm \(expected)")
+                }
+            }
+        }
+    }
 }

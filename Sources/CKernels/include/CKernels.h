@@ -56,9 +56,12 @@ double cohort_crcd_exp_sum(long k1, const float *pan, const float *norm_p, const
 /// (random rows of a large memory: the copy waits on memory, not on arithmetic).
 void cohort_gather_rows(const float *source, const int64_t *rows, long count, long width, float *destination);
 
-/// `out[i] = exp(x[i])`, vectorised (relative error below 2e-7 over the float range).
+/// `out[i] = exp(x[i])`, vectorised on the AVX-512 and AVX2 paths (relative error below 2e-7 over the float
+/// range); NaN, infinities and x outside [-87.3, 88.7] go to libm's expf, as does everything on the BLAS path.
+/// `out` may be `x`.
 void cohort_exp(const float *x, float *out, long n);
-/// `out[i] = log(x[i])` for positive normal `x[i]`, vectorised (absolute error below 2e-7 for x near 1).
+/// `out[i] = log(x[i])`, vectorised as cohort_exp for positive normal x (absolute error below 2e-7 near 1);
+/// every other value (zero, negatives, subnormals, infinity, NaN) goes to libm's logf. `out` may be `x`.
 void cohort_log(const float *x, float *out, long n);
 
 
@@ -76,7 +79,8 @@ int cohort_pack_weights(long m, long k, const float *a, float *packed);
 /// Convolves `count` images (`channels x h x w`, `image_stride` floats apart) into `count` outputs
 /// (`m x oh x w`, `out_stride` apart), with `packed` from `cohort_pack_weights` (`k = channels kh kw`).
 /// AVX-512: an 8 x 32 register tile reads the shifted planes under masks; AVX2: each 24-pixel column panel
-/// is gathered once (masked loads) into an L1 panel for 4 x 24 register passes. Returns 0 when the path in
+/// is gathered once (plain loads, lanes outside the image zeroed) into an L1 panel for 4 x 24 register
+/// passes. Reads no memory outside [images, last image + channels h w). Returns 0 when the path in
 /// force is BLAS (or memory for its tables ran out).
 int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                 const float *packed, const float *images, long image_stride, long count,
