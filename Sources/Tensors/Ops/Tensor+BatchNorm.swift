@@ -174,15 +174,18 @@ extension Tensor {
         }
     }
 
-    /// The batch mean and biased variance of one channel, in one pass over its values: sums of the values'
-    /// distances from the channel's first value (which keeps the squares small whatever the mean), in
-    /// float lanes along each row and in double across rows. The order depends only on the shape.
+    /// The batch mean and biased variance of one channel: per row, float sums of the values' deviations from
+    /// the row's own mean and of their squares; across rows, in double. The order depends only on the shape.
     private static func channelStatistics(_ x: UnsafePointer<Float>, channel ch: Int, channels c: Int, count n: Int,
                                           plane: Int) -> (mean: Float, variance: Float) {
-        let origin = x[ch * plane], vo = Vector.Lanes(repeating: origin)
-        var sum = 0.0, squares = 0.0
+        // Row by row (one image's plane, in L1 after its first pass): the row's mean estimated by a first pass,
+        // then the sums of the deviations from it and of their squares, so the squares never cancel against
+        // a large mean or an outlier. Rows merge in double with Chan's update for equal-sized groups.
+        let size = Double(plane)
+        var mean = 0.0, m2 = 0.0
         for i in 0..<n {
             let row = x + (i * c + ch) * plane
+            let estimate = Float(Double(Vector.sum(row, count: plane)) / size), vo = Vector.Lanes(repeating: estimate)
             // Two pairs of accumulators: one pair alone would wait on its own additions' latency.
             var acc = Vector.Lanes(repeating: 0), accSquares = Vector.Lanes(repeating: 0)
             var acc2 = Vector.Lanes(repeating: 0), accSquares2 = Vector.Lanes(repeating: 0)
@@ -193,11 +196,14 @@ extension Tensor {
             }
             if j + 8 <= plane { let d = Vector.load(row + j) - vo; acc += d; accSquares += d * d; j += 8 }
             acc += acc2; accSquares += accSquares2
-            var rowSum = Double(acc.sum()), rowSquares = Double(accSquares.sum())
-            while j < plane { let d = Double(row[j] - origin); rowSum += d; rowSquares += d * d; j += 1 }
-            sum += rowSum; squares += rowSquares
+            var deviations = Double(acc.sum()), squares = Double(accSquares.sum())
+            while j < plane { let d = Double(row[j] - estimate); deviations += d; squares += d * d; j += 1 }
+            let rowMean = Double(estimate) + deviations / size
+            let rowM2 = Swift.max(squares - deviations * deviations / size, 0)
+            let delta = rowMean - mean, merged = Double(i + 1)
+            mean += delta / merged
+            m2 += rowM2 + delta * delta * size * Double(i) / merged
         }
-        let m = Double(n * plane), shift = sum / m
-        return (Float(Double(origin) + shift), Float(Swift.max(squares / m - shift * shift, 0)))
+        return (Float(mean), Float(Swift.max(m2 / (Double(n) * size), 0)))
     }
 }
