@@ -62,6 +62,8 @@ int cohort_sgemm_force(int wanted) {
     return cohort_sgemm_level();
 }
 
+int cohort_sgemm_forced(void) { return forced; }
+
 int cohort_sgemm_supported(void) { return cohort_sgemm_level() != COHORT_GEMM_BLAS; }
 
 // Per-thread packing buffers, freed when the thread exits.
@@ -450,6 +452,7 @@ int cohort_sgemm_supported(void) { return 0; }
 int cohort_sgemm_level(void) { return COHORT_GEMM_BLAS; }
 int cohort_sgemm_capability(void) { return COHORT_GEMM_BLAS; }
 int cohort_sgemm_force(int wanted) { (void)wanted; return COHORT_GEMM_BLAS; }
+int cohort_sgemm_forced(void) { return -1; }
 
 int cohort_sgemm(int transpose_a, int transpose_b, long m, long n, long k, float alpha,
                  const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc) {

@@ -42,7 +42,7 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
     ]
 
     /// Every case on every matrix-product path this CPU has (OpenBLAS, Cohort's AVX2 and AVX-512 kernels,
-    /// each forced in turn; the convolutions without lowering with AVX-512).
+    /// each forced in turn; the stride-1 convolutions without lowering on the AVX2 and AVX-512 paths).
     @Test(arguments: cases) func convolutionMatchesDirectLoops(_ c: ConvCase) {
         for path in Gemm.availablePaths { Gemm.withPath(path) { convolutionMatchesDirectLoops(c, path) } }
     }
@@ -100,7 +100,7 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
 
     /// A same convolution large enough to cross the kernels' blocks: 20 output channels (two full 8-row
     /// tiles and an edge), 30 x 9 = 270 taps (two 256-deep blocks), a 12 x 12 image (4.5 column panels).
-    /// Forward and input gradient against direct loops; on AVX-512 CPUs both run without lowering.
+    /// Forward and input gradient against direct loops; on the AVX2 and AVX-512 paths both run without lowering.
     @Test func largeSameConvolutionMatchesDirectLoops() {
         for path in Gemm.availablePaths { Gemm.withPath(path) { largeSameConvolutionMatchesDirectLoops(path) } }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import CBLAS
 @testable import Tensors
@@ -72,8 +73,8 @@ import CBLAS
     }
 
     /// Cohort's kernels sum every element's products in order, one FMA chain: the AVX2 and AVX-512 paths
-    /// give the same bits (on a CPU with AVX-512; on an AVX2 CPU the AVX2 path is checked against itself
-    /// run twice, and against the reference above).
+    /// give the same bits. Only a CPU with AVX-512 has two own paths to compare; on an AVX2-only CPU this
+    /// check has nothing to compare and the AVX2 path is covered by the reference test above.
     @Test func ownPathsGiveTheSameBits() {
         var g = SeededGenerator(seed: 11)
         let (m, n, k) = (37, 531, 300)
@@ -88,6 +89,33 @@ import CBLAS
         }
         #expect(results.dropFirst().allSatisfy { $0 == results[0] }, "\(own)")
         #expect(Gemm.withPath(.blas) { Gemm.path } == .blas && Gemm.withPath(.avx512) { Gemm.path } == Gemm.capability)
+    }
+
+    /// A path forced with `withPath` reaches the workers `Parallelism` runs for the caller (a convolution's
+    /// images split across threads then all run on it), and the calling thread keeps its own choice after.
+    /// The two workers meet before recording (waiting at most 10 s for each other), so that they are two
+    /// threads, not the caller running both ranges in turn.
+    @Test func forcedPathReachesTheWorkers() {
+        for path in Gemm.availablePaths {
+            let seen = Mutex<[(thread: UInt, path: Gemm.Path)]>([]), arrived = Atomic<Int>(0)
+            Gemm.withPath(path) {
+                Parallelism.withThreadCount(2) {
+                    Parallelism.run([0..<1, 1..<2]) { _, _ in
+                        arrived.add(1, ordering: .sequentiallyConsistent)
+                        let deadline = DispatchTime.now().uptimeNanoseconds + 10_000_000_000
+                        while arrived.load(ordering: .sequentiallyConsistent) < 2 && DispatchTime.now().uptimeNanoseconds < deadline {
+                            sched_yield()
+                        }
+                        let thread = UInt(pthread_self())   // pthread_t is an integer on Linux
+                        seen.withLock { $0.append((thread, Gemm.path)) }
+                    }
+                }
+                #expect(Gemm.path == path)
+            }
+            let records = seen.withLock { $0 }
+            #expect(Set(records.map(\.thread)).count == 2, "\(path): the ranges ran on one thread")
+            #expect(records.count == 2 && records.allSatisfy { $0.path == path }, "\(path): workers ran \(records.map(\.path))")
+        }
     }
 
     /// The two back ends agree (on CPUs without AVX-512 or AVX2 both are OpenBLAS).

@@ -32,6 +32,9 @@ int cohort_sgemm_capability(void);
 /// path), and returns the path in force there. For tests that compare the paths.
 int cohort_sgemm_force(int wanted);
 
+/// The calling thread's own choice from `cohort_sgemm_force` (-1: none, the process's path is in force).
+int cohort_sgemm_forced(void);
+
 /// The per-entry part of one CRCD row: anchor `n` of sample `i` against its K+1 contrast rows.
 ///
 /// For each k, with `pan[k] = <p_k, a_n>`:

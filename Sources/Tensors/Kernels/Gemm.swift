@@ -32,8 +32,8 @@ public enum Gemm {
     /// The paths this CPU can run, from BLAS up to its best.
     public static var availablePaths: [Path] { Path.allCases.filter { $0.rawValue <= capability.rawValue } }
 
-    /// Runs `body` with `path` (at most the CPU's best) in force on the calling thread only: for tests
-    /// that compare the paths. Products that `body` hands to other threads take the process's path.
+    /// Runs `body` with `path` (at most the CPU's best) in force on the calling thread and on the workers
+    /// that ``Parallelism`` runs for it: for tests that compare the paths. Other threads keep theirs.
     public static func withPath<R>(_ path: Path, _ body: () throws -> R) rethrows -> R {
         cohort_sgemm_force(Int32(path.rawValue))
         defer { cohort_sgemm_force(-1) }

@@ -1,6 +1,7 @@
 import Dispatch
 import Synchronization
 import CBLAS
+import CKernels
 
 /// How many threads Cohort's own loops and OpenBLAS may use in this process.
 public enum Parallelism {
@@ -40,6 +41,8 @@ public enum Parallelism {
     /// Runs `body(index, ranges[index])` for every range, on at most ``threadCount`` threads (range `i`
     /// on worker `i mod workers`); each range's work is the same whichever thread runs it.
     ///
+    /// The workers run on the caller's kernel path (``Gemm/withPath(_:_:)`` reaches them too).
+    ///
     /// `body` must touch disjoint memory for different indices.
     public static func run(_ ranges: [Range<Int>], _ body: (Int, Range<Int>) -> Void) {
         let workers = Swift.min(threadCount, ranges.count)
@@ -49,7 +52,12 @@ public enum Parallelism {
         }
         withoutActuallyEscaping(body) { body in
             let work = UncheckedSendableBox(body)
+            let path = cohort_sgemm_level()
             DispatchQueue.concurrentPerform(iterations: workers) { w in
+                // A worker may be the calling thread itself: its own choice is put back afterwards.
+                let saved = cohort_sgemm_forced()
+                cohort_sgemm_force(path)
+                defer { cohort_sgemm_force(saved) }
                 for i in stride(from: w, to: ranges.count, by: workers) { work.value(i, ranges[i]) }
             }
         }
