@@ -515,6 +515,38 @@ AVX512 static void shifted_kernel(long kc, const float *restrict a, const float 
 }
 
 
+// A convolution as shifted planes: row p = c taps + t of the implicit lowered matrix is the plane at
+// c channel_stride + plane[t] floats, read at (y + dy[t], x + dx[t]) for output pixel (y, x) of an oh x vw
+// output, and zero where that falls outside the vh x vw grid.
+typedef struct {
+    long channels, channel_stride, vh, vw, oh, taps;
+    const long *plane, *dy, *dx;
+} TapTable;
+
+// The tap table of a stride-1 convolution whose output rows are as wide as the input's (its arrays filled
+// into `storage`, 3 taps longs).
+static TapTable same_taps(long channels, long h, long w, long kh, long kw, long ph, long pw, long *storage) {
+    long taps = kh * kw;
+    for (long t = 0; t < taps; t++) {
+        storage[t] = 0;
+        storage[taps + t] = t / kw - ph;
+        storage[2 * taps + t] = t % kw - pw;
+    }
+    TapTable table = {channels, h * w, h, w, h + 2 * ph - kh + 1, taps, storage, storage + taps, storage + 2 * taps};
+    return table;
+}
+
+// Output pixel q's row (q / vw, q % vw) shifted by tap t: inside the grid?
+static inline int tap_valid(const TapTable *table, long t, long q) {
+    long iy = q / table->vw + table->dy[t], ix = q % table->vw + table->dx[t];
+    return iy >= 0 && iy < table->vh && ix >= 0 && ix < table->vw;
+}
+
+static inline long tap_offset(const TapTable *table, long p) {
+    long c = p / table->taps, t = p % table->taps;
+    return c * table->channel_stride + table->plane[t] + table->dy[t] * table->vw + table->dx[t];
+}
+
 // The lanes of an 8-lane vector whose bit is set in `bits` (lane i: bit i), as a mask in each lane's sign bit.
 AVX2 static inline __m256i lane_mask(uint32_t bits) {
     const __m256i shifts = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
@@ -539,37 +571,31 @@ static inline int readable(const float *row, long n, const float *first, const f
 // AVX2: for each image and each 24-pixel column panel, the panel's kc x 24 block of the implicit lowered
 // matrix is gathered once from the shifted input planes (plain loads, the lanes outside the image zeroed) into an L1-resident panel, which
 // every MR-row panel of the packed weights then multiplies. No lowered matrix ever reaches memory.
-AVX2 static int shifted_forward_avx2(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
-                                    const float *packed, const float *images, long image_stride, long count,
-                                    float *out, long out_stride) {
+AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float *packed, const float *images,
+                                    long image_stride, long count, float *out, long out_stride) {
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
-    long taps = kh * kw, k = channels * taps, plane = h * w;
-    long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + NR_AVX2 - 1) / NR_AVX2;
+    long taps = table->taps, k = table->channels * taps;
+    long end = table->oh * table->vw, panels = (end + NR_AVX2 - 1) / NR_AVX2;
     long *offsets = malloc(sizeof(long) * (size_t)k);
     uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(taps * panels));
     __m256 *lanes = aligned_alloc(32, sizeof(__m256) * (size_t)(3 * taps));
     if (!offsets || !masks || !lanes) { free(offsets); free(masks); free(lanes); return 0; }
-    for (long p = 0; p < k; p++) {
-        long c = p / taps, t = p % taps;
-        offsets[p] = c * plane + (t / kw - ph) * w + (t % kw - pw);
-    }
+    for (long p = 0; p < k; p++) offsets[p] = tap_offset(table, p);
     // For each panel and tap, the pixels of the panel whose tap falls inside the image.
     for (long panel = 0; panel < panels; panel++) {
         long j0 = panel * NR_AVX2;
         for (long t = 0; t < taps; t++) {
             uint32_t bits = 0;
-            for (long q = 0; q < NR_AVX2 && j0 + q < end; q++) {
-                long iy = (j0 + q) / w + t / kw - ph, ix = (j0 + q) % w + t % kw - pw;
-                if (iy >= 0 && iy < h && ix >= 0 && ix < w) bits |= 1u << q;
-            }
+            for (long q = 0; q < NR_AVX2 && j0 + q < end; q++)
+                if (tap_valid(table, t, j0 + q)) bits |= 1u << q;
             masks[panel * taps + t] = bits;
         }
     }
     float *panel_b = buffers->b;
     float edge[MR * NR_AVX2] __attribute__((aligned(64)));
     // The memory known to be readable: from the first image's start to the last one's end.
-    const float *first = images, *last = images + (count - 1) * image_stride + channels * plane;
+    const float *first = images, *last = images + (count - 1) * image_stride + table->channels * table->channel_stride;
     for (long n = 0; n < count; n++) {
         const float *image = images + n * image_stride;
         float *output = out + n * out_stride;
@@ -623,8 +649,14 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
                                 const float *packed, const float *images, long image_stride, long count,
                                 float *out, long out_stride) {
     int path = cohort_sgemm_level();
-    if (path == COHORT_GEMM_AVX2)
-        return shifted_forward_avx2(m, channels, h, w, kh, kw, ph, pw, packed, images, image_stride, count, out, out_stride);
+    if (path == COHORT_GEMM_AVX2) {
+        long *storage = malloc(sizeof(long) * (size_t)(3 * kh * kw));
+        if (!storage) return 0;
+        TapTable table = same_taps(channels, h, w, kh, kw, ph, pw, storage);
+        int done = shifted_forward_avx2(m, &table, packed, images, image_stride, count, out, out_stride);
+        free(storage);
+        return done;
+    }
     if (path != COHORT_GEMM_AVX512) return 0;
     long taps = kh * kw, k = channels * taps, plane = h * w;
     long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + NR - 1) / NR;
@@ -740,13 +772,13 @@ AVX2 static void shifted_tile_avx2(long kc, const float *a, const float *panel, 
     kernel_avx2(kc, a, panel, NR_AVX2, c, ldc, 1, add ? 1 : 0, NR_AVX2);
 }
 
-static int shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
-                                   const float *a, long a_stride, const float *b, long b_stride, long count,
-                                   float *out, long ldo, long width, ShiftedPanelFill fill, ShiftedTile tile_kernel) {
+static int shifted_weight_gradient(long m, const TapTable *table, const float *a, long a_stride, const float *b,
+                                   long b_stride, long count, float *out, long ldo, long width, ShiftedPanelFill fill,
+                                   ShiftedTile tile_kernel) {
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
-    long taps = kh * kw, n = channels * taps, plane = h * w;
-    long pixels = (h + 2 * ph - kh + 1) * w;
+    long taps = table->taps, n = table->channels * taps;
+    long pixels = table->oh * table->vw;
     // Padded so that every implicit row has whole 8-column blocks: columns past `pixels` are masked off.
     long padded = (pixels + 7) / 8 * 8, words = padded / 32 + 1;
     long *offsets = malloc(sizeof(long) * (size_t)(n + NR));
@@ -754,22 +786,17 @@ static int shifted_weight_gradient(long m, long channels, long h, long w, long k
     uint32_t *bits = calloc((size_t)((taps + 1) * words), sizeof(uint32_t));
     const uint32_t **row_bits = malloc(sizeof(uint32_t *) * (size_t)(n + NR));
     if (!offsets || !bits || !row_bits) { free(offsets); free(bits); free(row_bits); return 0; }
-    for (long t = 0; t < taps; t++) {
-        long dy = t / kw - ph, dx = t % kw - pw;
-        for (long q = 0; q < pixels; q++) {
-            long iy = q / w + dy, ix = q % w + dx;
-            if (iy >= 0 && iy < h && ix >= 0 && ix < w) bits[t * words + (q >> 5)] |= 1u << (q & 31);
-        }
-    }
+    for (long t = 0; t < taps; t++)
+        for (long q = 0; q < pixels; q++)
+            if (tap_valid(table, t, q)) bits[t * words + (q >> 5)] |= 1u << (q & 31);
     for (long p = 0; p < n + NR; p++) {
         // Rows past n (the last panel's padding) read nothing: their bits are the zero row.
-        long ch = p < n ? p / taps : 0, t = p < n ? p % taps : taps;
-        offsets[p] = ch * plane + (p < n ? (t / kw - ph) * w + (t % kw - pw) : 0);
-        row_bits[p] = bits + t * words;
+        offsets[p] = p < n ? tap_offset(table, p) : 0;
+        row_bits[p] = bits + (p < n ? p % taps : taps) * words;
     }
     float edge[MR * NR] __attribute__((aligned(64)));
     // The memory known to be readable: from the first image's output gradient to the last one's end.
-    const float *first = b, *last = b + (count - 1) * b_stride + channels * plane;
+    const float *first = b, *last = b + (count - 1) * b_stride + table->channels * table->channel_stride;
     for (long image = 0; image < count; image++) {
         const float *x = a + image * a_stride, *dy = b + image * b_stride;
         for (long pc = 0, kb = block_depth(pixels); pc < pixels; pc += kb) {
@@ -806,13 +833,34 @@ int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, l
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo) {
     int path = cohort_sgemm_level();
-    if (path == COHORT_GEMM_AVX512 && __builtin_cpu_supports("avx512vl"))
-        return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo,
-                                       NR, fill_panel_avx512, shifted_tile_avx512);
-    if (path == COHORT_GEMM_AVX2)
-        return shifted_weight_gradient(m, channels, h, w, kh, kw, ph, pw, a, a_stride, b, b_stride, count, out, ldo,
-                                       NR_AVX2, fill_panel_avx2, shifted_tile_avx2);
-    return 0;
+    int avx512 = path == COHORT_GEMM_AVX512 && __builtin_cpu_supports("avx512vl");
+    if (!avx512 && path != COHORT_GEMM_AVX2) return 0;
+    long *storage = malloc(sizeof(long) * (size_t)(3 * kh * kw));
+    if (!storage) return 0;
+    TapTable table = same_taps(channels, h, w, kh, kw, ph, pw, storage);
+    int done = avx512 ? shifted_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo, NR,
+                                                fill_panel_avx512, shifted_tile_avx512)
+                      : shifted_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo, NR_AVX2,
+                                                fill_panel_avx2, shifted_tile_avx2);
+    free(storage);
+    return done;
+}
+
+int cohort_conv_taps_forward(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
+                             const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *packed,
+                             const float *images, long image_stride, long count, float *out, long out_stride) {
+    if (cohort_sgemm_level() != COHORT_GEMM_AVX2) return 0;
+    TapTable table = {channels, channel_stride, vh, vw, oh, taps, tap_plane, tap_dy, tap_dx};
+    return shifted_forward_avx2(m, &table, packed, images, image_stride, count, out, out_stride);
+}
+
+int cohort_conv_taps_weight_gradient(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
+                                     const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *a,
+                                     long a_stride, const float *b, long b_stride, long count, float *out, long ldo) {
+    if (cohort_sgemm_level() != COHORT_GEMM_AVX2) return 0;
+    TapTable table = {channels, channel_stride, vh, vw, oh, taps, tap_plane, tap_dy, tap_dx};
+    return shifted_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo, NR_AVX2, fill_panel_avx2,
+                                   shifted_tile_avx2);
 }
 
 #else
@@ -824,6 +872,22 @@ int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, l
                                         float *out, long ldo) {
     (void)m; (void)channels; (void)h; (void)w; (void)kh; (void)kw; (void)ph; (void)pw; (void)a; (void)a_stride;
     (void)b; (void)b_stride; (void)count; (void)out; (void)ldo;
+    return 0;
+}
+
+int cohort_conv_taps_forward(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
+                             const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *packed,
+                             const float *images, long image_stride, long count, float *out, long out_stride) {
+    (void)m; (void)channels; (void)channel_stride; (void)vh; (void)vw; (void)oh; (void)taps; (void)tap_plane;
+    (void)tap_dy; (void)tap_dx; (void)packed; (void)images; (void)image_stride; (void)count; (void)out; (void)out_stride;
+    return 0;
+}
+
+int cohort_conv_taps_weight_gradient(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
+                                     const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *a,
+                                     long a_stride, const float *b, long b_stride, long count, float *out, long ldo) {
+    (void)m; (void)channels; (void)channel_stride; (void)vh; (void)vw; (void)oh; (void)taps; (void)tap_plane;
+    (void)tap_dy; (void)tap_dx; (void)a; (void)a_stride; (void)b; (void)b_stride; (void)count; (void)out; (void)ldo;
     return 0;
 }
 

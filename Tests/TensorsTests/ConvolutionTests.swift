@@ -31,6 +31,12 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         ConvCase(input: [2, 3, 6, 6], output: 4, kernel: (3, 3), stride: (1, 1), padding: (1, 1), bias: false),
         ConvCase(input: [2, 3, 7, 7], output: 4, kernel: (3, 3), stride: (2, 2), padding: (1, 1), bias: true),
         ConvCase(input: [2, 3, 6, 6], output: 5, kernel: (1, 1), stride: (2, 2), padding: (0, 0), bias: false),
+        // Stride 2 over even sizes: the phase-plane form on the AVX2 path (shifts -1, 0 and +1 in phase planes).
+        ConvCase(input: [2, 3, 8, 10], output: 4, kernel: (3, 3), stride: (2, 2), padding: (1, 1), bias: true),
+        ConvCase(input: [2, 2, 6, 4], output: 3, kernel: (5, 5), stride: (2, 2), padding: (2, 2), bias: false),
+        ConvCase(input: [2, 3, 8, 6], output: 2, kernel: (3, 1), stride: (2, 2), padding: (1, 0), bias: false),
+        ConvCase(input: [2, 2, 6, 8], output: 3, kernel: (2, 2), stride: (2, 2), padding: (0, 0), bias: true),
+        ConvCase(input: [2, 2, 4, 6], output: 3, kernel: (4, 4), stride: (2, 2), padding: (1, 1), bias: false),
         ConvCase(input: [3, 4, 5, 5], output: 2, kernel: (1, 1), stride: (1, 1), padding: (0, 0), bias: true),
         ConvCase(input: [2, 2, 7, 6], output: 3, kernel: (5, 3), stride: (2, 1), padding: (2, 0), bias: true),
         ConvCase(input: [1, 2, 4, 4], output: 3, kernel: (3, 3), stride: (3, 3), padding: (2, 2), bias: false),
@@ -129,6 +135,52 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         let dwGeneral = Tensor(uninitializedShape: weight.shape)
         plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: nil, weightGradient: dwGeneral.data)
         #expect(maxDifference(dw.scalars, dwGeneral.scalars) < 1e-3)
+    }
+
+    /// Stride-2 convolutions large enough to cross the kernels' blocks (20 output channels, 270 taps; 64 and
+    /// 324 output pixels, past the weight gradient's 256-pixel block): forward, input and weight gradients
+    /// against direct loops on every path (the phase-plane form on AVX2, lowering elsewhere).
+    @Test(arguments: [(3, 16, 16), (2, 36, 36), (2, 14, 18)]) func largeStridedConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int) {
+        for path in Gemm.availablePaths { Gemm.withPath(path) { largeStridedConvolutionMatchesDirectLoops(n, h, w, path) } }
+    }
+
+    func largeStridedConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int, _ path: Gemm.Path) {
+        let (c, co) = (30, 20)
+        let geometry = ConvGeometry(channels: c, height: h, width: w, kernelHeight: 3, kernelWidth: 3,
+                                    strideHeight: 2, strideWidth: 2, paddingHeight: 1, paddingWidth: 1)
+        let (oh, ow) = (geometry.outputHeight, geometry.outputWidth)
+        let x = randn([n, c, h, w], seed: 24), weight = randn([co, c, 3, 3], seed: 25), dy = randn([n, co, oh, ow], seed: 26)
+        let plan = ConvPlan(batch: n, outputChannels: co, geometry: geometry)
+        #expect(plan.usesPhases == (path == .avx2))
+        // Outputs start as NaN: every element must be written.
+        let y = Tensor(repeating: .nan, shape: [n, co, oh, ow])
+        plan.forward(input: x.data, weight: weight.data, bias: nil, output: y.data)
+        #expect(!y.scalars.contains { $0.isNaN }, "\(path)")
+        #expect(maxDifference(y.scalars, naiveConv2d(x, weight, nil, stride: (2, 2), padding: (1, 1))) < 1e-3, "\(path)")
+        let dx = Tensor(repeating: .nan, shape: x.shape), dw = Tensor(repeating: .nan, shape: weight.shape)
+        plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: dx.data, weightGradient: dw.data)
+        var expectedDx = [Double](repeating: 0, count: x.count), expectedDw = [Double](repeating: 0, count: weight.count)
+        for i in 0..<n { for o in 0..<co { for oy in 0..<oh { for ox in 0..<ow {
+            let g = Double(dy.data[((i * co + o) * oh + oy) * ow + ox])
+            for ci in 0..<c { for ky in 0..<3 { for kx in 0..<3 {
+                let iy = 2 * oy - 1 + ky, ix = 2 * ox - 1 + kx
+                guard iy >= 0 && iy < h && ix >= 0 && ix < w else { continue }
+                let wi = ((o * c + ci) * 3 + ky) * 3 + kx, xi = ((i * c + ci) * h + iy) * w + ix
+                expectedDx[xi] += g * Double(weight.data[wi])
+                expectedDw[wi] += g * Double(x.data[xi])
+            } } }
+        } } } }
+        #expect(!dx.scalars.contains { $0.isNaN } && !dw.scalars.contains { $0.isNaN }, "\(path)")
+        #expect(maxDifference(dx.scalars, expectedDx.map { Float($0) }) < 1e-3, "\(path)")
+        #expect(maxDifference(dw.scalars, expectedDw.map { Float($0) }) < 1e-2, "\(path)")
+        // The weight gradient alone (the first layer's case) gives the same.
+        let dwAlone = Tensor(uninitializedShape: weight.shape)
+        plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: nil, weightGradient: dwAlone.data)
+        #expect(dwAlone.scalars == dw.scalars, "\(path)")
+        // And the input gradient alone.
+        let dxAlone = Tensor(uninitializedShape: x.shape)
+        plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: dxAlone.data, weightGradient: nil)
+        #expect(dxAlone.scalars == dx.scalars, "\(path)")
     }
 
     /// Every tiling — bands of rows, groups of samples, one whole sample — and both backward algorithms

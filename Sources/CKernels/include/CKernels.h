@@ -98,4 +98,21 @@ int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, l
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo);
 
+/// The two kernels above with an explicit tap table, for layouts the stride-1 forms do not describe: a
+/// stride-2 convolution over images split into their four phase planes (even and odd rows and columns),
+/// and its input gradient phase by phase. Row p = c taps + t of the implicit lowered matrix is the plane at
+/// `c channel_stride + tap_plane[t]` floats, read at (y + tap_dy[t], x + tap_dx[t]) for output pixel
+/// (y, x) of an `oh x vw` output, and zero where that falls outside the `vh x vw` grid.
+///
+/// `cohort_conv_taps_forward`: `out = packed * rows` per image, as `cohort_conv_shifted_forward`.
+/// `cohort_conv_taps_weight_gradient`: `out[r * ldo + c taps + t] += sum_j a[r][j] * row_(c taps + t)[j]`,
+/// `a` being `m x (oh vw)` per image. Both run on the AVX2 path only (the kernels of the forms above) and
+/// return 0 on the others: an AVX-512 CPU lowers strided convolutions.
+int cohort_conv_taps_forward(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
+                             const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *packed,
+                             const float *images, long image_stride, long count, float *out, long out_stride);
+int cohort_conv_taps_weight_gradient(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
+                                     const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *a,
+                                     long a_stride, const float *b, long b_stride, long count, float *out, long ldo);
+
 #endif

@@ -110,6 +110,11 @@ struct ConvPlan {
             addBias(bias, to: output)
             return
         }
+        if usesPhases {
+            forwardPhased(input: input, weight: weight, output: output)
+            addBias(bias, to: output)
+            return
+        }
         Parallelism.run(shares) { _, share in
             let columns = Storage(count: k * ConvPlan.leadingDimension(scratchColumns))
             let block = group > 1 ? Storage(count: co * scratchColumns) : nil
@@ -165,6 +170,11 @@ struct ConvPlan {
     /// Writes the weight gradient and the input gradient.
     func backward(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
                   inputGradient: UnsafeMutablePointer<Float>?, weightGradient: UnsafeMutablePointer<Float>?) {
+        if usesPhases {
+            backwardPhased(input: input, weight: weight, outputGradient: outputGradient, inputGradient: inputGradient,
+                           weightGradient: weightGradient)
+            return
+        }
         if let inputGradient, geometry.isSame, !geometry.isPointwise {
             backwardSame(input: input, weight: weight, outputGradient: outputGradient, inputGradient: inputGradient,
                          weightGradient: weightGradient)
