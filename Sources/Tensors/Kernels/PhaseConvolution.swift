@@ -61,8 +61,8 @@ enum PhasePlanes {
         }
     }
 
-    /// The adjoint layout's inverse for the input gradient: `phases` (`4 x C x (H/2) x (W/2)`, phase-major)
-    /// interleaved into `image` (`C x H x W`), overwriting it.
+    /// Interleaves an input gradient computed phase by phase back into an image: `phases`
+    /// (`4 x C x (H/2) x (W/2)`, phase-major) into `image` (`C x H x W`), every pixel overwritten.
     static func merge(_ phases: UnsafePointer<Float>, channels: Int, height h: Int, width w: Int,
                       into image: UnsafeMutablePointer<Float>) {
         let (rows, columns) = (h / 2, w / 2), size = rows * columns, phaseStride = channels * size
