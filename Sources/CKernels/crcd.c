@@ -59,9 +59,10 @@ static double crcd_row_scalar(long k1, const float *pan, const float *norm_p, co
 #define AVX512 __attribute__((target("avx512f")))
 #define AVX2 __attribute__((target("avx2,fma")))
 
-// exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes' expf polynomial, then scaled by 2^n.
+// exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes' expf polynomial, then scaled by 2^n. The clamp's
+// operands are ordered so that a NaN passes through (max and min return their second operand on NaN).
 AVX512 static inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+    x = _mm512_min_ps(_mm512_set1_ps(88.7f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -201,7 +202,7 @@ AVX512 static void log_avx512(const float *x, float *out, long n) {
 // exp(x) on AVX2, the same arithmetic as exp16 (so the same bits): 2^n applied as two exact power-of-two
 // factors, since n reaches 128 (x near 88.7), one past the largest exponent a single factor can hold.
 AVX2 static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    x = _mm256_min_ps(_mm256_set1_ps(88.7f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));   // NaN passes through
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -243,7 +244,10 @@ AVX2 static inline __m256 log8(__m256 x) {
     y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
     y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
     y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
-    return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+    __m256 result = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+    // NaN in, NaN out (the bit manipulation above would turn it into a finite number; log16's getmant and
+    // getexp keep it NaN).
+    return _mm256_blendv_ps(result, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
 
 // The lanes of the last, partial group of 8 (the first `left` lanes).

@@ -103,4 +103,21 @@ import TestSupport
             }
         }
     }
+
+    /// A NaN in a row's inputs (a diverging embedding) comes out as a NaN loss on every path, in a full
+    /// group and in the last partial one, rather than being clamped into a finite number.
+    @Test(arguments: [4, 18]) func aNaNInTheRowGivesANaNLoss(_ position: Int) {
+        var row = Self.row(20, anchor: 0, degenerate: [], seed: 78)
+        row.ps[position] = .nan
+        for path in Gemm.availablePaths {
+            Gemm.withPath(path) {
+                var cw = [Float](repeating: 0, count: 20), out: [Float] = [0, 0, 0]
+                let loss = cohort_crcd_row(20, row.pan, row.normP, row.sumP, row.ps, row.contrast, row.anchor,
+                                           Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps, Self.invT,
+                                           Self.invZ, Self.c, Self.mPn, Self.gradScale, &cw, &out)
+                #expect(loss.isNaN, "\(path): loss \(loss)")
+                #expect(cw[position].isNaN && out[0].isNaN, "\(path)")
+            }
+        }
+    }
 }
