@@ -37,6 +37,9 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
         ConvCase(input: [2, 3, 8, 6], output: 2, kernel: (3, 1), stride: (2, 2), padding: (1, 0), bias: false),
         ConvCase(input: [2, 2, 6, 8], output: 3, kernel: (2, 2), stride: (2, 2), padding: (0, 0), bias: true),
         ConvCase(input: [2, 2, 4, 6], output: 3, kernel: (4, 4), stride: (2, 2), padding: (1, 1), bias: false),
+        // Output rows other than half the input's (3 and 5 of 8): the phase grid and the output differ in height.
+        ConvCase(input: [2, 2, 8, 6], output: 3, kernel: (3, 3), stride: (2, 2), padding: (0, 1), bias: false),
+        ConvCase(input: [2, 2, 8, 6], output: 2, kernel: (3, 3), stride: (2, 2), padding: (2, 1), bias: true),
         ConvCase(input: [3, 4, 5, 5], output: 2, kernel: (1, 1), stride: (1, 1), padding: (0, 0), bias: true),
         ConvCase(input: [2, 2, 7, 6], output: 3, kernel: (5, 3), stride: (2, 1), padding: (2, 0), bias: true),
         ConvCase(input: [1, 2, 4, 4], output: 3, kernel: (3, 3), stride: (3, 3), padding: (2, 2), bias: false),

@@ -106,7 +106,8 @@ int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, l
 ///
 /// `cohort_conv_taps_forward`: `out = packed * rows` per image, as `cohort_conv_shifted_forward`.
 /// `cohort_conv_taps_weight_gradient`: `out[r * ldo + c taps + t] += sum_j a[r][j] * row_(c taps + t)[j]`,
-/// `a` being `m x (oh vw)` per image. Both run on the AVX2 path only (the kernels of the forms above) and
+/// `a` being `m x (oh vw)` per image. The whole of [first image, last image + channels channel_stride) must be
+/// readable (plain loads run anywhere inside it). Both run on the AVX2 path only (the kernels of the forms above) and
 /// return 0 on the others: an AVX-512 CPU lowers strided convolutions.
 int cohort_conv_taps_forward(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
                              const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *packed,
