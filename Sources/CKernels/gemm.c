@@ -256,6 +256,20 @@ AVX512 static void kernel16(long kc, const float *restrict a, const float *restr
     }
 }
 
+// One k row of the 4 x 24 pass: B's row as three 8-wide vectors, A's four values (at the byte offsets given)
+// broadcast in turn, twelve FMAs into the accumulators; then B moves down a row.
+#define ROW_4X24_A(offset, r)                                                                                       \
+    "vbroadcastss " #offset "(%[a]), %%ymm15\n\t"                                                                   \
+    "vfmadd231ps %%ymm12, %%ymm15, %[c" #r "0]\n\t"                                                                 \
+    "vfmadd231ps %%ymm13, %%ymm15, %[c" #r "1]\n\t"                                                                 \
+    "vfmadd231ps %%ymm14, %%ymm15, %[c" #r "2]\n\t"
+#define ROW_4X24(o0, o1, o2, o3)                                                                                    \
+    "vmovups (%[b]), %%ymm12\n\t"                                                                                   \
+    "vmovups 32(%[b]), %%ymm13\n\t"                                                                                 \
+    "vmovups 64(%[b]), %%ymm14\n\t"                                                                                 \
+    ROW_4X24_A(o0, 0) ROW_4X24_A(o1, 1) ROW_4X24_A(o2, 2) ROW_4X24_A(o3, 3)                                         \
+    "addq %[step], %[b]\n\t"
+
 // acc[0..11] = rows 0-3 of an MR-row A panel x kc rows of 24 columns of B, `ldb` floats apart (kc > 0):
 // acc[3r + v] holds row r, columns 8v..8v+7. Each element's sum is one FMA chain in k order, as on AVX-512.
 // The loop is written in assembly because its 12 accumulators, 3 B vectors and the broadcast take all 16
@@ -269,72 +283,15 @@ AVX2 static inline void accumulate_4x24(long kc, const float *a, const float *b,
     __asm__ volatile(
         "testq $1, %[k]\n\t"
         "jz 2f\n\t"
-        "vmovups (%[b]), %%ymm12\n\t"
-        "vmovups 32(%[b]), %%ymm13\n\t"
-        "vmovups 64(%[b]), %%ymm14\n\t"
-        "vbroadcastss 0(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
-        "vbroadcastss 4(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
-        "vbroadcastss 8(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
-        "vbroadcastss 12(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
-        "addq %[step], %[b]\n\t"
+        ROW_4X24(0, 4, 8, 12)
         "addq $32, %[a]\n\t"
         "decq %[k]\n\t"
         "2:\n\t"
         "testq %[k], %[k]\n\t"
         "jz 3f\n\t"
         "1:\n\t"
-        "vmovups (%[b]), %%ymm12\n\t"
-        "vmovups 32(%[b]), %%ymm13\n\t"
-        "vmovups 64(%[b]), %%ymm14\n\t"
-        "vbroadcastss 0(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
-        "vbroadcastss 4(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
-        "vbroadcastss 8(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
-        "vbroadcastss 12(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
-        "addq %[step], %[b]\n\t"
-        "vmovups (%[b]), %%ymm12\n\t"
-        "vmovups 32(%[b]), %%ymm13\n\t"
-        "vmovups 64(%[b]), %%ymm14\n\t"
-        "vbroadcastss 32(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c00]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c01]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c02]\n\t"
-        "vbroadcastss 36(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c12]\n\t"
-        "vbroadcastss 40(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c20]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c21]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c22]\n\t"
-        "vbroadcastss 44(%[a]), %%ymm15\n\t"
-        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
-        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %[c32]\n\t"
-        "addq %[step], %[b]\n\t"
+        ROW_4X24(0, 4, 8, 12)
+        ROW_4X24(32, 36, 40, 44)
         "addq $64, %[a]\n\t"
         "subq $2, %[k]\n\t"
         "jnz 1b\n\t"

@@ -30,6 +30,19 @@ import TestSupport
     static let (r, base, wBase, degenerateCos, eps): (Float, Float, Float, Float, Float) = (2, 0.1, 1, 0.3, 1e-4)
     static let (invT, invZ, c, mPn, gradScale): (Float, Float, Float, Float, Float) = (1 / 0.07, 1 / 40, 0.01, 0.01, 0.125)
 
+    /// `cohort_crcd_row` with this suite's constants.
+    static func callRow(_ k1: Int, _ pan: UnsafePointer<Float>, _ normP: UnsafePointer<Float>, _ sumP: UnsafePointer<Float>,
+                        _ ps: UnsafePointer<Float>, _ contrast: UnsafePointer<Int64>, anchor: Int64,
+                        cw: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) -> Double {
+        cohort_crcd_row(k1, pan, normP, sumP, ps, contrast, anchor, r, base, wBase, degenerateCos, eps, invT, invZ, c, mPn,
+                        gradScale, cw, out)
+    }
+
+    /// `callRow` on a row held in arrays.
+    static func callRow(_ row: Row, cw: inout [Float], out: inout [Float]) -> Double {
+        callRow(row.pan.count, row.pan, row.normP, row.sumP, row.ps, row.contrast, anchor: row.anchor, cw: &cw, out: &out)
+    }
+
     /// (loss, cw, out) in double precision.
     static func reference(_ row: Row) -> (Double, [Double], [Double]) {
         var loss = 0.0, cw = [Double](repeating: 0, count: row.pan.count), out = [0.0, 0.0, 0.0]
@@ -63,9 +76,7 @@ import TestSupport
             for path in Gemm.availablePaths {
                 Gemm.withPath(path) {
                     var cw = [Float](repeating: 0.5, count: k1), out: [Float] = [0, 0, 0]
-                    let loss = cohort_crcd_row(k1, row.pan, row.normP, row.sumP, row.ps, row.contrast, row.anchor,
-                                               Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps, Self.invT,
-                                               Self.invZ, Self.c, Self.mPn, Self.gradScale, &cw, &out)
+                    let loss = Self.callRow(row, cw: &cw, out: &out)
                     #expect(abs(loss - expectedLoss) <= 1e-5 * max(1, abs(expectedLoss)), "\(path) k1 \(k1): loss \(loss) vs \(expectedLoss)")
                     // cw accumulates: it started at 0.5.
                     let worst = zip(cw, expectedCw).map { abs(Double($0) - 0.5 - $1) / max(abs($1), 1e-3) }.max() ?? 0
@@ -87,18 +98,14 @@ import TestSupport
         for path in Gemm.availablePaths {
             Gemm.withPath(path) {
                 var cw = [Float](repeating: 0.25, count: k1), out: [Float] = [0, 0, 0]
-                let loss = cohort_crcd_row(k1, row.pan, row.normP, row.sumP, row.ps, row.contrast, row.anchor,
-                                           Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps, Self.invT,
-                                           Self.invZ, Self.c, Self.mPn, Self.gradScale, &cw, &out)
+                let loss = Self.callRow(row, cw: &cw, out: &out)
                 let pan = GuardedMemory(row.pan, placement: .againstEnd), normP = GuardedMemory(row.normP, placement: .againstEnd)
                 let sumP = GuardedMemory(row.sumP, placement: .againstEnd), ps = GuardedMemory(row.ps, placement: .againstEnd)
                 let contrast = GuardedMemory(row.contrast, placement: .againstEnd)
                 let guardedCw = GuardedMemory([Float](repeating: 0.25, count: k1), placement: .againstEnd)
                 var guardedOut: [Float] = [0, 0, 0]
-                let guardedLoss = cohort_crcd_row(k1, pan.pointer, normP.pointer, sumP.pointer, ps.pointer, contrast.pointer,
-                                                  row.anchor, Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps,
-                                                  Self.invT, Self.invZ, Self.c, Self.mPn, Self.gradScale, guardedCw.pointer,
-                                                  &guardedOut)
+                let guardedLoss = Self.callRow(k1, pan.pointer, normP.pointer, sumP.pointer, ps.pointer, contrast.pointer,
+                                               anchor: row.anchor, cw: guardedCw.pointer, out: &guardedOut)
                 #expect(guardedLoss == loss && guardedOut == out && guardedCw.values == cw, "\(path) k1 \(k1)")
             }
         }
@@ -112,9 +119,7 @@ import TestSupport
         for path in Gemm.availablePaths {
             Gemm.withPath(path) {
                 var cw = [Float](repeating: 0, count: 20), out: [Float] = [0, 0, 0]
-                let loss = cohort_crcd_row(20, row.pan, row.normP, row.sumP, row.ps, row.contrast, row.anchor,
-                                           Self.r, Self.base, Self.wBase, Self.degenerateCos, Self.eps, Self.invT,
-                                           Self.invZ, Self.c, Self.mPn, Self.gradScale, &cw, &out)
+                let loss = Self.callRow(row, cw: &cw, out: &out)
                 #expect(loss.isNaN, "\(path): loss \(loss)")
                 #expect(cw[position].isNaN && out[0].isNaN, "\(path)")
             }

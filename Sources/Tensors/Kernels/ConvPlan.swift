@@ -45,9 +45,9 @@ struct ConvPlan {
         }
     }
 
-    private var inputSize: Int { geometry.channels * geometry.height * geometry.width }
-    private var pixels: Int { geometry.columnCols }
-    private var outputSize: Int { outputChannels * pixels }
+    var inputSize: Int { geometry.channels * geometry.height * geometry.width }
+    var pixels: Int { geometry.columnCols }
+    var outputSize: Int { outputChannels * pixels }
     private var scratchColumns: Int { group > 1 ? group * pixels : bandRows * geometry.outputWidth }
 
     /// The row length of a lowered matrix `width` columns wide: an odd number of 64-byte lines, so that a

@@ -115,7 +115,6 @@ extension ConvPlan {
     /// shifted-plane product.
     func forwardPhased(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
         let g = geometry, taps = PhaseTaps(g), k = g.columnRows, co = outputChannels
-        let inputSize = g.channels * g.height * g.width, outputSize = co * g.columnCols
         let planes = taps.phase.map { $0 * taps.planeSize }
         let packed = Storage(count: cohort_packed_weights_count(co, k))
         _ = cohort_pack_weights(co, k, weight, packed.base)
@@ -140,7 +139,6 @@ extension ConvPlan {
     func backwardPhased(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
                         inputGradient: UnsafeMutablePointer<Float>?, weightGradient: UnsafeMutablePointer<Float>?) {
         let g = geometry, taps = PhaseTaps(g), k = g.columnRows, co = outputChannels, c = g.channels
-        let inputSize = c * g.height * g.width, pixels = g.columnCols, outputSize = co * pixels
         let planes = taps.phase.map { $0 * taps.planeSize }
         // Per phase: its taps, their negated shifts, and the weights packed as C x (Cout taps).
         let phaseTaps = (0..<4).map { taps.taps(inPhase: $0) }
