@@ -32,6 +32,9 @@ public struct TrainStepBenchmark: Sendable {
         public let ms_per_step: Double
         public let images_per_s: Double
         public let peak_rss_mb: Double
+        /// The most tensor storage alive at once during the timed steps (Cohort only: what the graph and the
+        /// parameters hold, without the allocator's and libraries' share of the RSS).
+        public var peak_tensor_mb: Double?
         public let final_loss: Double
     }
 
@@ -53,11 +56,15 @@ public struct TrainStepBenchmark: Sendable {
             optimizer.step()
             lastLoss = loss.item
         }
-        let median = Timing.medianMilliseconds(warmup: warmupSteps, repetitions: steps, step)
+        let trace = MemoryTrace()
+        let median = MemoryTrace.$current.withValue(trace) {
+            Timing.medianMilliseconds(warmup: warmupSteps, repetitions: steps, step)
+        }
         return Result(framework: "cohort", model: architecture.rawValue, input: "\(channels)x\(height)x\(width)",
                       batch: batch, threads: threads, ms_per_step: (median * 100).rounded() / 100,
                       images_per_s: median > 0 ? (Double(batch) / median * 1000 * 10).rounded() / 10 : 0,
                       peak_rss_mb: (ProcessInfo.peakResidentMegabytes * 10).rounded() / 10,
+                      peak_tensor_mb: (Double(trace.peakBytes) / 1_048_576 * 10).rounded() / 10,
                       final_loss: Double(lastLoss))
     }
 }

@@ -1,22 +1,47 @@
 /// Reverse-mode automatic differentiation, define-by-run.
 ///
 /// Each differentiable op makes its output, and — when gradients are enabled and an input requires
-/// them — attaches a ``Node`` holding the inputs and a closure that maps the output's gradient to one
-/// gradient per input. ``Tensor/backward(_:)`` orders the nodes reachable from the root topologically
-/// (an explicit stack, no recursion), seeds the root with ones, runs the closures in reverse order and
-/// adds the results into the inputs' gradients. The graph is freed as it is consumed.
+/// them — attaches a ``Node`` holding, per input, where that input's gradient goes (the input's own node,
+/// or the input itself when it is a leaf) and a closure that maps the output's gradient to one gradient per
+/// input. ``Tensor/backward(_:)`` orders the nodes reachable from the root topologically (an explicit
+/// stack, no recursion), seeds the root with ones, runs the closures in reverse order and adds the results
+/// into the inputs' gradients. The graph is freed as it is consumed.
+///
+/// The graph holds no interior tensor: what an op's backward pass reads, its closure captures, and nothing
+/// else is kept. An input the backward pass does not read (the operands of a sum, a residual branch) is
+/// freed as soon as the forward pass is done with it. A closure that reads the op's own output captures
+/// it ``detached()`` (the values without the node), never the output itself: the output owns the node
+/// that owns the closure, and a graph that is never back-propagated must still be freed.
 
-/// One recorded op: its inputs and how to send a gradient back to them.
+/// One recorded op: where its inputs' gradients go and how to compute them.
 final class Node {
-    var inputs: [Tensor]
+    /// Per input, in the order `backward` returns their gradients.
+    var edges: [Edge]
+    /// Per input, its shape (a gradient must have it).
+    let inputShapes: [[Int]]
     /// Maps the output gradient to one gradient per input (`nil` where an input needs none).
     var backward: ((Tensor) -> [Tensor?])?
     let name: String
 
     init(name: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
         self.name = name
-        self.inputs = inputs
+        edges = inputs.map(Edge.init)
+        inputShapes = inputs.map(\.shape)
         self.backward = backward
+    }
+}
+
+/// Where one input's gradient goes.
+enum Edge {
+    /// The input needs no gradient.
+    case none
+    /// A leaf (a parameter, or a tensor the caller marked): its ``Tensor/grad`` accumulates the gradient.
+    case leaf(Tensor)
+    /// An op's output: the gradient joins the others bound for that op's node.
+    case interior(Node)
+
+    init(_ input: Tensor) {
+        if let node = input.node { self = .interior(node) } else if input.requiresGrad { self = .leaf(input) } else { self = .none }
     }
 }
 
@@ -38,8 +63,11 @@ extension Tensor {
     /// Records `self` as the result of an op on `inputs` when any input requires a gradient. This is how
     /// an op is added, here or in another module (a loss with a hand-written backward, say).
     ///
-    /// A backward closure that needs the op's own output captures it `unowned`: the output owns the node
-    /// that owns the closure, and a strong capture would keep a graph that is never back-propagated alive.
+    /// The node keeps no input tensor: the closure captures what it reads, and only that (a flag or a
+    /// shape rather than a tensor when that is all it needs), so that inputs it does not read are freed
+    /// after the forward pass. A closure that reads the op's own output captures `detached()` of it: the
+    /// output owns the node that owns the closure, and a strong capture of the output itself would keep a
+    /// graph that is never back-propagated alive.
     ///
     /// - Parameters:
     ///   - name: the op's name, for error messages.
@@ -63,42 +91,44 @@ extension Tensor {
         precondition(requiresGrad, "backward() on a tensor that does not require a gradient")
         let rootGrad = seed ?? Tensor(repeating: 1, shape: shape)
         precondition(rootGrad.shape == shape, "backward seed shape \(rootGrad.shape) != \(shape)")
+        guard let root = node else { Tensor.accumulateLeaf(self, rootGrad); return }
 
-        // Topological order of the tensors with nodes, by an iterative depth-first search.
-        var order: [Tensor] = []
+        // Topological order of the nodes, by an iterative depth-first search.
+        var order: [Node] = []
         var visited = Set<ObjectIdentifier>()
-        var stack: [(Tensor, Bool)] = [(self, false)]
-        while let (tensor, expanded) = stack.popLast() {
-            if expanded { order.append(tensor); continue }
-            let id = ObjectIdentifier(tensor)
-            guard tensor.node != nil, !visited.contains(id) else { continue }
+        var stack: [(Node, Bool)] = [(root, false)]
+        while let (node, expanded) = stack.popLast() {
+            if expanded { order.append(node); continue }
+            let id = ObjectIdentifier(node)
+            guard !visited.contains(id) else { continue }
             visited.insert(id)
-            stack.append((tensor, true))
-            for input in tensor.node!.inputs where input.node != nil && !visited.contains(ObjectIdentifier(input)) {
+            stack.append((node, true))
+            for case .interior(let input) in node.edges where !visited.contains(ObjectIdentifier(input)) {
                 stack.append((input, false))
             }
         }
 
-        // Pending gradients of interior tensors; `owned` marks buffers we allocated and may add into.
-        var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): rootGrad]
+        // Pending gradients of interior nodes' outputs; `owned` marks buffers we allocated and may add into.
+        var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(root): rootGrad]
         var owned = Set<ObjectIdentifier>()
-        if node == nil { accumulateLeaf(self, rootGrad); return }
-
-        for tensor in order.reversed() {
-            let id = ObjectIdentifier(tensor)
-            guard let node = tensor.node, let backward = node.backward else { continue }
+        for node in order.reversed() {
+            let id = ObjectIdentifier(node)
+            guard let backward = node.backward else { continue }
             guard let gradient = pending.removeValue(forKey: id) else { continue }
             owned.remove(id)
             let inputGrads = withNoGrad { backward(gradient) }
-            precondition(inputGrads.count == node.inputs.count,
-                         "\(node.name) backward returned \(inputGrads.count) gradients for \(node.inputs.count) inputs")
-            for (input, g) in zip(node.inputs, inputGrads) {
-                guard let g, input.requiresGrad else { continue }
-                precondition(g.shape == input.shape,
-                             "\(node.name) backward: gradient shape \(g.shape) != input shape \(input.shape)")
-                if input.node == nil {
-                    accumulateLeaf(input, g)
-                } else {
+            precondition(inputGrads.count == node.edges.count,
+                         "\(node.name) backward returned \(inputGrads.count) gradients for \(node.edges.count) inputs")
+            for (index, g) in inputGrads.enumerated() {
+                guard let g else { continue }
+                precondition(g.shape == node.inputShapes[index],
+                             "\(node.name) backward: gradient shape \(g.shape) != input shape \(node.inputShapes[index])")
+                switch node.edges[index] {
+                case .none:
+                    continue
+                case .leaf(let leaf):
+                    Tensor.accumulateLeaf(leaf, g)
+                case .interior(let input):
                     let key = ObjectIdentifier(input)
                     if let existing = pending[key] {
                         if owned.contains(key) {
@@ -112,14 +142,13 @@ extension Tensor {
                     }
                 }
             }
-            // Free the tape as it is consumed.
+            // Free the tape as it is consumed: the closure's saved tensors and the edges.
             node.backward = nil
-            node.inputs = []
-            tensor.node = nil
+            node.edges = []
         }
     }
 
-    private func accumulateLeaf(_ leaf: Tensor, _ g: Tensor) {
+    private static func accumulateLeaf(_ leaf: Tensor, _ g: Tensor) {
         if let existing = leaf.grad {
             existing.addInPlace(g)
         } else {

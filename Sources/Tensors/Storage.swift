@@ -15,6 +15,8 @@ public final class Storage {
     public let count: Int
     /// The first element. Valid for `count` elements while the storage lives.
     public let base: UnsafeMutablePointer<Float>
+    /// The trace this storage counts in, when one was current where it was made.
+    private let trace: MemoryTrace?
 
     /// Allocates `count` uninitialised elements (at least one, so `base` is never dangling).
     ///
@@ -24,6 +26,8 @@ public final class Storage {
     public init(count: Int) {
         precondition(count >= 0, "Storage count must be non-negative, got \(count)")
         self.count = count
+        trace = MemoryTrace.current
+        trace?.allocated(count * MemoryLayout<Float>.stride)
         if let reused = StoragePool.take(count: count) {
             base = reused
             return
@@ -36,6 +40,7 @@ public final class Storage {
     }
 
     deinit {
+        trace?.freed(count * MemoryLayout<Float>.stride)
         if !StoragePool.give(base, count: count) { free(base) }
     }
 
@@ -99,4 +104,27 @@ public enum StoragePool {
 
     /// Bytes currently cached.
     public static var cachedBytes: Int { state.withLock { $0.cachedBytes } }
+}
+
+/// Counts the bytes of the tensor storages made while it is the task's ``current`` trace, as long as they
+/// live: what a piece of code keeps (a graph's saved tensors, say) and the most it held at once. For tests
+/// and benchmarks; storages made on other threads (a kernel's scratch on a worker) are not counted.
+public final class MemoryTrace: Sendable {
+    @TaskLocal public static var current: MemoryTrace?
+
+    private struct Counts { var live = 0, peak = 0 }
+    private let counts = Mutex(Counts())
+
+    public init() {}
+
+    /// Bytes of the counted storages alive now.
+    public var liveBytes: Int { counts.withLock { $0.live } }
+    /// The most bytes of counted storages alive at once so far.
+    public var peakBytes: Int { counts.withLock { $0.peak } }
+
+    fileprivate func allocated(_ bytes: Int) {
+        counts.withLock { c in c.live += bytes; c.peak = Swift.max(c.peak, c.live) }
+    }
+
+    fileprivate func freed(_ bytes: Int) { counts.withLock { $0.live -= bytes } }
 }

@@ -166,4 +166,25 @@ struct ReferenceKeys: Decodable {
         let scale = one.map(abs).max()!
         #expect(maxDifference(one, two) <= 1e-5 * scale)
     }
+
+    /// The graph of a basic block (and of a Wide ResNet block) keeps three activations for the backward
+    /// pass — the two convolutions' outputs and the block's output — not the first batch norm's output as
+    /// well: it is rebuilt from the first convolution's output in the backward pass. (Four before.)
+    @Test func blocksKeepThreeActivationsForTheBackwardPass() {
+        var g = SeededGenerator(seed: 11)
+        let blocks: [any Layer] = [ResNetBasicBlock(inputChannels: 8, outputChannels: 8, stride: 1, generator: &g),
+                                   WideBasicBlock(inputChannels: 8, outputChannels: 8, stride: 1, generator: &g)]
+        for block in blocks {
+            let x = Tensor.randomNormal([4, 8, 12, 12], using: &g)
+            x.requiresGrad = true
+            let trace = MemoryTrace()
+            let y = MemoryTrace.$current.withValue(trace) { block(x) }
+            let activation = x.count * MemoryLayout<Float>.stride
+            // Besides the activations: a few per-channel tensors (8 floats each).
+            #expect(trace.liveBytes >= 3 * activation && trace.liveBytes < 3 * activation + activation / 8,
+                    "\(type(of: block)): \(Double(trace.liveBytes) / Double(activation)) activations kept")
+            y.backward(Tensor(repeating: 1, shape: y.shape))
+            #expect(x.grad!.scalars.allSatisfy { $0.isFinite })
+        }
+    }
 }

@@ -74,4 +74,40 @@ import TestSupport
         }
         #expect(weakOutput == nil && weakIntermediate == nil)
     }
+
+    /// A graph that is never back-propagated frees every storage it made, also those its backward closures
+    /// saved (the ops that read their own output, the residual join).
+    @Test func unusedGraphsFreeTheirStorage() {
+        let x = randn([4, 3, 5, 5], seed: 1)
+        x.requiresGrad = true
+        let trace = MemoryTrace()
+        MemoryTrace.$current.withValue(trace) {
+            let w = Tensor(repeating: 1, shape: [3], requiresGrad: true), b = Tensor.zeros([3], requiresGrad: true)
+            let normalized = x.batchNormAddingReLU(x.relu(), weight: w, bias: b, runningMean: Tensor.zeros([3]),
+                                                   runningVariance: Tensor(repeating: 1, shape: [3]), training: true)
+            let rows = normalized.reshaped([4, 75])
+            _ = (rows.softmax().exp().sqrt() / rows.exp().normalizedRows()).logSoftmax().sum()
+        }
+        #expect(trace.liveBytes == 0)
+    }
+
+    /// The graph keeps what the backward passes read and nothing else: a sum's operands are freed once the
+    /// forward pass is done with them, a product's are kept (each is the other's gradient).
+    @Test func theGraphKeepsOnlyWhatBackwardPassesRead() {
+        let x = randn([64, 64], seed: 2)
+        x.requiresGrad = true
+        let bytes = x.count * MemoryLayout<Float>.stride
+        for (op, kept) in [("sum", 1), ("product", 3)] {
+            let trace = MemoryTrace()
+            let y = MemoryTrace.$current.withValue(trace) {
+                op == "sum" ? x.squared() + x.squared() : x.squared() * x.squared()
+            }
+            #expect(trace.liveBytes == kept * bytes, "\(op): \(trace.liveBytes / bytes) tensors kept")
+            y.backward(Tensor(repeating: 1, shape: y.shape))
+            // d/dx of 2 x^2 is 4x; of x^4, 4x^3.
+            let expected = x.scalars.map { op == "sum" ? 4 * $0 : 4 * $0 * $0 * $0 }
+            #expect(maxDifference(x.grad!.scalars, expected) <= 1e-4 * (expected.map(abs).max() ?? 1))
+            x.zeroGrad()
+        }
+    }
 }

@@ -127,6 +127,61 @@ import Glibc
         #expect(gradients(true) == gradients(false))
     }
 
+    /// `batchNormReLUConv2d` (the normalised tensor not kept, rebuilt in the backward pass) against
+    /// `batchNormReLU` then `conv2d`: the same output, gradients of all five inputs and running statistics bit
+    /// for bit, in training and evaluation, on every kernel path (forced in turn) and for the stride-1, the
+    /// strided (phase planes on AVX2) and the 1x1 convolutions; also with an input that needs no gradient
+    /// (only the parameters' flow).
+    @Test(arguments: [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
+    func batchNormReLUConv2dEqualsTheTwoOps(_ geometry: (kernel: Int, stride: Int, padding: Int)) {
+        let (n, c, h, w, outputs) = (3, 5, 9, 11, 6)
+        let x = randn([n, c, h, w], seed: 51), gamma = uniform([c], 0.5, 1.5, seed: 52), beta = randn([c], seed: 53)
+        let kernel = randn([outputs, c, geometry.kernel, geometry.kernel], seed: 54, std: 0.3)
+        let bias = randn([outputs], seed: 55)
+        let oh = (h + 2 * geometry.padding - geometry.kernel) / geometry.stride + 1
+        let ow = (w + 2 * geometry.padding - geometry.kernel) / geometry.stride + 1
+        let seed = randn([n, outputs, oh, ow], seed: 56)
+        for path in Gemm.availablePaths {
+            Gemm.withPath(path) {
+                for training in [true, false] {
+                    for inputNeedsGradient in [true, false] {
+                        func run(_ fused: Bool) -> [[Float]] {
+                            let (xi, gi, bi, ki, ci) = (x.copy(), gamma.copy(), beta.copy(), kernel.copy(), bias.copy())
+                            for t in [gi, bi, ki, ci] { t.requiresGrad = true }
+                            xi.requiresGrad = inputNeedsGradient
+                            let rm = randn([c], seed: 57), rv = uniform([c], 0.5, 2, seed: 58)
+                            let stride = (geometry.stride, geometry.stride), padding = (geometry.padding, geometry.padding)
+                            let y = fused
+                                ? xi.batchNormReLUConv2d(normWeight: gi, normBias: bi, runningMean: rm, runningVariance: rv,
+                                                         training: training, convWeight: ki, convBias: ci, stride: stride,
+                                                         padding: padding)
+                                : xi.batchNormReLU(weight: gi, bias: bi, runningMean: rm, runningVariance: rv, training: training)
+                                    .conv2d(weight: ki, bias: ci, stride: stride, padding: padding)
+                            y.backward(seed)
+                            return [y.scalars, xi.grad?.scalars ?? [], gi.grad!.scalars, bi.grad!.scalars, ki.grad!.scalars,
+                                    ci.grad!.scalars, rm.scalars, rv.scalars]
+                        }
+                        let fused = run(true), separate = run(false)
+                        #expect(fused == separate, "\(path), \(geometry), training \(training), input gradient \(inputNeedsGradient)")
+                        #expect(fused[1].isEmpty != inputNeedsGradient)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Its gradients against finite differences, with and without a convolution bias.
+    @Test(arguments: [false, true]) func batchNormReLUConv2dGradient(_ withBias: Bool) {
+        let rm = Tensor.zeros([3]), rv = Tensor(repeating: 1, shape: [3])
+        var inputs = [randn([2, 3, 5, 4], seed: 61), uniform([3], 0.5, 1.5, seed: 62), uniform([3], 0.3, 0.6, seed: 63),
+                      randn([4, 3, 3, 3], seed: 64, std: 0.3)]
+        if withBias { inputs.append(randn([4], seed: 65)) }
+        expectGradients(inputs, check: GradientCheck(step: 1e-3, relativeTolerance: 2e-2, absoluteTolerance: 2e-3)) {
+            $0[0].batchNormReLUConv2d(normWeight: $0[1], normBias: $0[2], runningMean: rm, runningVariance: rv, training: true,
+                                      convWeight: $0[3], convBias: withBias ? $0[4] : nil, padding: (1, 1))
+        }
+    }
+
     /// `batchNormAddingReLU` (a residual block's join, the normalised values never stored) against
     /// `batchNorm` then `addingReLU`: the same values and gradients bit for bit, in training and in
     /// evaluation, and the running statistics updated alike; and its gradient against finite differences.

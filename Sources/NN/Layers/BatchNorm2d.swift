@@ -39,6 +39,18 @@ public final class BatchNorm2d: Module, Layer {
                                    training: isTraining, momentum: momentum, epsilon: epsilon)
     }
 
+    /// `conv(relu(self(input)))` without keeping the normalised tensor for the backward pass: it is
+    /// normalised again there (``Tensor/batchNormReLUConv2d(normWeight:normBias:runningMean:runningVariance:training:momentum:epsilon:convWeight:convBias:stride:padding:)``).
+    /// The same values, gradients and running statistics as `conv(withReLU(input))`, one activation fewer
+    /// kept per call.
+    public func withReLU(_ input: Tensor, into conv: Conv2d) -> Tensor {
+        if isTraining { numBatchesTracked.value += 1 }
+        return input.batchNormReLUConv2d(normWeight: weight, normBias: bias, runningMean: runningMean,
+                                         runningVariance: runningVar, training: isTraining, momentum: momentum,
+                                         epsilon: epsilon, convWeight: conv.weight, convBias: conv.bias,
+                                         stride: (conv.stride, conv.stride), padding: (conv.padding, conv.padding))
+    }
+
     /// `relu(self(input) + residual)`, the join of a residual block, fused into one op: the normalised
     /// values are never stored.
     public func withResidualReLU(_ input: Tensor, residual: Tensor) -> Tensor {

@@ -35,7 +35,7 @@ public final class ResNetBasicBlock: Module, Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let out = conv2(bn1.withReLU(conv1(x)))
+        let out = bn1.withReLU(conv1(x), into: conv2)
         let residual = downsample.map { $0(x) } ?? x
         return bn2.withResidualReLU(out, residual: residual)
     }

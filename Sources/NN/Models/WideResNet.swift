@@ -30,7 +30,7 @@ public final class WideBasicBlock: Module, Layer {
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         let activated = bn1.withReLU(x)
-        let out = conv2(bn2.withReLU(conv1(activated)))
+        let out = bn2.withReLU(conv1(activated), into: conv2)
         // As the reference: with equal widths the shortcut is the raw input, otherwise the 1x1
         // convolution of the pre-activated input.
         let shortcut = convShortcut.map { $0(activated) } ?? x

@@ -70,35 +70,42 @@ extension Tensor {
 
     /// Element-wise sum with broadcasting.
     public static func + (a: Tensor, b: Tensor) -> Tensor {
-        binary(a, b, .add).recorded("add", [a, b]) { g in
-            [a.requiresGrad ? g.sum(toShape: a.shape) : nil, b.requiresGrad ? g.sum(toShape: b.shape) : nil]
+        let (needsA, needsB, shapeA, shapeB) = (a.requiresGrad, b.requiresGrad, a.shape, b.shape)
+        return binary(a, b, .add).recorded("add", [a, b]) { g in
+            [needsA ? g.sum(toShape: shapeA) : nil, needsB ? g.sum(toShape: shapeB) : nil]
         }
     }
 
     /// Element-wise difference with broadcasting.
     public static func - (a: Tensor, b: Tensor) -> Tensor {
-        binary(a, b, .sub).recorded("sub", [a, b]) { g in
-            [a.requiresGrad ? g.sum(toShape: a.shape) : nil,
-             b.requiresGrad ? g.sum(toShape: b.shape).scaled(by: -1, shift: 0) : nil]
+        let (needsA, needsB, shapeA, shapeB) = (a.requiresGrad, b.requiresGrad, a.shape, b.shape)
+        return binary(a, b, .sub).recorded("sub", [a, b]) { g in
+            [needsA ? g.sum(toShape: shapeA) : nil,
+             needsB ? g.sum(toShape: shapeB).scaled(by: -1, shift: 0) : nil]
         }
     }
 
     /// Element-wise product with broadcasting.
     public static func * (a: Tensor, b: Tensor) -> Tensor {
-        binary(a, b, .mul).recorded("mul", [a, b]) { g in
-            [a.requiresGrad ? binary(g, b, .mul).sum(toShape: a.shape) : nil,
-             b.requiresGrad ? binary(g, a, .mul).sum(toShape: b.shape) : nil]
+        // Each operand is kept only when the other one's gradient reads it.
+        let (shapeA, shapeB) = (a.shape, b.shape)
+        let savedA = b.requiresGrad ? a.detached() : nil, savedB = a.requiresGrad ? b.detached() : nil
+        return binary(a, b, .mul).recorded("mul", [a, b]) { g in
+            [savedB.map { binary(g, $0, .mul).sum(toShape: shapeA) },
+             savedA.map { binary(g, $0, .mul).sum(toShape: shapeB) }]
         }
     }
 
     /// Element-wise quotient with broadcasting.
     public static func / (a: Tensor, b: Tensor) -> Tensor {
         let out = binary(a, b, .div)
-        return out.recorded("div", [a, b]) { [unowned out] g in
+        let (needsA, shapeA, shapeB) = (a.requiresGrad, a.shape, b.shape)
+        let savedB = b.detached(), savedOut: Tensor? = b.requiresGrad ? out.detached() : nil
+        return out.recorded("div", [a, b]) { g in
             // d/da = g / b;  d/db = -g * a / b^2 = -(g / b) * out
-            let gOverB = binary(g, b, .div)
-            return [a.requiresGrad ? gOverB.sum(toShape: a.shape) : nil,
-                    b.requiresGrad ? binary(gOverB, out, .mul).sum(toShape: b.shape).scaled(by: -1, shift: 0) : nil]
+            let gOverB = binary(g, savedB, .div)
+            return [needsA ? gOverB.sum(toShape: shapeA) : nil,
+                    savedOut.map { binary(gOverB, $0, .mul).sum(toShape: shapeB).scaled(by: -1, shift: 0) }]
         }
     }
 

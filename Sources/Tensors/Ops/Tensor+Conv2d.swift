@@ -14,19 +14,9 @@ extension Tensor {
     /// - Returns: `N x Cout x Hout x Wout`, `Hout = (H + 2 ph - kh) / sh + 1`.
     public func conv2d(weight: Tensor, bias: Tensor? = nil, stride: (Int, Int) = (1, 1),
                        padding: (Int, Int) = (0, 0)) -> Tensor {
-        precondition(rank == 4 && weight.rank == 4 && weight.shape[1] == shape[1],
-                     "conv2d: input \(shape) and weight \(weight.shape) do not fit (NCHW, [out, in, kh, kw])")
-        precondition(stride.0 > 0 && stride.1 > 0 && padding.0 >= 0 && padding.1 >= 0, "conv2d: bad stride/padding")
-        if let bias { precondition(bias.shape == [weight.shape[0]], "conv2d: bias \(bias.shape) for \(weight.shape[0]) outputs") }
-        let geometry = ConvGeometry(channels: shape[1], height: shape[2], width: shape[3],
-                                    kernelHeight: weight.shape[2], kernelWidth: weight.shape[3],
-                                    strideHeight: stride.0, strideWidth: stride.1,
-                                    paddingHeight: padding.0, paddingWidth: padding.1)
-        precondition(geometry.outputHeight > 0 && geometry.outputWidth > 0,
-                     "conv2d: kernel \(weight.shape) larger than padded input \(shape)")
-        ConvolutionTrace.current?.record(ConvolutionKernel(batch: shape[0], outputChannels: weight.shape[0], geometry: geometry,
-                                                           needsInputGradient: requiresGrad))
-        let plan = ConvPlan(batch: shape[0], outputChannels: weight.shape[0], geometry: geometry)
+        let plan = Tensor.convolutionPlan(input: shape, weight: weight, bias: bias, stride: stride, padding: padding,
+                                          needsInputGradient: requiresGrad)
+        let geometry = plan.geometry
         let out = Tensor(uninitializedShape: [shape[0], weight.shape[0], geometry.outputHeight, geometry.outputWidth])
         plan.forward(input: data, weight: weight.data, bias: bias?.data, output: out.data)
         let x = self
@@ -43,5 +33,24 @@ extension Tensor {
             }
             return grads
         }
+    }
+
+    /// The plan of a convolution of an input of `shape` by `weight`, after checking that they fit; the
+    /// convolution is recorded in ``ConvolutionTrace/current``, when one is set.
+    static func convolutionPlan(input shape: [Int], weight: Tensor, bias: Tensor?, stride: (Int, Int), padding: (Int, Int),
+                                needsInputGradient: Bool) -> ConvPlan {
+        precondition(shape.count == 4 && weight.rank == 4 && weight.shape[1] == shape[1],
+                     "conv2d: input \(shape) and weight \(weight.shape) do not fit (NCHW, [out, in, kh, kw])")
+        precondition(stride.0 > 0 && stride.1 > 0 && padding.0 >= 0 && padding.1 >= 0, "conv2d: bad stride/padding")
+        if let bias { precondition(bias.shape == [weight.shape[0]], "conv2d: bias \(bias.shape) for \(weight.shape[0]) outputs") }
+        let geometry = ConvGeometry(channels: shape[1], height: shape[2], width: shape[3],
+                                    kernelHeight: weight.shape[2], kernelWidth: weight.shape[3],
+                                    strideHeight: stride.0, strideWidth: stride.1,
+                                    paddingHeight: padding.0, paddingWidth: padding.1)
+        precondition(geometry.outputHeight > 0 && geometry.outputWidth > 0,
+                     "conv2d: kernel \(weight.shape) larger than padded input \(shape)")
+        ConvolutionTrace.current?.record(ConvolutionKernel(batch: shape[0], outputChannels: weight.shape[0], geometry: geometry,
+                                                           needsInputGradient: needsInputGradient))
+        return ConvPlan(batch: shape[0], outputChannels: weight.shape[0], geometry: geometry)
     }
 }

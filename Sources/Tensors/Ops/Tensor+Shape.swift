@@ -62,11 +62,12 @@ extension Tensor {
             }
             offset += len
         }
+        let needsGradient = tensors.map(\.requiresGrad)
         return out.recorded("concatenate", tensors) { g in
             var grads: [Tensor?] = []
             var offset = 0
-            for (t, len) in zip(tensors, lengths) {
-                grads.append(t.requiresGrad ? g.sliceCopy(axis: axis, start: offset, length: len) : nil)
+            for (needs, len) in zip(needsGradient, lengths) {
+                grads.append(needs ? g.sliceCopy(axis: axis, start: offset, length: len) : nil)
                 offset += len
             }
             return grads

@@ -37,10 +37,11 @@ extension Tensor {
         let out = Tensor(uninitializedShape: shape)
         logSoftmaxRows(into: out)
         let (rows, cols) = rowsAndColumns
-        return out.recorded("logSoftmax", [self]) { [unowned out] g in
+        let saved = out.detached()
+        return out.recorded("logSoftmax", [self]) { g in
             // dx = g - softmax * sum(g) per row
             let dx = Tensor(uninitializedShape: g.shape)
-            let gp = g.data, op = out.data, d = dx.data
+            let gp = g.data, op = saved.data, d = dx.data
             Parallelism.forEachChunk(rows, costPerItem: cols * 8) { range in
                 for r in range {
                     let s = Vector.sum(gp + r * cols, count: cols), vs = Vector.Lanes(repeating: s)
@@ -59,10 +60,11 @@ extension Tensor {
         logSoftmaxRows(into: out)
         Vector.exp(out.data, out.data, count: count)
         let (rows, cols) = rowsAndColumns
-        return out.recorded("softmax", [self]) { [unowned out] g in
+        let saved = out.detached()
+        return out.recorded("softmax", [self]) { g in
             // dx = s * (g - <g, s>) per row
             let dx = Tensor(uninitializedShape: g.shape)
-            let gp = g.data, sp = out.data, d = dx.data
+            let gp = g.data, sp = saved.data, d = dx.data
             for r in 0..<rows {
                 let dot = Vector.dot(gp + r * cols, sp + r * cols, count: cols)
                 for j in 0..<cols { d[r * cols + j] = sp[r * cols + j] * (gp[r * cols + j] - dot) }
@@ -85,10 +87,11 @@ extension Tensor {
             let vi = Vector.Lanes(repeating: inv)
             Vector.map(x + r * cols, o + r * cols, cols, { $0 * vi }, { $0 * inv })
         }
-        return out.recorded("normalizedRows", [self]) { [unowned out] g in
+        let saved = out.detached()
+        return out.recorded("normalizedRows", [self]) { g in
             // Above epsilon: dx = (g - y <g, y>) / ||x||; clamped: dx = g / epsilon.
             let dx = Tensor(uninitializedShape: g.shape)
-            let gp = g.data, yp = out.data, d = dx.data
+            let gp = g.data, yp = saved.data, d = dx.data
             for r in 0..<rows {
                 let gr = gp + r * cols, yr = yp + r * cols, dr = d + r * cols
                 if norms[r] > epsilon {

@@ -15,7 +15,8 @@ extension Tensor {
     /// `e^x`, element-wise.
     public func exp() -> Tensor {
         let out = mapped { Vector.exp($0, $1, count: $2) }
-        return out.recorded("exp", [self]) { [unowned out] g in [g.multipliedElementwise(out)] }
+        let saved = out.detached()
+        return out.recorded("exp", [self]) { g in [g.multipliedElementwise(saved)] }
     }
 
     /// The natural logarithm, element-wise.
@@ -32,7 +33,8 @@ extension Tensor {
     public func relu() -> Tensor {
         let zero = Vector.Lanes(repeating: 0)
         let out = mapped { Vector.map($0, $1, $2, { $0.replacing(with: zero, where: $0 .< zero) }, { Swift.max($0, 0) }) }
-        return out.recorded("relu", [self]) { [unowned out] g in [g.maskedByPositive(out)] }
+        let saved = out.detached()
+        return out.recorded("relu", [self]) { g in [g.maskedByPositive(saved)] }
     }
 
     /// `max(a + b, 0)` for two tensors of one shape, in one pass (a residual connection's join).
@@ -40,8 +42,9 @@ extension Tensor {
         precondition(shape == other.shape, "addingReLU: \(shape) vs \(other.shape)")
         let out = Tensor(uninitializedShape: shape)
         Vector.zip(data, other.data, out.data, count, { Vector.relu($0 + $1) }, { Swift.max($0 + $1, 0) })
-        return out.recorded("addingReLU", [self, other]) { [unowned out] g in
-            let masked = g.maskedByPositive(out)
+        let saved = out.detached()
+        return out.recorded("addingReLU", [self, other]) { g in
+            let masked = g.maskedByPositive(saved)
             return [masked, masked]
         }
     }
@@ -49,10 +52,11 @@ extension Tensor {
     /// The square root, element-wise.
     public func sqrt() -> Tensor {
         let out = mapped { Vector.map($0, $1, $2, { $0.squareRoot() }, { $0.squareRoot() }) }
-        return out.recorded("sqrt", [self]) { [unowned out] g in
+        let saved = out.detached()
+        return out.recorded("sqrt", [self]) { g in
             let dx = Tensor(uninitializedShape: g.shape)
             let half = Vector.Lanes(repeating: 0.5)
-            Vector.zip(g.data, out.data, dx.data, g.count, { half * $0 / $1 }, { 0.5 * $0 / $1 })
+            Vector.zip(g.data, saved.data, dx.data, g.count, { half * $0 / $1 }, { 0.5 * $0 / $1 })
             return [dx]
         }
     }
