@@ -116,6 +116,8 @@ extension Tensor {
             guard let backward = node.backward else { continue }
             guard let gradient = pending.removeValue(forKey: id) else { continue }
             owned.remove(id)
+            // The closure may return its gradient (or a view of it) for several inputs.
+            gradient.isExclusiveGradient = false
             let inputGrads = withNoGrad { backward(gradient) }
             precondition(inputGrads.count == node.edges.count,
                          "\(node.name) backward returned \(inputGrads.count) gradients for \(node.edges.count) inputs")
@@ -131,12 +133,17 @@ extension Tensor {
                 case .interior(let input):
                     let key = ObjectIdentifier(input)
                     if let existing = pending[key] {
-                        if owned.contains(key) {
+                        // Into a buffer nothing else reads when there is one (the sum is the same either way
+                        // round), else into a new one.
+                        if owned.contains(key) || existing.isExclusiveGradient {
                             existing.addInPlace(g)
+                        } else if g.isExclusiveGradient {
+                            g.addInPlace(existing)
+                            pending[key] = g
                         } else {
                             pending[key] = existing.sumForAccumulation(g)
-                            owned.insert(key)
                         }
+                        owned.insert(key)
                     } else {
                         pending[key] = g
                     }
@@ -151,6 +158,9 @@ extension Tensor {
     private static func accumulateLeaf(_ leaf: Tensor, _ g: Tensor) {
         if let existing = leaf.grad {
             existing.addInPlace(g)
+        } else if g.isExclusiveGradient {
+            g.isExclusiveGradient = false
+            leaf.grad = g
         } else {
             leaf.grad = g.copy()
         }

@@ -187,4 +187,26 @@ struct ReferenceKeys: Decodable {
             #expect(x.grad!.scalars.allSatisfy { $0.isFinite })
         }
     }
+
+    /// A basic block's backward pass holds at most three activation-sized buffers at a time, the block
+    /// input's gradient included: the convolution's weight gradient comes from the normalised input rebuilt
+    /// and released before the input gradient is allocated, and gradients meeting at a tensor are added
+    /// into a buffer nothing else reads rather than into a new sum (four before, at the normalised input's
+    /// rebuild).
+    @Test func blockBackwardHoldsThreeActivationsAtATime() {
+        var g = SeededGenerator(seed: 12)
+        let block = ResNetBasicBlock(inputChannels: 8, outputChannels: 8, stride: 1, generator: &g)
+        let x = Tensor.randomNormal([4, 8, 32, 32], using: &g)
+        x.requiresGrad = true
+        let y = block(x)
+        let seed = Tensor(repeating: 1, shape: y.shape)
+        let trace = MemoryTrace()
+        MemoryTrace.$current.withValue(trace) { y.backward(seed) }
+        let activation = x.count * MemoryLayout<Float>.stride
+        // Besides the activations: the parameters' gradients and the kernels' small tables (0.14 here).
+        #expect(trace.peakBytes < 3 * activation + activation / 4,
+                "\(Double(trace.peakBytes) / Double(activation)) activations at the backward pass's peak")
+        // What stays: the block input's gradient, kept by the leaf itself (no copy), and the parameters'.
+        #expect(trace.liveBytes < activation + activation / 8)
+    }
 }

@@ -100,7 +100,8 @@ struct BatchNormKernel {
     /// the gradient already zeroed where the output is not positive): the weight's and bias's gradients into
     /// `gw` and `gb`, and the input's into `dx` when given. With `reluMask` the gradient is taken as zero
     /// where `x * scale + shift <= 0` — exactly where the forward pass's fused ReLU output zero — a mask
-    /// found from the input, already being read, rather than from a stored output.
+    /// found from the input, already being read, rather than from a stored output. `dx` may be `g` itself
+    /// (each value of `g` is read for the sums, then read again just before its place is written).
     func backward(x: UnsafePointer<Float>, gradient gp: UnsafePointer<Float>, affine: Affine, weight pw: UnsafePointer<Float>,
                   reluMask: Bool, training: Bool, dx: UnsafeMutablePointer<Float>?, gw pgw: UnsafeMutablePointer<Float>,
                   gb pgb: UnsafeMutablePointer<Float>) {

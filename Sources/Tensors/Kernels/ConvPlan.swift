@@ -241,6 +241,28 @@ struct ConvPlan {
         withExtendedLifetime(partials) {}
     }
 
+    /// The weight gradient alone, by the route ``backward(input:weight:outputGradient:inputGradient:weightGradient:)``
+    /// takes for both gradients: the same sums in the same order, so the same values.
+    func weightGradient(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
+                        into weightGradient: UnsafeMutablePointer<Float>) {
+        if !usesPhases && geometry.isSame && !geometry.isPointwise {
+            backwardSame(input: input, weight: weight, outputGradient: outputGradient, inputGradient: nil,
+                         weightGradient: weightGradient)
+        } else {
+            backward(input: input, weight: weight, outputGradient: outputGradient, inputGradient: nil,
+                     weightGradient: weightGradient)
+        }
+    }
+
+    /// The input gradient alone, which does not read the input: the same values as
+    /// ``backward(input:weight:outputGradient:inputGradient:weightGradient:)`` writes.
+    func inputGradient(weight: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
+                       into inputGradient: UnsafeMutablePointer<Float>) {
+        // Every route reads the input only for the weight gradient; any valid pointer stands in for it.
+        backward(input: outputGradient, weight: weight, outputGradient: outputGradient, inputGradient: inputGradient,
+                 weightGradient: nil)
+    }
+
     /// The backward pass of a "same" convolution (stride 1, odd kernel, size-preserving padding) by
     /// lowering the *output gradient* once:
     ///
@@ -250,7 +272,7 @@ struct ConvPlan {
     ///
     /// One lowering serves both gradients, the input is used in place, and no col2im is needed.
     private func backwardSame(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
-                              inputGradient: UnsafeMutablePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?) {
+                              inputGradient: UnsafeMutablePointer<Float>?, weightGradient: UnsafeMutablePointer<Float>?) {
         let c = geometry.channels, co = outputChannels, kh = geometry.kernelHeight, kw = geometry.kernelWidth
         let taps = kh * kw, lk = co * taps, ow = geometry.outputWidth, p = pixels
         let gradientGeometry = ConvGeometry(channels: co, height: geometry.height, width: geometry.width,
@@ -278,10 +300,12 @@ struct ConvPlan {
             dWPrime?.update(repeating: 0, count: lk * c)
             if shifted {
                 let g = gradientGeometry
-                let done = cohort_conv_shifted_forward(c, co, g.height, g.width, kh, kw, g.paddingHeight, g.paddingWidth,
-                                                       packed.base, outputGradient + share.lowerBound * outputSize, outputSize,
-                                                       share.count, inputGradient + share.lowerBound * inputSize, inputSize)
-                precondition(done != 0, "conv2d: out of memory for the shifted convolution's tables")
+                if let inputGradient {
+                    let done = cohort_conv_shifted_forward(c, co, g.height, g.width, kh, kw, g.paddingHeight, g.paddingWidth,
+                                                           packed.base, outputGradient + share.lowerBound * outputSize, outputSize,
+                                                           share.count, inputGradient + share.lowerBound * inputSize, inputSize)
+                    precondition(done != 0, "conv2d: out of memory for the shifted convolution's tables")
+                }
                 guard let dWPrime else { return }
                 let weightDone = cohort_conv_shifted_weight_gradient(
                     c, co, g.height, g.width, kh, kw, g.paddingHeight, g.paddingWidth,
@@ -301,7 +325,7 @@ struct ConvPlan {
                 }
                 if g == 1 {
                     let offset = n0 * inputSize + rows.lowerBound * ow
-                    if !shifted {
+                    if !shifted, let inputGradient {
                         Gemm.multiply(flipped.base, columns.base, into: inputGradient + offset, m: c, n: width, k: lk, ldb: ld, ldc: p)
                     }
                     if let dWPrime {
@@ -309,7 +333,7 @@ struct ConvPlan {
                                       m: c, n: lk, k: width, beta: 1, lda: p, ldb: ld)
                     }
                 } else {
-                    if !shifted {
+                    if !shifted, let inputGradient {
                         let dx = outputBlock!.base
                         Gemm.multiply(flipped.base, columns.base, into: dx, m: c, n: width, k: lk, ldb: ld)
                         for s in 0..<g {

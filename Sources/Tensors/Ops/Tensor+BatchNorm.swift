@@ -74,6 +74,8 @@ extension Tensor {
             let masked = savedOut.map { g.maskedByPositive($0) }
             kernel.backward(x: input.data, gradient: masked?.data ?? g.data, affine: affine, weight: weight.data,
                             reluMask: reluMask, training: training, dx: gx?.data, gw: gw.data, gb: gb.data)
+            gx?.isExclusiveGradient = true
+            masked?.isExclusiveGradient = true
             var gradients: [Tensor?] = [gx, weight.requiresGrad ? gw : nil, bias.requiresGrad ? gb : nil]
             if savedOut != nil { gradients.append(residualNeedsGradient ? masked : nil) }
             return gradients

@@ -27,6 +27,8 @@ extension Tensor {
             let gw = weight.requiresGrad ? Tensor(uninitializedShape: weight.shape) : nil
             plan.backward(input: x.data, weight: weight.data, outputGradient: g.data,
                           inputGradient: gx?.data, weightGradient: gw?.data)
+            gx?.isExclusiveGradient = true
+            gw?.isExclusiveGradient = true
             var grads: [Tensor?] = [gx, gw]
             if let bias {
                 grads.append(bias.requiresGrad ? plan.biasGradient(g) : nil)

@@ -38,27 +38,32 @@ extension Tensor {
         var inputs = [input, normWeight, normBias, convWeight]
         if let convBias { inputs.append(convBias) }
         return out.recorded("batchNormReLUConv2d", inputs) { g in
-            // The convolution's backward pass on the normalised input, rebuilt and released again before the
-            // normalisation's backward pass allocates its own gradient.
-            let normalizedGradient = normalizedNeedsGradient ? Tensor(uninitializedShape: input.shape) : nil
-            let gw = convWeight.requiresGrad ? Tensor(uninitializedShape: convWeight.shape) : nil
-            do {
+            // The weight gradient first, from the normalised input rebuilt for it and released at once; then the
+            // input gradient, which does not read it, and the normalisation's backward pass in the same buffer.
+            // At most three activation-sized buffers at a time, the incoming gradient included.
+            var gradients: [Tensor?] = [nil, nil, nil, nil]
+            if convWeight.requiresGrad {
+                let gw = Tensor(uninitializedShape: convWeight.shape)
                 let normalized = Tensor(uninitializedShape: input.shape)
                 norm.apply(x: input.data, y: normalized.data, affine: affine, join: .relu)
-                plan.backward(input: normalized.data, weight: convWeight.data, outputGradient: g.data,
-                              inputGradient: normalizedGradient?.data, weightGradient: gw?.data)
+                plan.weightGradient(input: normalized.data, weight: convWeight.data, outputGradient: g.data, into: gw.data)
+                gw.isExclusiveGradient = true
+                gradients[3] = gw
             }
-            var gradients: [Tensor?] = [nil, nil, nil, gw]
             if let convBias { gradients.append(convBias.requiresGrad ? plan.biasGradient(g) : nil) }
-            if let normalizedGradient {
-                let gx = input.requiresGrad ? Tensor(uninitializedShape: input.shape) : nil
-                let gnw = Tensor(uninitializedShape: [norm.c]), gnb = Tensor(uninitializedShape: [norm.c])
-                norm.backward(x: input.data, gradient: normalizedGradient.data, affine: affine, weight: normWeight.data,
-                              reluMask: true, training: training, dx: gx?.data, gw: gnw.data, gb: gnb.data)
-                gradients[0] = gx
-                gradients[1] = normWeight.requiresGrad ? gnw : nil
-                gradients[2] = normBias.requiresGrad ? gnb : nil
+            guard normalizedNeedsGradient else { return gradients }
+            // The normalised input's gradient, then (in place) the input's.
+            let gradient = Tensor(uninitializedShape: input.shape)
+            plan.inputGradient(weight: convWeight.data, outputGradient: g.data, into: gradient.data)
+            let gnw = Tensor(uninitializedShape: [norm.c]), gnb = Tensor(uninitializedShape: [norm.c])
+            norm.backward(x: input.data, gradient: gradient.data, affine: affine, weight: normWeight.data, reluMask: true,
+                          training: training, dx: input.requiresGrad ? gradient.data : nil, gw: gnw.data, gb: gnb.data)
+            if input.requiresGrad {
+                gradient.isExclusiveGradient = true
+                gradients[0] = gradient
             }
+            gradients[1] = normWeight.requiresGrad ? gnw : nil
+            gradients[2] = normBias.requiresGrad ? gnb : nil
             return gradients
         }
     }
