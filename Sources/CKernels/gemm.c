@@ -525,80 +525,115 @@ static inline int readable(const float *row, long n, const float *first, const f
     return start >= (uintptr_t)first && start + sizeof(float) * (uintptr_t)n <= (uintptr_t)last;
 }
 
-// AVX2: for each image and each 24-pixel column panel, the panel's kc x 24 block of the implicit lowered
-// matrix is gathered once from the shifted input planes (plain loads, the lanes outside the image zeroed) into an L1-resident panel, which
-// every MR-row panel of the packed weights then multiplies. No lowered matrix ever reaches memory.
+// Bits [from, from + n) of a bitmap (n <= 32), as the low bits of the result.
+static inline uint32_t bitmap_bits(const uint64_t *words, long from, long n) {
+    long w = from >> 6, b = from & 63;
+    uint64_t v = words[w] >> b;
+    if (b) v |= words[w + 1] << (64 - b);
+    return (uint32_t)(v & ((1ull << n) - 1));
+}
+
+// AVX2: 24-pixel column panels of the output, each gathered once as a kc x 24 block of the implicit lowered
+// matrix from the shifted input planes (plain loads, the lanes outside the image zeroed) into an L1-resident
+// panel, which every MR-row panel of the packed weights then multiplies. No lowered matrix ever reaches memory.
+//
+// The panels run over the images' output pixels end to end: when a plane's pixel count is not a multiple of
+// 24 (7 x 7 = 49), the panel that crosses from one image into the next takes lanes from both (read lane by
+// lane) and is stored through the edge tile, so only the share's last panel is partial, not every image's
+// (a third of a 7 x 7 layer's tiles otherwise). Each output value is the same sum in the same order wherever
+// its panel starts, so the results do not depend on where the panels fall.
 AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float *packed, const float *images,
                                     long image_stride, long count, float *out, long out_stride) {
     PackBuffers *buffers = thread_buffers();
     if (!buffers) return 0;
     long taps = table->taps, k = table->channels * taps;
-    long end = table->oh * table->vw, panels = (end + NR_AVX2 - 1) / NR_AVX2;
+    long end = table->oh * table->vw;
+    // Planes narrower than a panel keep one image per panel (a panel would span more than two images).
+    int across = end >= NR_AVX2 && count > 1;
+    long total = across ? count * end : end, words = (end + 63) / 64 + 1;
     long *offsets = malloc(sizeof(long) * (size_t)k);
-    uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(taps * panels));
+    uint64_t *valid = calloc((size_t)(taps * words), sizeof(uint64_t));
     __m256 *lanes = aligned_alloc(32, sizeof(__m256) * (size_t)(3 * taps));
-    if (!offsets || !masks || !lanes) { free(offsets); free(masks); free(lanes); return 0; }
+    uint32_t *bits = malloc(sizeof(uint32_t) * (size_t)taps);
+    if (!offsets || !valid || !lanes || !bits) { free(offsets); free(valid); free(lanes); free(bits); return 0; }
     for (long p = 0; p < k; p++) offsets[p] = tap_offset(table, p);
-    // For each panel and tap, the pixels of the panel whose tap falls inside the image.
-    for (long panel = 0; panel < panels; panel++) {
-        long j0 = panel * NR_AVX2;
-        for (long t = 0; t < taps; t++) {
-            uint32_t bits = 0;
-            for (long q = 0; q < NR_AVX2 && j0 + q < end; q++)
-                if (tap_valid(table, t, j0 + q)) bits |= 1u << q;
-            masks[panel * taps + t] = bits;
-        }
-    }
+    // Per tap, a bitmap of the output pixels whose tap falls inside the image.
+    for (long t = 0; t < taps; t++)
+        for (long q = 0; q < end; q++)
+            if (tap_valid(table, t, q)) valid[t * words + (q >> 6)] |= 1ull << (q & 63);
     float *panel_b = buffers->b;
     float edge[MR * NR_AVX2] __attribute__((aligned(64)));
     // The memory known to be readable: from the first image's start to the last one's end.
     const float *first = images, *last = images + (count - 1) * image_stride + table->channels * table->channel_stride;
-    for (long n = 0; n < count; n++) {
-        const float *image = images + n * image_stride;
-        float *output = out + n * out_stride;
-        for (long panel = 0; panel < panels; panel++) {
-            long j0 = panel * NR_AVX2, width = min_long(NR_AVX2, end - j0);
-            // The panel's lane masks, three vectors per tap.
+    for (long sweep = 0; sweep < (across ? 1 : count); sweep++) {
+        for (long start = 0; start < total; start += NR_AVX2) {
+            long width = min_long(NR_AVX2, total - start);
+            long n0 = across ? start / end : sweep, j0 = across ? start % end : start;
+            // Lanes [0, w1) are pixels j0... of image n0; lanes [w1, width) pixels 0... of image n0 + 1.
+            long w1 = min_long(width, end - j0);
+            const float *image = images + n0 * image_stride, *next = image + image_stride;
             for (long t = 0; t < taps; t++) {
-                uint32_t bits = masks[panel * taps + t];
-                for (int v = 0; v < 3; v++) lanes[3 * t + v] = _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(bits >> (8 * v) & 0xFF), 31));
+                bits[t] = bitmap_bits(valid + t * words, j0, w1);
+                if (w1 < width) bits[t] |= bitmap_bits(valid + t * words, 0, width - w1) << w1;
+                for (int v = 0; v < 3; v++)
+                    lanes[3 * t + v] = _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(bits[t] >> (8 * v) & 0xFF), 31));
             }
+            uint32_t own = w1 >= 32 ? 0xFFFFFFFFu : (1u << w1) - 1;
+            // The lanes that belong to image n0 (the rest, when the panel crosses, to image n0 + 1).
+            __m256 own_lanes[3];
+            for (int v = 0; v < 3; v++) own_lanes[v] = _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(own >> (8 * v) & 0xFF), 31));
             for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
                 long kc = min_long(kb, k - pc);
-                                for (long p = 0, t = pc % taps; p < kc; p++, t = t + 1 == taps ? 0 : t + 1) {
+                for (long p = 0, t = pc % taps; p < kc; p++, t = t + 1 == taps ? 0 : t + 1) {
                     const float *row = image + j0 + offsets[pc + p];
                     float *d = panel_b + p * NR_AVX2;
-                    if (readable(row, NR_AVX2, first, last)) {
+                    if (w1 < width) {
+                        // Across two images: lane q < w1 reads row[q], lane q >= w1 reads next's pixel q - w1.
+                        const float *row_b = next + offsets[pc + p] - w1;
+                        if (readable(row, NR_AVX2, first, last) && readable(row_b, NR_AVX2, first, last)) {
+                            for (int v = 0; v < 3; v++)
+                                _mm256_store_ps(d + 8 * v, _mm256_or_ps(
+                                    _mm256_and_ps(_mm256_loadu_ps(row + 8 * v), _mm256_and_ps(lanes[3 * t + v], own_lanes[v])),
+                                    _mm256_andnot_ps(own_lanes[v], _mm256_and_ps(_mm256_loadu_ps(row_b + 8 * v), lanes[3 * t + v]))));
+                        } else {
+                            for (int v = 0; v < 3; v++)
+                                _mm256_store_ps(d + 8 * v, _mm256_or_ps(gather8(row + 8 * v, (bits[t] & own) >> (8 * v) & 0xFF),
+                                                                        gather8(row_b + 8 * v, (bits[t] & ~own) >> (8 * v) & 0xFF)));
+                        }
+                    } else if (readable(row, NR_AVX2, first, last)) {
                         // Inside the images' memory: a plain load, the lanes outside the image zeroed.
                         _mm256_store_ps(d, _mm256_and_ps(_mm256_loadu_ps(row), lanes[3 * t]));
                         _mm256_store_ps(d + 8, _mm256_and_ps(_mm256_loadu_ps(row + 8), lanes[3 * t + 1]));
                         _mm256_store_ps(d + 16, _mm256_and_ps(_mm256_loadu_ps(row + 16), lanes[3 * t + 2]));
                     } else {
                         // At the ends of the memory: only the lanes inside the image are read.
-                        uint32_t bits = masks[panel * taps + t];
-                        _mm256_store_ps(d, gather8(row, bits & 0xFF));
-                        _mm256_store_ps(d + 8, gather8(row + 8, bits >> 8 & 0xFF));
-                        _mm256_store_ps(d + 16, gather8(row + 16, bits >> 16 & 0xFF));
+                        _mm256_store_ps(d, gather8(row, bits[t] & 0xFF));
+                        _mm256_store_ps(d + 8, gather8(row + 8, bits[t] >> 8 & 0xFF));
+                        _mm256_store_ps(d + 16, gather8(row + 16, bits[t] >> 16 & 0xFF));
                     }
                 }
                 const float *block = packed + packed_rows(m) * pc;
+                float *output = out + n0 * out_stride, *output_b = output + out_stride;
                 for (long ir = 0; ir < m; ir += MR) {
                     float *tile = output + ir * end + j0;
                     const float *panel_a = block + ir * kc;
-                    if (m - ir >= MR && width == NR_AVX2) {
+                    if (m - ir >= MR && width == NR_AVX2 && w1 == width) {
                         kernel_avx2(kc, panel_a, panel_b, NR_AVX2, tile, end, 1, pc > 0 ? 1 : 0, NR_AVX2);
                         continue;
                     }
                     kernel_avx2(kc, panel_a, panel_b, NR_AVX2, edge, NR_AVX2, 1, 0, NR_AVX2);
                     long mr = min_long(MR, m - ir);
-                    for (long r = 0; r < mr; r++)
-                        for (long q = 0; q < width; q++)
-                            tile[r * end + q] = pc == 0 ? edge[r * NR_AVX2 + q] : tile[r * end + q] + edge[r * NR_AVX2 + q];
+                    for (long r = 0; r < mr; r++) {
+                        for (long q = 0; q < width; q++) {
+                            float *o = q < w1 ? tile + r * end + q : output_b + (ir + r) * end + (q - w1);
+                            *o = pc == 0 ? edge[r * NR_AVX2 + q] : *o + edge[r * NR_AVX2 + q];
+                        }
+                    }
                 }
             }
         }
     }
-    free(offsets); free(masks); free(lanes);
+    free(offsets); free(valid); free(lanes); free(bits);
     return 1;
 }
 

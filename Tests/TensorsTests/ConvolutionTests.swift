@@ -108,21 +108,32 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
     }
 
     /// A same convolution large enough to cross the kernels' blocks: 20 output channels (two full 8-row
-    /// tiles and an edge), 30 x 9 = 270 taps (two 256-deep blocks), a 12 x 12 image (4.5 column panels).
-    /// Forward and input gradient against direct loops; on the AVX2 and AVX-512 paths both run without lowering.
-    @Test func largeSameConvolutionMatchesDirectLoops() {
-        for path in Gemm.availablePaths { Gemm.withPath(path) { largeSameConvolutionMatchesDirectLoops(path) } }
+    /// tiles and an edge), 30 x 9 = 270 taps (two 256-deep blocks), images of 12 x 12 (4.5 column panels on
+    /// AVX-512, 6 on AVX2), 7 x 7 and 5 x 11 (on AVX2 panels cross from one image into the next), 4 x 5 (narrower
+    /// than a panel). Forward and input gradient against direct loops; on the AVX2 and AVX-512 paths both run
+    /// without lowering. And there each image convolved alone gives the batch's values bit for bit: where
+    /// the panels fall does not change a sum.
+    @Test(arguments: [(3, 12, 12), (5, 7, 7), (4, 5, 11), (3, 4, 5)])
+    func largeSameConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int) {
+        for path in Gemm.availablePaths { Gemm.withPath(path) { largeSameConvolutionMatchesDirectLoops(n, h, w, path) } }
     }
 
-    func largeSameConvolutionMatchesDirectLoops(_ path: Gemm.Path) {
-        let (n, c, co, h, w) = (3, 30, 20, 12, 12)
+    func largeSameConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int, _ path: Gemm.Path) {
+        let (c, co) = (30, 20)
         let x = randn([n, c, h, w], seed: 21), weight = randn([co, c, 3, 3], seed: 22), dy = randn([n, co, h, w], seed: 23)
         let geometry = ConvGeometry(channels: c, height: h, width: w, kernelHeight: 3, kernelWidth: 3,
                                     strideHeight: 1, strideWidth: 1, paddingHeight: 1, paddingWidth: 1)
         let plan = ConvPlan(batch: n, outputChannels: co, geometry: geometry)
         let y = Tensor(uninitializedShape: [n, co, h, w])
         plan.forward(input: x.data, weight: weight.data, bias: nil, output: y.data)
-        #expect(maxDifference(y.scalars, naiveConv2d(x, weight, nil, stride: (1, 1), padding: (1, 1))) < 1e-3)
+        #expect(maxDifference(y.scalars, naiveConv2d(x, weight, nil, stride: (1, 1), padding: (1, 1))) < 1e-3, "\(path)")
+        // (On Cohort's kernels; OpenBLAS blocks a product differently as the lowered matrix widens.)
+        let single = ConvPlan(batch: 1, outputChannels: co, geometry: geometry)
+        for i in 0..<n where path != .blas {
+            let alone = Tensor(uninitializedShape: [1, co, h, w])
+            single.forward(input: x.data + i * c * h * w, weight: weight.data, bias: nil, output: alone.data)
+            #expect(alone.scalars == Array(y.scalars[(i * co * h * w)..<((i + 1) * co * h * w)]), "\(path), image \(i)")
+        }
         let dx = Tensor(uninitializedShape: x.shape), dw = Tensor(uninitializedShape: weight.shape)
         plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: dx.data, weightGradient: dw.data)
         var expected = [Float](repeating: 0, count: x.count)
@@ -134,7 +145,7 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
                 expected[((i * c + ci) * h + iy) * w + ix] += g * weight.data[((o * c + ci) * 3 + ky) * 3 + kx]
             } } }
         } } } }
-        #expect(maxDifference(dx.scalars, expected) < 1e-3)
+        #expect(maxDifference(dx.scalars, expected) < 1e-3, "\(path)")
         let dwGeneral = Tensor(uninitializedShape: weight.shape)
         plan.backward(input: x.data, weight: weight.data, outputGradient: dy.data, inputGradient: nil, weightGradient: dwGeneral.data)
         #expect(maxDifference(dw.scalars, dwGeneral.scalars) < 1e-3)
