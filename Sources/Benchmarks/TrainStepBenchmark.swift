@@ -32,8 +32,10 @@ public struct TrainStepBenchmark: Sendable {
         public let ms_per_step: Double
         public let images_per_s: Double
         public let peak_rss_mb: Double
-        /// The most tensor storage alive at once during the timed steps (Cohort only: what the graph and the
-        /// parameters hold, without the allocator's and libraries' share of the RSS).
+        /// The most tensor storage made during the timed steps and alive at once, on the calling thread: the
+        /// activations the graph keeps, the gradients, the optimizer's new buffers (Cohort only; not the
+        /// parameters and images made before, the worker threads' scratch, nor the allocator's and libraries'
+        /// share of the RSS).
         public var peak_tensor_mb: Double?
         public let final_loss: Double
     }

@@ -571,7 +571,8 @@ AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float 
             long n0 = across ? start / end : sweep, j0 = across ? start % end : start;
             // Lanes [0, w1) are pixels j0... of image n0; lanes [w1, width) pixels 0... of image n0 + 1.
             long w1 = min_long(width, end - j0);
-            const float *image = images + n0 * image_stride, *next = image + image_stride;
+            const float *image = images + n0 * image_stride;
+            const float *next = w1 < width ? image + image_stride : image;
             for (long t = 0; t < taps; t++) {
                 bits[t] = bitmap_bits(valid + t * words, j0, w1);
                 if (w1 < width) bits[t] |= bitmap_bits(valid + t * words, 0, width - w1) << w1;
@@ -613,7 +614,7 @@ AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float 
                     }
                 }
                 const float *block = packed + packed_rows(m) * pc;
-                float *output = out + n0 * out_stride, *output_b = output + out_stride;
+                float *output = out + n0 * out_stride, *output_b = w1 < width ? output + out_stride : output;
                 for (long ir = 0; ir < m; ir += MR) {
                     float *tile = output + ir * end + j0;
                     const float *panel_a = block + ir * kc;

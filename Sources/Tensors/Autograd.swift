@@ -113,8 +113,10 @@ extension Tensor {
         var owned = Set<ObjectIdentifier>()
         for node in order.reversed() {
             let id = ObjectIdentifier(node)
-            guard let backward = node.backward else { continue }
             guard let gradient = pending.removeValue(forKey: id) else { continue }
+            guard let backward = node.backward else {
+                preconditionFailure("backward(): a gradient reached \(node.name), whose graph was already back-propagated and freed")
+            }
             owned.remove(id)
             // The closure may return its gradient (or a view of it) for several inputs.
             gradient.isExclusiveGradient = false

@@ -19,6 +19,17 @@ import TestSupport
         #expect(x.grad == nil)
     }
 
+    /// A gradient sent into a part of a graph that was already back-propagated (and freed) stops the
+    /// program with a message, instead of vanishing.
+    @Test func aGradientIntoAFreedGraphStops() async {
+        await #expect(processExitsWith: .failure) {
+            let x = Tensor([1, 2], shape: [2], requiresGrad: true)
+            let hidden = x * 2
+            hidden.sum().backward()
+            hidden.sum().backward()
+        }
+    }
+
     @Test func noGradRecordsNothing() {
         let x = Tensor([1, 2], shape: [2], requiresGrad: true)
         let y = withNoGrad { x * 2 }

@@ -130,11 +130,13 @@ import Glibc
     /// `batchNormReLUConv2d` (the normalised tensor not kept, rebuilt in the backward pass) against
     /// `batchNormReLU` then `conv2d`: the same output, gradients of all five inputs and running statistics bit
     /// for bit, in training and evaluation, on every kernel path (forced in turn) and for the stride-1, the
-    /// strided (phase planes on AVX2) and the 1x1 convolutions; also with an input that needs no gradient
+    /// strided and the 1x1 convolutions — on odd planes (stride 2 lowered) and on even ones large enough for
+    /// two shares of the batch (stride 2 in phase planes on AVX2) — also with an input that needs no gradient
     /// (only the parameters' flow).
-    @Test(arguments: [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
-    func batchNormReLUConv2dEqualsTheTwoOps(_ geometry: (kernel: Int, stride: Int, padding: Int)) {
-        let (n, c, h, w, outputs) = (3, 5, 9, 11, 6)
+    @Test(arguments: [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)], [(3, 5, 9, 11, 6), (16, 16, 10, 12, 16)])
+    func batchNormReLUConv2dEqualsTheTwoOps(_ geometry: (kernel: Int, stride: Int, padding: Int),
+                                            _ sizes: (n: Int, c: Int, h: Int, w: Int, outputs: Int)) {
+        let (n, c, h, w, outputs) = sizes
         let x = randn([n, c, h, w], seed: 51), gamma = uniform([c], 0.5, 1.5, seed: 52), beta = randn([c], seed: 53)
         let kernel = randn([outputs, c, geometry.kernel, geometry.kernel], seed: 54, std: 0.3)
         let bias = randn([outputs], seed: 55)

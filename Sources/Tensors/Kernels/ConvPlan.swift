@@ -182,9 +182,9 @@ struct ConvPlan {
         }
         let k = geometry.columnRows, co = outputChannels, ow = geometry.outputWidth, p = pixels
         // Share 0 accumulates straight into the result; the others into partial sums added in order at the end.
-        let partials = (1..<Swift.max(shares.count, 1)).map { _ in Storage(count: co * k) }
+        let partials = weightGradient == nil ? [] : (1..<Swift.max(shares.count, 1)).map { _ in Storage(count: co * k) }
         Parallelism.run(shares) { index, share in
-            let dW = index == 0 ? weightGradient : partials[index - 1].base
+            let dW = weightGradient == nil ? nil : index == 0 ? weightGradient : partials[index - 1].base
             dW?.update(repeating: 0, count: co * k)
             let columns = Storage(count: k * ConvPlan.leadingDimension(scratchColumns))
             let block = group > 1 ? Storage(count: co * scratchColumns) : nil

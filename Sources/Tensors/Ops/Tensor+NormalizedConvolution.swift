@@ -46,7 +46,13 @@ extension Tensor {
                 let gw = Tensor(uninitializedShape: convWeight.shape)
                 let normalized = Tensor(uninitializedShape: input.shape)
                 norm.apply(x: input.data, y: normalized.data, affine: affine, join: .relu)
-                plan.weightGradient(input: normalized.data, weight: convWeight.data, outputGradient: g.data, into: gw.data)
+                if normalizedNeedsGradient {
+                    plan.weightGradient(input: normalized.data, weight: convWeight.data, outputGradient: g.data, into: gw.data)
+                } else {
+                    // Nothing upstream needs a gradient: the route `conv2d` takes for a weight gradient alone.
+                    plan.backward(input: normalized.data, weight: convWeight.data, outputGradient: g.data, inputGradient: nil,
+                                  weightGradient: gw.data)
+                }
                 gw.isExclusiveGradient = true
                 gradients[3] = gw
             }
