@@ -1,9 +1,12 @@
-/// 2-D convolution (cross-correlation, as PyTorch) lowered to BLAS matrix products.
+/// 2-D convolution (cross-correlation, as PyTorch), planned by ``ConvPlan``.
 ///
-/// Samples are processed in groups whose lowered patches sit side by side in one matrix, so that each
-/// `sgemm` sees a wide, well-shaped product even when the image is small (8x8 in a ResNet's last stage).
-/// The lowered matrix is recomputed in the backward pass instead of being kept, which keeps memory at
-/// one group's worth per convolution.
+/// With Cohort's kernels (AVX-512, or AVX2 + FMA) the stride-1 "same" convolutions read shifted input planes
+/// in place, and on AVX2 the stride-2 ones read their phase planes. The others (and every convolution on
+/// OpenBLAS) are lowered: samples in groups whose patches sit side by side in one matrix, so that each
+/// `sgemm` sees a wide, well-shaped product even when the image is small (8x8 in a ResNet's last stage);
+/// the lowered matrix is recomputed in the backward pass instead of being kept, one group's worth per
+/// convolution at a time.
+/// See docs/engine.md, "Convolution".
 extension Tensor {
     /// Convolves `self` (`N x C x H x W`) with `weight` (`Cout x C x kh x kw`), adding `bias` (`Cout`)
     /// when given.
