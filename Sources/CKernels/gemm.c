@@ -504,10 +504,11 @@ static inline long tap_offset(const TapTable *table, long p) {
     return c * table->channel_stride + table->plane[t] + table->dy[t] * table->vw + table->dx[t];
 }
 
-// The lanes of an 8-lane vector whose bit is set in `bits` (lane i: bit i), as a mask in each lane's sign bit.
-AVX2 static inline __m256i lane_mask(uint32_t bits) {
+// The lanes of an 8-lane vector whose bit is set in `bits` (lane i: bit i), as all-ones lanes (the others
+// zero): a mask for `_mm256_and_ps`.
+AVX2 static inline __m256 lane_mask(uint32_t bits) {
     const __m256i shifts = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
-    return _mm256_sllv_epi32(_mm256_set1_epi32((int)bits), shifts);
+    return _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_sllv_epi32(_mm256_set1_epi32((int)bits), shifts), 31));
 }
 
 // The lanes of row[0, 8) whose bit is set in `bits` (lane i: bit i), the others zero, reading only the set
@@ -577,12 +578,12 @@ AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float 
                 bits[t] = bitmap_bits(valid + t * words, j0, w1);
                 if (w1 < width) bits[t] |= bitmap_bits(valid + t * words, 0, width - w1) << w1;
                 for (int v = 0; v < 3; v++)
-                    lanes[3 * t + v] = _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(bits[t] >> (8 * v) & 0xFF), 31));
+                    lanes[3 * t + v] = lane_mask(bits[t] >> (8 * v) & 0xFF);
             }
             uint32_t own = w1 >= 32 ? 0xFFFFFFFFu : (1u << w1) - 1;
             // The lanes that belong to image n0 (the rest, when the panel crosses, to image n0 + 1).
             __m256 own_lanes[3];
-            for (int v = 0; v < 3; v++) own_lanes[v] = _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(own >> (8 * v) & 0xFF), 31));
+            for (int v = 0; v < 3; v++) own_lanes[v] = lane_mask(own >> (8 * v) & 0xFF);
             for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
                 long kc = min_long(kb, k - pc);
                 for (long p = 0, t = pc % taps; p < kc; p++, t = t + 1 == taps ? 0 : t + 1) {
@@ -750,7 +751,7 @@ AVX2 static void fill_panel_avx2(const float *source, const long *offsets, const
                 // A plain load with the lanes outside the image zeroed where the memory is known to be
                 // readable; at its ends, only the lanes inside the image are read.
                 r[q] = readable(row, 8, first, last)
-                     ? _mm256_and_ps(_mm256_loadu_ps(row), _mm256_castsi256_ps(_mm256_srai_epi32(lane_mask(valid), 31)))
+                     ? _mm256_and_ps(_mm256_loadu_ps(row), lane_mask(valid))
                      : gather8(row, valid);
             }
             transpose_rows8(r, panel + j * width + g, width);

@@ -108,16 +108,15 @@ extension Tensor {
             }
         }
 
-        // Pending gradients of interior nodes' outputs; `owned` marks buffers we allocated and may add into.
+        // Pending gradients of interior nodes' outputs. One marked exclusive (a sum allocated here, or a buffer
+        // an op returned as its own) is added into in place.
         var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(root): rootGrad]
-        var owned = Set<ObjectIdentifier>()
         for node in order.reversed() {
             let id = ObjectIdentifier(node)
             guard let gradient = pending.removeValue(forKey: id) else { continue }
             guard let backward = node.backward else {
                 preconditionFailure("backward(): a gradient reached \(node.name), whose graph was already back-propagated and freed")
             }
-            owned.remove(id)
             // The closure may return its gradient (or a view of it) for several inputs.
             gradient.isExclusiveGradient = false
             let inputGrads = withNoGrad { backward(gradient) }
@@ -137,15 +136,16 @@ extension Tensor {
                     if let existing = pending[key] {
                         // Into a buffer nothing else reads when there is one (the sum is the same either way
                         // round), else into a new one.
-                        if owned.contains(key) || existing.isExclusiveGradient {
+                        if existing.isExclusiveGradient {
                             existing.addInPlace(g)
                         } else if g.isExclusiveGradient {
                             g.addInPlace(existing)
                             pending[key] = g
                         } else {
-                            pending[key] = existing.sumForAccumulation(g)
+                            let sum = existing.sumForAccumulation(g)
+                            sum.isExclusiveGradient = true
+                            pending[key] = sum
                         }
-                        owned.insert(key)
                     } else {
                         pending[key] = g
                     }

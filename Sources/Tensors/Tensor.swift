@@ -16,9 +16,10 @@ public final class Tensor {
     public var grad: Tensor?
     /// The op that produced this tensor, when it was recorded for differentiation.
     var node: Node?
-    /// Set by an op's backward closure on a gradient it allocated and returns for one input only: nothing
-    /// else refers to its storage, so the autograd may add other gradients into it, or make it a leaf's
-    /// ``grad``, instead of allocating a sum or a copy. Cleared when the tensor is handed to a closure.
+    /// Set on a gradient nothing else refers to — one an op's backward closure allocated and returns for one
+    /// input only, or a sum the autograd allocated — so that the autograd may add other gradients into it,
+    /// or make it a leaf's ``grad``, instead of allocating a sum or a copy. Cleared when the tensor is handed
+    /// to a closure.
     var isExclusiveGradient = false
 
     /// Wraps an existing storage with a shape whose element count matches it.
