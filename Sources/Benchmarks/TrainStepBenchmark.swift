@@ -37,6 +37,9 @@ public struct TrainStepBenchmark: Sendable {
         /// parameters and images made before, the worker threads' scratch, nor the allocator's and libraries'
         /// share of the RSS).
         public var peak_tensor_mb: Double?
+        /// Fresh pages the storage pool mapped per timed step, in MiB (Cohort only): memory the step could not
+        /// take from buffers freed earlier (each fresh page costs a page fault and zeroing).
+        public var fresh_mb_per_step: Double?
         public let final_loss: Double
     }
 
@@ -59,14 +62,19 @@ public struct TrainStepBenchmark: Sendable {
             lastLoss = loss.item
         }
         let trace = MemoryTrace()
+        var freshBytes = 0
         let median = MemoryTrace.$current.withValue(trace) {
-            Timing.medianMilliseconds(warmup: warmupSteps, repetitions: steps, step)
+            for _ in 0..<warmupSteps { step() }
+            let before = StoragePool.shared.statistics
+            defer { freshBytes = StoragePool.shared.statistics.freshBytes - before.freshBytes }
+            return Timing.medianMilliseconds(warmup: 0, repetitions: steps, step)
         }
         return Result(framework: "cohort", model: architecture.rawValue, input: "\(channels)x\(height)x\(width)",
                       batch: batch, threads: threads, ms_per_step: (median * 100).rounded() / 100,
                       images_per_s: median > 0 ? (Double(batch) / median * 1000 * 10).rounded() / 10 : 0,
                       peak_rss_mb: (ProcessInfo.peakResidentMegabytes * 10).rounded() / 10,
                       peak_tensor_mb: (Double(trace.peakBytes) / 1_048_576 * 10).rounded() / 10,
+                      fresh_mb_per_step: steps > 0 ? (Double(freshBytes) / 1_048_576 / Double(steps) * 10).rounded() / 10 : 0,
                       final_loss: Double(lastLoss))
     }
 }

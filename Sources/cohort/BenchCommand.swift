@@ -110,7 +110,7 @@ struct BenchCommand: ParsableCommand {
             let result = TrainStepBenchmark(architecture: architecture, channels: c, height: h, width: w,
                                             batch: batch, threads: threads, steps: steps).run()
             try emit(result, "\(result.model) \(result.input) batch \(result.batch), \(result.threads) thread(s): "
-                     + "\(result.ms_per_step) ms/step, \(result.images_per_s) images/s, peak RSS \(result.peak_rss_mb) MB, peak tensors \(result.peak_tensor_mb ?? 0) MB")
+                     + "\(result.ms_per_step) ms/step, \(result.images_per_s) images/s, peak RSS \(result.peak_rss_mb) MB, peak tensors \(result.peak_tensor_mb ?? 0) MB, fresh pages \(result.fresh_mb_per_step ?? 0) MB/step")
         }
         var peak: Double?
         if all || gemm || layers {

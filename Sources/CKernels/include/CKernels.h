@@ -116,4 +116,21 @@ int cohort_conv_taps_weight_gradient(long m, long channels, long channel_stride,
                                      const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *a,
                                      long a_stride, const float *b, long b_stride, long count, float *out, long ldo);
 
+/// Anonymous, private, read-write pages from the system (`mmap`): `bytes` (a multiple of the page size) of
+/// zero-filled memory that takes no physical memory until it is touched. NULL when the system refuses.
+void *cohort_pages_map(size_t bytes);
+
+/// Returns `bytes` of pages at `address` (any number of mappings) to the system (`munmap`). 0 on success,
+/// else the error number.
+int cohort_pages_unmap(void *address, size_t bytes);
+
+/// Moves the pages of `bytes` at `from` (inside one mapping) to `to`, replacing whatever was mapped there,
+/// without copying or touching them (`mremap` with a fixed destination): their contents and physical memory
+/// go with them and nothing is left at `from`. 0 on success, else the error number (ENOSYS where the system
+/// cannot move pages, as on macOS).
+int cohort_pages_move(void *from, size_t bytes, void *to);
+
+/// The system's page size in bytes.
+size_t cohort_page_size(void);
+
 #endif
