@@ -207,6 +207,44 @@ import Testing
         pool.drain()
     }
 
+    /// A training step's pattern: the forward pass keeps activations of three sizes (stage 1 the largest), the
+    /// backward pass frees them from the last stage back while it makes gradients of each stage's size. The
+    /// pages the pool ever maps stay within the most bytes alive at once — what a cache keyed by size alone
+    /// exceeds, keeping each size's spares — and steps after the first map no fresh pages.
+    @Test(.enabled(if: StoragePool.movesPages)) func aTrainingStepHoldsNoMoreThanItsLiveBuffers() {
+        let pool = StoragePool()
+        let sizes = [4 << 20, 2 << 20, 1 << 20]     // stage 1, 2, 3 activations
+        var live = 0, peak = 0
+        func take(_ bytes: Int) -> StoragePool.Pages {
+            let pages = pool.take(bytes: bytes)
+            live += pages.bytes
+            peak = Swift.max(peak, live)
+            return pages
+        }
+        func give(_ pages: StoragePool.Pages) { live -= pages.bytes; pool.give(pages) }
+        var freshAfterFirstStep = 0
+        for step in 0..<5 {
+            if step == 1 { freshAfterFirstStep = pool.statistics.freshBytes }
+            var kept: [[StoragePool.Pages]] = sizes.map { size in (0..<3).map { _ in take(size) } }
+            for stage in (0..<3).reversed() {
+                var gradient = take(sizes[stage])
+                while let activation = kept[stage].popLast() {
+                    let next = take(sizes[stage])            // the gradient one layer down
+                    give(activation)
+                    give(gradient)
+                    gradient = next
+                }
+                give(gradient)
+            }
+            #expect(live == 0)
+        }
+        let statistics = pool.statistics
+        #expect(statistics.freshBytes - statistics.releasedBytes <= peak, "mapped \(statistics.freshBytes), peak \(peak)")
+        #expect(statistics.freshBytes == freshAfterFirstStep)
+        #expect(statistics.moves > 0)
+        pool.drain()
+    }
+
     @Test func largeStoragesArePageAlignedAndSmallOnesCacheLineAligned() {
         let large = Storage(count: StoragePool.minimumCount)
         let small = Storage(count: StoragePool.minimumCount - 1)
