@@ -121,4 +121,32 @@ import TestSupport
             x.zeroGrad()
         }
     }
+
+    /// A matrix product keeps a factor only when the other factor needs a gradient (each factor's gradient
+    /// reads only the other), and a row copy keeps neither input (its gradients read only the output's).
+    @Test func productsAndRowCopiesKeepOnlyTheFactorsTheirGradientsRead() {
+        let w = randn([64, 64], seed: 3)
+        w.requiresGrad = true
+        let bytes = w.count * MemoryLayout<Float>.stride
+        // x (made inside the trace, no gradient) times w: dW reads x, nothing reads w. Kept: x squared and the
+        // output.
+        let trace = MemoryTrace()
+        let y = MemoryTrace.$current.withValue(trace) { randn([64, 64], seed: 4).squared().matmul(w.squared()) }
+        #expect(trace.liveBytes == 2 * bytes, "\(trace.liveBytes / bytes) tensors kept")
+        y.backward(Tensor(repeating: 1, shape: y.shape))
+        #expect(w.grad != nil)
+        w.zeroGrad()
+        let copyTrace = MemoryTrace()
+        let z = MemoryTrace.$current.withValue(copyTrace) {
+            w.squared().indexCopy(rows: [1, 3], from: w.squared().indexSelect(rows: [0, 2]))
+        }
+        #expect(copyTrace.liveBytes == bytes, "\(copyTrace.liveBytes / bytes) tensors kept")
+        z.backward(Tensor(repeating: 1, shape: z.shape))
+        // Rows 1 and 3 of w^2 are replaced by rows 0 and 2: their gradient is zero, rows 0 and 2 get twice 2w.
+        let expected = (0..<64).flatMap { r in (0..<64).map { c -> Float in
+            let v = w.scalars[r * 64 + c]
+            return r == 1 || r == 3 ? 0 : (r == 0 || r == 2 ? 4 * v : 2 * v)
+        } }
+        #expect(maxDifference(w.grad!.scalars, expected) <= 1e-5)
+    }
 }

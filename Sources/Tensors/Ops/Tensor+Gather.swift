@@ -37,16 +37,17 @@ extension Tensor {
             precondition(r >= 0 && r < rows, "indexCopy: row \(r) out of range 0..<\(rows)")
             (out.data + r * len).update(from: source.data + i * len, count: len)
         }
-        let base = self
-        return out.recorded("indexCopy", [base, source]) { g in
+        // The gradients read neither input: keep their flags and the source's shape only.
+        let baseNeedsGrad = requiresGrad, sourceNeedsGrad = source.requiresGrad, sourceShape = source.shape
+        return out.recorded("indexCopy", [self, source]) { g in
             var gBase: Tensor?, gSource: Tensor?
-            if base.requiresGrad {
+            if baseNeedsGrad {
                 let d = g.copy()
                 for r in indices { (d.data + r * len).update(repeating: 0, count: len) }
                 gBase = d
             }
-            if source.requiresGrad {
-                let d = Tensor(uninitializedShape: source.shape)
+            if sourceNeedsGrad {
+                let d = Tensor(uninitializedShape: sourceShape)
                 for (i, r) in indices.enumerated() { (d.data + i * len).update(from: g.data + r * len, count: len) }
                 gSource = d
             }

@@ -14,11 +14,13 @@ extension Tensor {
         let out = Tensor(uninitializedShape: [m, n])
         Gemm.multiply(data, transposeA: transposeSelf, other.data, transposeB: transposeOther, into: out.data,
                       m: m, n: n, k: k)
-        let a = self, b = other
-        return out.recorded("matmul", [a, b]) { g in
+        // Each factor's gradient reads only the other factor: keep a factor only when the other needs one.
+        let aNeedsGrad = requiresGrad, bNeedsGrad = other.requiresGrad, aShape = shape, bShape = other.shape
+        let savedA = bNeedsGrad ? detached() : nil, savedB = aNeedsGrad ? other.detached() : nil
+        return out.recorded("matmul", [self, other]) { g in
             var ga: Tensor?, gb: Tensor?
-            if a.requiresGrad {
-                let r = Tensor(uninitializedShape: a.shape)
+            if aNeedsGrad, let b = savedB {
+                let r = Tensor(uninitializedShape: aShape)
                 if !transposeSelf {   // dA = dC op(B)^T
                     Gemm.multiply(g.data, b.data, transposeB: !transposeOther, into: r.data, m: m, n: k, k: n)
                 } else {              // dA = op(B) dC^T
@@ -27,8 +29,8 @@ extension Tensor {
                 }
                 ga = r
             }
-            if b.requiresGrad {
-                let r = Tensor(uninitializedShape: b.shape)
+            if bNeedsGrad, let a = savedA {
+                let r = Tensor(uninitializedShape: bShape)
                 if !transposeOther {  // dB = op(A)^T dC
                     Gemm.multiply(a.data, transposeA: !transposeSelf, g.data, into: r.data, m: k, n: n, k: m)
                 } else {              // dB = dC^T op(A)
