@@ -62,12 +62,11 @@ public struct TrainStepBenchmark: Sendable {
             lastLoss = loss.item
         }
         let trace = MemoryTrace()
-        var freshBytes = 0
-        let median = MemoryTrace.$current.withValue(trace) {
+        let (median, freshBytes) = MemoryTrace.$current.withValue(trace) { () -> (Double, Int) in
             for _ in 0..<warmupSteps { step() }
-            let before = StoragePool.shared.statistics
-            defer { freshBytes = StoragePool.shared.statistics.freshBytes - before.freshBytes }
-            return Timing.medianMilliseconds(warmup: 0, repetitions: steps, step)
+            let before = StoragePool.shared.statistics.freshBytes
+            let median = Timing.medianMilliseconds(warmup: 0, repetitions: steps, step)
+            return (median, StoragePool.shared.statistics.freshBytes - before)
         }
         return Result(framework: "cohort", model: architecture.rawValue, input: "\(channels)x\(height)x\(width)",
                       batch: batch, threads: threads, ms_per_step: (median * 100).rounded() / 100,
