@@ -639,42 +639,27 @@ AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float 
     return 1;
 }
 
-int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
-                                const float *packed, const float *images, long image_stride, long count,
-                                float *out, long out_stride) {
-    int path = cohort_sgemm_level();
-    if (path == COHORT_GEMM_AVX2) {
-        long *storage = malloc(sizeof(long) * (size_t)(3 * kh * kw));
-        if (!storage) return 0;
-        TapTable table = same_taps(channels, h, w, kh, kw, ph, pw, storage);
-        int done = shifted_forward_avx2(m, &table, packed, images, image_stride, count, out, out_stride);
-        free(storage);
-        return done;
-    }
-    if (path != COHORT_GEMM_AVX512) return 0;
-    long taps = kh * kw, k = channels * taps, plane = h * w;
-    long oh = h + 2 * ph - kh + 1, end = oh * w, panels = (end + NR - 1) / NR;
+// AVX-512: 32-pixel column panels of each image's output, the kernel reading the shifted planes' rows
+// straight into its registers under per-row lane masks (masked-off lanes are never read). Each output value
+// is the same sum in the same order as on the AVX2 path, so the two paths give the same bits.
+AVX512 static int shifted_forward_avx512(long m, const TapTable *table, const float *packed, const float *images,
+                                         long image_stride, long count, float *out, long out_stride) {
+    long taps = table->taps, k = table->channels * taps;
+    long end = table->oh * table->vw, panels = (end + NR - 1) / NR;
     // Tables shared by every image: each row p's offset from the panel's first pixel, and for each panel
-    // and row the mask of the 32 output pixels whose tap falls inside the image.
+    // and row the mask of the 32 output pixels whose tap falls inside the grid.
     long *offsets = malloc(sizeof(long) * (size_t)k);
     uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(k * panels));
-    uint32_t *tap_masks = malloc(sizeof(uint32_t) * (size_t)taps);
-    if (!offsets || !masks || !tap_masks) { free(offsets); free(masks); free(tap_masks); return 0; }
-    for (long p = 0; p < k; p++) {
-        long c = p / taps, t = p % taps;
-        offsets[p] = c * plane + (t / kw - ph) * w + (t % kw - pw);
-    }
+    if (!offsets || !masks) { free(offsets); free(masks); return 0; }
+    for (long p = 0; p < k; p++) offsets[p] = tap_offset(table, p);
     for (long panel = 0; panel < panels; panel++) {
         long j0 = panel * NR;
-        for (long t = 0; t < taps; t++) tap_masks[t] = 0;
-        for (long q = 0; q < NR && j0 + q < end; q++) {
-            long oy = (j0 + q) / w, ox = (j0 + q) % w;
-            for (long t = 0; t < taps; t++) {
-                long iy = oy + t / kw - ph, ix = ox + t % kw - pw;
-                if (iy >= 0 && iy < h && ix >= 0 && ix < w) tap_masks[t] |= 1u << q;
-            }
+        for (long t = 0; t < taps; t++) {
+            uint32_t bits = 0;
+            for (long q = 0; q < NR && j0 + q < end; q++)
+                if (tap_valid(table, t, j0 + q)) bits |= 1u << q;
+            for (long c = 0; c < table->channels; c++) masks[panel * k + c * taps + t] = bits;
         }
-        for (long p = 0; p < k; p++) masks[panel * k + p] = tap_masks[p % taps];
     }
     for (long n = 0; n < count; n++) {
         const float *image = images + n * image_stride;
@@ -705,8 +690,29 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
             }
         }
     }
-    free(offsets); free(masks); free(tap_masks);
+    free(offsets); free(masks);
     return 1;
+}
+
+// The forward product of a tap table on the path in force (0 on the BLAS path).
+static int taps_forward(long m, const TapTable *table, const float *packed, const float *images, long image_stride,
+                        long count, float *out, long out_stride) {
+    switch (cohort_sgemm_level()) {
+    case COHORT_GEMM_AVX512: return shifted_forward_avx512(m, table, packed, images, image_stride, count, out, out_stride);
+    case COHORT_GEMM_AVX2: return shifted_forward_avx2(m, table, packed, images, image_stride, count, out, out_stride);
+    default: return 0;
+    }
+}
+
+int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
+                                const float *packed, const float *images, long image_stride, long count,
+                                float *out, long out_stride) {
+    long *storage = malloc(sizeof(long) * (size_t)(3 * kh * kw));
+    if (!storage) return 0;
+    TapTable table = same_taps(channels, h, w, kh, kw, ph, pw, storage);
+    int done = taps_forward(m, &table, packed, images, image_stride, count, out, out_stride);
+    free(storage);
+    return done;
 }
 
 #define AVX512VL __attribute__((target("avx512f,avx512vl")))
@@ -823,19 +829,26 @@ static int shifted_weight_gradient(long m, const TapTable *table, const float *a
     return 1;
 }
 
+// The weight-gradient product of a tap table on the path in force (0 on the BLAS path). An AVX-512 CPU
+// without AVX-512VL (none that Cohort has met) takes the AVX2 panels, which give the same bits.
+static int taps_weight_gradient(long m, const TapTable *table, const float *a, long a_stride, const float *b,
+                                long b_stride, long count, float *out, long ldo) {
+    int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_AVX512 && __builtin_cpu_supports("avx512vl"))
+        return shifted_weight_gradient(m, table, a, a_stride, b, b_stride, count, out, ldo, NR, fill_panel_avx512,
+                                       shifted_tile_avx512);
+    if (path == COHORT_GEMM_BLAS) return 0;
+    return shifted_weight_gradient(m, table, a, a_stride, b, b_stride, count, out, ldo, NR_AVX2, fill_panel_avx2,
+                                   shifted_tile_avx2);
+}
+
 int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo) {
-    int path = cohort_sgemm_level();
-    int avx512 = path == COHORT_GEMM_AVX512 && __builtin_cpu_supports("avx512vl");
-    if (!avx512 && path != COHORT_GEMM_AVX2) return 0;
     long *storage = malloc(sizeof(long) * (size_t)(3 * kh * kw));
     if (!storage) return 0;
     TapTable table = same_taps(channels, h, w, kh, kw, ph, pw, storage);
-    int done = avx512 ? shifted_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo, NR,
-                                                fill_panel_avx512, shifted_tile_avx512)
-                      : shifted_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo, NR_AVX2,
-                                                fill_panel_avx2, shifted_tile_avx2);
+    int done = taps_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo);
     free(storage);
     return done;
 }
@@ -843,18 +856,15 @@ int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, l
 int cohort_conv_taps_forward(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
                              const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *packed,
                              const float *images, long image_stride, long count, float *out, long out_stride) {
-    if (cohort_sgemm_level() != COHORT_GEMM_AVX2) return 0;
     TapTable table = {channels, channel_stride, vh, vw, oh, taps, tap_plane, tap_dy, tap_dx};
-    return shifted_forward_avx2(m, &table, packed, images, image_stride, count, out, out_stride);
+    return taps_forward(m, &table, packed, images, image_stride, count, out, out_stride);
 }
 
 int cohort_conv_taps_weight_gradient(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
                                      const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *a,
                                      long a_stride, const float *b, long b_stride, long count, float *out, long ldo) {
-    if (cohort_sgemm_level() != COHORT_GEMM_AVX2) return 0;
     TapTable table = {channels, channel_stride, vh, vw, oh, taps, tap_plane, tap_dy, tap_dx};
-    return shifted_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo, NR_AVX2, fill_panel_avx2,
-                                   shifted_tile_avx2);
+    return taps_weight_gradient(m, &table, a, a_stride, b, b_stride, count, out, ldo);
 }
 
 #else

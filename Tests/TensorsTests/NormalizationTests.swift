@@ -131,7 +131,7 @@ import Glibc
     /// `batchNormReLU` then `conv2d`: the same output, gradients of all five inputs and running statistics bit
     /// for bit, in training and evaluation, on every kernel path (forced in turn) and for the stride-1, the
     /// strided and the 1x1 convolutions — on odd planes (stride 2 lowered) and on even ones large enough for
-    /// two shares of the batch (stride 2 in phase planes on AVX2) — also with an input that needs no gradient
+    /// two shares of the batch (stride 2 in phase planes on the AVX2 and AVX-512 paths) — also with an input that needs no gradient
     /// (only the parameters' flow).
     @Test(arguments: [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)], [(3, 5, 9, 11, 6), (16, 16, 10, 12, 16)])
     func batchNormReLUConv2dEqualsTheTwoOps(_ geometry: (kernel: Int, stride: Int, padding: Int),

@@ -92,8 +92,8 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
 /// The weight-gradient form of the same convolution: for `count` image pairs, accumulates
 ///     out[r * ldo + ch kh kw + t] += sum_j a[r][j] * b[ch][j + (t / kw - ph) w + (t % kw - pw)]
 /// (masked where the shifted pixel leaves the image), `a` being `m x pixels` and `b` `channels x h x w`
-/// per image, `a_stride` and `b_stride` floats apart. Returns 0 when the path in force is BLAS (or, on the
-/// AVX-512 path, the CPU lacks AVX-512 VL).
+/// per image, `a_stride` and `b_stride` floats apart. Returns 0 when the path in force is BLAS (or memory
+/// for its tables ran out).
 int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo);
@@ -107,8 +107,8 @@ int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, l
 /// `cohort_conv_taps_forward`: `out = packed * rows` per image, as `cohort_conv_shifted_forward`.
 /// `cohort_conv_taps_weight_gradient`: `out[r * ldo + c taps + t] += sum_j a[r][j] * row_(c taps + t)[j]`,
 /// `a` being `m x (oh vw)` per image. The whole of [first image, last image + channels channel_stride) must be
-/// readable (plain loads run anywhere inside it). Both run on the AVX2 path only (the kernels of the forms above) and
-/// return 0 on the others: an AVX-512 CPU lowers strided convolutions.
+/// readable (the AVX2 path's plain loads run anywhere inside it). Both run the kernels of the forms above, on
+/// the AVX2 and AVX-512 paths alike (the same bits on both), and return 0 on the BLAS path.
 int cohort_conv_taps_forward(long m, long channels, long channel_stride, long vh, long vw, long oh, long taps,
                              const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *packed,
                              const float *images, long image_stride, long count, float *out, long out_stride);

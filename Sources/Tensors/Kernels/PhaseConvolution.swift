@@ -1,6 +1,6 @@
 import CKernels
 
-/// Stride-2 convolutions without lowering, on Cohort's AVX2 kernels.
+/// Stride-2 convolutions without lowering, on Cohort's AVX2 and AVX-512 kernels.
 ///
 /// Split an image into its four phase planes — even and odd rows crossed with even and odd columns, each
 /// `h/2 x w/2` — and a stride-2 convolution becomes a stride-1 one over them: output pixel `(y, x)` reads
@@ -108,8 +108,8 @@ enum PhasePlanes {
 }
 
 extension ConvPlan {
-    /// Whether this convolution runs in phase-plane form (a stride-2 convolution on the AVX2 path).
-    var usesPhases: Bool { geometry.isPhaseable && Gemm.path == .avx2 }
+    /// Whether this convolution runs in phase-plane form (a stride-2 convolution on Cohort's own kernels).
+    var usesPhases: Bool { geometry.isPhaseable && Gemm.path != .blas }
 
     /// The forward pass in phase-plane form: each image split into its phase planes (in L2), then one
     /// shifted-plane product.
