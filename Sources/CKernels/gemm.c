@@ -829,11 +829,188 @@ static int shifted_weight_gradient(long m, const TapTable *table, const float *a
     return 1;
 }
 
+// The weight gradient with a's rows as the vector, for AVX-512 and m = 16 or 32 (a's rows: the layer's
+// channels, few; from 64 on the panels' transposes are shared by enough rows, and this form measured no
+// faster): out[r * ldo + q] += sum_j a[r][j] row_q[j], computed as its transpose. Each image's planes
+// of b are copied once with a zero border, so that implicit row q at output pixel j is a plain float, read
+// straight into the FMA as a broadcast, and a's columns (transposed once per image, pixel-major) are the
+// vectors: no panel of b is transposed, which for these few rows cost as much as the product. Every
+// output's sum runs over the same pixel blocks, in the same order, from zero, and is added to `out` as
+// shifted_weight_gradient adds it, so both give the same bits (and so does the AVX2 path).
+
+// A run of output pixels along one row inside one pixel block: row y, columns [x0, x1), the first being
+// output pixel j.
+typedef struct { long y, x0, x1, j; } PixelRun;
+
+// t[r][0 : 16 V] += the sum over the runs' pixels of rows[r][y pw + x] * at[j] (at: the transposed a,
+// m floats per pixel), for R rows (a multiple of 4); U pixels per step. Inlined with constant V, R and U:
+// the R x V accumulators and U x V vectors of `at` stay in registers (at most 28 of the 32), the row
+// values are broadcast from memory inside the FMA.
+AVX512 __attribute__((always_inline)) static inline void vector_rows_tile(const int V, const int R, const int U,
+        const float *const *rows, long pw, const PixelRun *runs, long run_count, const float *at, long m, float *t) {
+    __m512 acc[24][4];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < R; r++)
+#pragma clang loop unroll(full)
+        for (int v = 0; v < V; v++) acc[r][v] = _mm512_setzero_ps();
+    for (long s = 0; s < run_count; s++) {
+        const PixelRun run = runs[s];
+        const float *vectors = at + (run.j - run.x0) * m, *row_of[24];
+        long offset = run.y * pw;
+#pragma clang loop unroll(full)
+        for (int r = 0; r < R; r++) row_of[r] = rows[r] + offset;
+        long x = run.x0;
+        for (; x + U <= run.x1; x += U) {
+            __m512 b[8][4];
+#pragma clang loop unroll(full)
+            for (int u = 0; u < U; u++)
+#pragma clang loop unroll(full)
+                for (int v = 0; v < V; v++) b[u][v] = _mm512_load_ps(vectors + (x + u) * m + 16 * v);
+            // Four rows at a time, their FMAs interleaved (four independent chains back to back).
+#pragma clang loop unroll(full)
+            for (int r0 = 0; r0 < R; r0 += 4) {
+                const float *value[4];
+#pragma clang loop unroll(full)
+                for (int r = 0; r < 4; r++) value[r] = row_of[r0 + r] + x;
+#pragma clang loop unroll(full)
+                for (int u = 0; u < U; u++)
+#pragma clang loop unroll(full)
+                    for (int r = 0; r < 4; r++) {
+                        __m512 broadcast = _mm512_set1_ps(value[r][u]);
+#pragma clang loop unroll(full)
+                        for (int v = 0; v < V; v++) acc[r0 + r][v] = _mm512_fmadd_ps(broadcast, b[u][v], acc[r0 + r][v]);
+                    }
+            }
+        }
+        for (; x < run.x1; x++) {
+            __m512 b[4];
+#pragma clang loop unroll(full)
+            for (int v = 0; v < V; v++) b[v] = _mm512_load_ps(vectors + x * m + 16 * v);
+#pragma clang loop unroll(full)
+            for (int r = 0; r < R; r++) {
+                __m512 broadcast = _mm512_set1_ps(row_of[r][x]);
+#pragma clang loop unroll(full)
+                for (int v = 0; v < V; v++) acc[r][v] = _mm512_fmadd_ps(broadcast, b[v], acc[r][v]);
+            }
+        }
+    }
+#pragma clang loop unroll(full)
+    for (int r = 0; r < R; r++)
+#pragma clang loop unroll(full)
+        for (int v = 0; v < V; v++) {
+            float *o = t + r * m + 16 * v;
+            _mm512_store_ps(o, _mm512_add_ps(acc[r][v], _mm512_load_ps(o)));
+        }
+}
+
+AVX512 static void vector_rows_16(const float *const *rows, long pw, const PixelRun *runs, long n, const float *at, float *t) {
+    vector_rows_tile(1, 16, 8, rows, pw, runs, n, at, 16, t);
+}
+AVX512 static void vector_rows_32(const float *const *rows, long pw, const PixelRun *runs, long n, const float *at, float *t) {
+    vector_rows_tile(2, 12, 2, rows, pw, runs, n, at, 32, t);
+}
+
+// dst[j * ldd + i] = src[i * lds + j] for an rows x columns block of src (8 x 8 blocks, then the edges).
+AVX2 static void transpose_block(const float *src, long lds, long rows, long columns, float *dst, long ldd) {
+    long i8 = rows / 8 * 8, j8 = columns / 8 * 8;
+    for (long i = 0; i < i8; i += 8)
+        for (long j = 0; j < j8; j += 8) transpose8(src + i * lds + j, lds, dst + j * ldd + i, ldd);
+    for (long i = 0; i < rows; i++)
+        for (long j = i < i8 ? j8 : 0; j < columns; j++) dst[j * ldd + i] = src[i * lds + j];
+}
+
+// Rows per tile of vector_rows_weight_gradient for m rows of a (0: m not handled).
+static long vector_rows_tile_height(long m) { return m == 16 ? 16 : m == 32 ? 12 : 0; }
+
+// Whether vector_rows_weight_gradient handles this product: m of 16 or 32, the implicit rows a whole
+// number of tiles, and b's planes whole grids (every tap's plane a whole grid inside its channel).
+static int vector_rows_applies(long m, const TapTable *table) {
+    long height = vector_rows_tile_height(m), grid = table->vh * table->vw;
+    if (!height || (table->channels * table->taps) % height || table->channel_stride % grid) return 0;
+    for (long t = 0; t < table->taps; t++)
+        if (table->plane[t] % grid || table->plane[t] < 0 || table->plane[t] >= table->channel_stride) return 0;
+    return 1;
+}
+
+AVX512 static int vector_rows_weight_gradient(long m, const TapTable *table, const float *a, long a_stride,
+                                              const float *b, long b_stride, long count, float *out, long ldo) {
+    long taps = table->taps, n = table->channels * taps, height = vector_rows_tile_height(m);
+    long vh = table->vh, vw = table->vw, oh = table->oh, pixels = oh * vw, grid = vh * vw;
+    long planes = table->channel_stride / grid;
+    // The zero border: wide enough for every tap's shift from every output pixel.
+    long top = 0, bottom = 0, left = 0, right = 0;
+    for (long t = 0; t < taps; t++) {
+        top = table->dy[t] < -top ? -table->dy[t] : top;
+        bottom = oh - 1 + table->dy[t] - (vh - 1) > bottom ? oh - 1 + table->dy[t] - (vh - 1) : bottom;
+        left = table->dx[t] < -left ? -table->dx[t] : left;
+        right = table->dx[t] > right ? table->dx[t] : right;
+    }
+    long pw = vw + left + right, ph = vh + top + bottom, padded_grid = ph * pw;
+    long blocks = (pixels + block_depth(pixels) - 1) / block_depth(pixels);
+    float *padded = aligned_alloc(64, sizeof(float) * (size_t)(table->channels * planes * padded_grid + 16));
+    float *at = aligned_alloc(64, sizeof(float) * (size_t)(pixels * m));
+    float *t = aligned_alloc(64, sizeof(float) * (size_t)(n * m));
+    const float **rows = malloc(sizeof(float *) * (size_t)n);
+    PixelRun *runs = malloc(sizeof(PixelRun) * (size_t)(pixels + blocks));
+    long *block_runs = malloc(sizeof(long) * (size_t)(blocks + 1));
+    if (!padded || !at || !t || !rows || !runs || !block_runs) {
+        free(padded); free(at); free(t); free(rows); free(runs); free(block_runs);
+        return 0;
+    }
+    void (*tile)(const float *const *, long, const PixelRun *, long, const float *, float *) =
+        m == 16 ? vector_rows_16 : vector_rows_32;
+    // Row q = (c, t) at output pixel (y, x): padded[(c planes + plane) ph pw + (y + top + dy) pw + x + left + dx].
+    for (long q = 0; q < n; q++) {
+        long c = q / taps, k = q % taps;
+        rows[q] = padded + (c * planes + table->plane[k] / grid) * padded_grid + (top + table->dy[k]) * pw + left + table->dx[k];
+    }
+    // The pixel blocks (those of shifted_weight_gradient), each as runs along output rows.
+    long run_count = 0, block = 0;
+    for (long pc = 0, kb = block_depth(pixels); pc < pixels; pc += kb, block++) {
+        block_runs[block] = run_count;
+        for (long j = pc, end = min_long(pc + kb, pixels); j < end;) {
+            long y = j / vw, x0 = j % vw, x1 = min_long(vw, x0 + end - j);
+            runs[run_count++] = (PixelRun){y, x0, x1, j};
+            j += x1 - x0;
+        }
+    }
+    block_runs[blocks] = run_count;
+    transpose_block(out, ldo, m, n, t, m);
+    for (long image = 0; image < count; image++) {
+        const float *x = a + image * a_stride, *dy = b + image * b_stride;
+        for (long p = 0; p < table->channels * planes; p++) {
+            const float *source = dy + (p / planes) * table->channel_stride + (p % planes) * grid;
+            float *plane = padded + p * padded_grid;
+            memset(plane, 0, sizeof(float) * (size_t)(top * pw));
+            for (long y = 0; y < vh; y++) {
+                float *row = plane + (top + y) * pw;
+                for (long i = 0; i < left; i++) row[i] = 0;
+                memcpy(row + left, source + y * vw, sizeof(float) * (size_t)vw);
+                for (long i = 0; i < right; i++) row[left + vw + i] = 0;
+            }
+            memset(plane + (top + vh) * pw, 0, sizeof(float) * (size_t)(bottom * pw));
+        }
+        long j = 0;
+        for (; j + 8 <= pixels; j += 8)
+            for (long r = 0; r < m; r += 8) transpose8(x + r * pixels + j, pixels, at + j * m + r, m);
+        for (; j < pixels; j++)
+            for (long r = 0; r < m; r++) at[j * m + r] = x[r * pixels + j];
+        for (long k = 0; k < blocks; k++)
+            for (long q0 = 0; q0 < n; q0 += height)
+                tile(rows + q0, pw, runs + block_runs[k], block_runs[k + 1] - block_runs[k], at, t + q0 * m);
+    }
+    transpose_block(t, m, n, m, out, ldo);
+    free(padded); free(at); free(t); free(rows); free(runs); free(block_runs);
+    return 1;
+}
+
 // The weight-gradient product of a tap table on the path in force (0 on the BLAS path). An AVX-512 CPU
 // without AVX-512VL (none that Cohort has met) takes the AVX2 panels, which give the same bits.
 static int taps_weight_gradient(long m, const TapTable *table, const float *a, long a_stride, const float *b,
                                 long b_stride, long count, float *out, long ldo) {
     int path = cohort_sgemm_level();
+    if (path == COHORT_GEMM_AVX512 && vector_rows_applies(m, table))
+        return vector_rows_weight_gradient(m, table, a, a_stride, b, b_stride, count, out, ldo);
     if (path == COHORT_GEMM_AVX512 && __builtin_cpu_supports("avx512vl"))
         return shifted_weight_gradient(m, table, a, a_stride, b, b_stride, count, out, ldo, NR, fill_panel_avx512,
                                        shifted_tile_avx512);

@@ -155,18 +155,19 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
     /// 324 output pixels, past the weight gradient's 256-pixel block): forward, input and weight gradients
     /// against direct loops on every path (the phase-plane form on AVX2 and AVX-512, lowering on BLAS), and
     /// the same bits on the AVX2 and AVX-512 paths.
-    @Test(arguments: [(3, 16, 16), (2, 36, 36), (2, 14, 18)]) func largeStridedConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int) {
+    /// 32 output channels over 4 input channels: on AVX-512 the weight gradient takes the 32 rows as the vector.
+    @Test(arguments: [(3, 16, 16, 30, 20), (2, 36, 36, 30, 20), (2, 14, 18, 30, 20), (2, 12, 20, 4, 32)])
+    func largeStridedConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int, _ c: Int, _ co: Int) {
         let phased = Gemm.availablePaths.filter { $0 != .blas }
         let results = Gemm.availablePaths.map { path in
-            Gemm.withPath(path) { largeStridedConvolutionMatchesDirectLoops(n, h, w, path) }
+            Gemm.withPath(path) { largeStridedConvolutionMatchesDirectLoops(n, h, w, c, co, path) }
         }
         let own = zip(Gemm.availablePaths, results).filter { phased.contains($0.0) }.map { $0.1 }
         #expect(own.dropFirst().allSatisfy { $0 == own[0] }, "\(phased) differ")
     }
 
     /// The forward output, the input gradient and the weight gradient, each checked against direct loops.
-    func largeStridedConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int, _ path: Gemm.Path) -> [[Float]] {
-        let (c, co) = (30, 20)
+    func largeStridedConvolutionMatchesDirectLoops(_ n: Int, _ h: Int, _ w: Int, _ c: Int, _ co: Int, _ path: Gemm.Path) -> [[Float]] {
         let geometry = ConvGeometry(channels: c, height: h, width: w, kernelHeight: 3, kernelWidth: 3,
                                     strideHeight: 2, strideWidth: 2, paddingHeight: 1, paddingWidth: 1)
         let (oh, ow) = (geometry.outputHeight, geometry.outputWidth)

@@ -9,7 +9,8 @@ import TestSupport
 /// channels around the 8-row tile, taps around the k blocks (256 deep; 576 = 3 x 192), pixels around the
 /// column panels (24 on AVX2, 32 on AVX-512) and, for the weight gradient, around its 256-pixel blocks; image
 /// rows narrower than a panel, padding as wide as the kernel allows, a kernel taller than it is wide, more
-/// weight-gradient rows than one packing block. The inputs also sit with gaps of NaN between images and
+/// weight-gradient rows than one packing block, and 16 and 32 of them (AVX-512's weight gradient with the rows as
+/// the vector). The inputs also sit with gaps of NaN between images and
 /// against inaccessible pages, so a load outside the images' memory crashes and an unmasked lane shows.
 @Suite struct ShiftedConvolutionTests {
     struct Case: Sendable, CustomTestStringConvertible {
@@ -31,6 +32,13 @@ import TestSupport
         Case(outputs: 17, channels: 5, height: 9, width: 26, kernelHeight: 3, kernelWidth: 5, paddingHeight: 1, paddingWidth: 2, images: 1),
         // More rows than the packing buffer holds (256): the weight gradient's rows go in blocks.
         Case(outputs: 264, channels: 2, height: 16, width: 16, kernelHeight: 3, kernelWidth: 3, paddingHeight: 1, paddingWidth: 1, images: 1),
+        // 16 and 32 rows, whose weight gradient on AVX-512 takes the rows as the vector (zero-bordered planes,
+        // the implicit rows broadcast): pixel blocks ending inside an image row, shifts of two, an output
+        // taller than the input (the border below), rows of 7.
+        Case(outputs: 16, channels: 16, height: 17, width: 19, kernelHeight: 3, kernelWidth: 3, paddingHeight: 1, paddingWidth: 1, images: 2),
+        Case(outputs: 16, channels: 16, height: 6, width: 9, kernelHeight: 5, kernelWidth: 5, paddingHeight: 2, paddingWidth: 2, images: 2),
+        Case(outputs: 32, channels: 4, height: 11, width: 13, kernelHeight: 3, kernelWidth: 1, paddingHeight: 2, paddingWidth: 0, images: 2),
+        Case(outputs: 32, channels: 4, height: 7, width: 7, kernelHeight: 3, kernelWidth: 3, paddingHeight: 1, paddingWidth: 1, images: 3),
     ]
 
     static var ownPaths: [Gemm.Path] { Gemm.availablePaths.filter { $0 != .blas } }
@@ -155,7 +163,7 @@ import TestSupport
 
     /// With 17 x 17 and 7 x 7 planes and two images, the AVX2 forward's panels cross from one image into the
     /// next, reading both sides of a gap.
-    static let gapCases: [Case] = [cases[0], cases[1], cases[3], cases[4], cases[6]]
+    static let gapCases: [Case] = [cases[0], cases[1], cases[3], cases[4], cases[6], cases[8], cases[10]]
 
     /// The forward pass reads the images in place, `image_stride` apart: the gaps between them (NaN here)
     /// never reach the result, and nothing before the first image or past the last is read.

@@ -92,8 +92,10 @@ int cohort_conv_shifted_forward(long m, long channels, long h, long w, long kh, 
 /// The weight-gradient form of the same convolution: for `count` image pairs, accumulates
 ///     out[r * ldo + ch kh kw + t] += sum_j a[r][j] * b[ch][j + (t / kw - ph) w + (t % kw - pw)]
 /// (masked where the shifted pixel leaves the image), `a` being `m x pixels` and `b` `channels x h x w`
-/// per image, `a_stride` and `b_stride` floats apart. Returns 0 when the path in force is BLAS (or memory
-/// for its tables ran out).
+/// per image, `a_stride` and `b_stride` floats apart. AVX2, and AVX-512 from 64 rows: `b`'s shifted planes
+/// gathered and transposed into column panels; AVX-512 with 16 or 32 rows: `b`'s planes copied with a zero
+/// border and broadcast, `a`'s rows the vector. Every path gives the same bits. Returns 0 when the path in
+/// force is BLAS (or memory for its tables ran out).
 int cohort_conv_shifted_weight_gradient(long m, long channels, long h, long w, long kh, long kw, long ph, long pw,
                                         const float *a, long a_stride, const float *b, long b_stride, long count,
                                         float *out, long ldo);
