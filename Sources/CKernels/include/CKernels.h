@@ -118,6 +118,26 @@ int cohort_conv_taps_weight_gradient(long m, long channels, long channel_stride,
                                      const long *tap_plane, const long *tap_dy, const long *tap_dx, const float *a,
                                      long a_stride, const float *b, long b_stride, long count, float *out, long ldo);
 
+/// Batch normalisation's loops over one channel: `n` rows of `plane` floats, `stride` apart (`norm.c`). Each
+/// returns 0 and does nothing on the BLAS path (the caller runs its portable loops), 1 when done. The
+/// element-wise ones give the portable loops' bits; the sums run in one order on the AVX2 and AVX-512 paths,
+/// fixed by `plane`.
+///
+/// `cohort_bn_statistics`: the mean and biased variance (per row, float sums of the deviations from the
+/// row's estimated mean and of their squares; rows merged in double).
+int cohort_bn_statistics(const float *x, long n, long stride, long plane, float *mean, float *variance);
+/// `cohort_bn_apply`: `y = x * scale + shift`, then for `join` 1 `max(., 0)`, for `join` 2
+/// `max(. + residual, 0)`. `y` may be `x`.
+int cohort_bn_apply(const float *x, const float *residual, float *y, long n, long stride, long plane, float scale,
+                    float shift, int join);
+/// `cohort_bn_gradient_sums`: `sums[0] = sum g'`, `sums[1] = sum g' (x - mu)`, with `g' = g` or, with
+/// `relu_mask`, 0 where `x * scale + shift <= 0`.
+int cohort_bn_gradient_sums(const float *x, const float *g, long n, long stride, long plane, float mu, float scale,
+                            float shift, int relu_mask, float *sums);
+/// `cohort_bn_input_gradient`: `dx = k (g' - mean_g - (x - mu) c2)`. `dx` may be `g`.
+int cohort_bn_input_gradient(const float *x, const float *g, float *dx, long n, long stride, long plane, float mu,
+                             float scale, float shift, int relu_mask, float k, float mean_g, float c2);
+
 /// Anonymous, private, read-write pages from the system (`mmap`): `bytes` (a multiple of the page size) of
 /// zero-filled memory that takes no physical memory until it is touched. NULL when the system refuses.
 void *cohort_pages_map(size_t bytes);

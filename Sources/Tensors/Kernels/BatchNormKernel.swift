@@ -1,10 +1,14 @@
+import CKernels
+
 /// The arithmetic of batch normalisation over the channel axis of `n x c x plane` values, shared by the ops
 /// that normalise (``Tensor/batchNorm(weight:bias:runningMean:runningVariance:training:momentum:epsilon:)``
 /// and its fused forms) and by those that normalise again in their backward pass instead of keeping the
 /// normalised tensor (``Tensor/batchNormReLUConv2d(normWeight:normBias:runningMean:runningVariance:training:momentum:epsilon:convWeight:convBias:stride:padding:)``).
 ///
 /// Channels are split across threads; each channel's sums run in an order fixed by the shape, so the results
-/// are the same at any thread count.
+/// are the same at any thread count. On Cohort's AVX2 and AVX-512 paths the per-channel loops run in C
+/// (`cohort_bn_*`: the element-wise passes with these loops' bits, the sums in one 16-lane order on both
+/// paths); the Swift loops below serve the BLAS path and other CPUs.
 struct BatchNormKernel {
     let n: Int
     let c: Int
@@ -81,6 +85,13 @@ struct BatchNormKernel {
 
     private func applyChannel(_ ch: Int, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, scale: Float,
                               shift: Float, join: Join) {
+        let first = ch * plane
+        let done = switch join {
+        case .none: cohort_bn_apply(x + first, nil, y + first, n, c * plane, plane, scale, shift, 0)
+        case .relu: cohort_bn_apply(x + first, nil, y + first, n, c * plane, plane, scale, shift, 1)
+        case .residualReLU(let r): cohort_bn_apply(x + first, r + first, y + first, n, c * plane, plane, scale, shift, 2)
+        }
+        if done != 0 { return }
         let vs = Vector.Lanes(repeating: scale), vb = Vector.Lanes(repeating: shift)
         for i in 0..<n {
             let off = (i * c + ch) * plane
@@ -121,7 +132,13 @@ struct BatchNormKernel {
                     reluMask && x[i] * scale + shift <= 0 ? 0 : gp[i]
                 }
                 var sumG: Float = 0, sumGX: Float = 0
-                for i in 0..<n {
+                var sums: (Float, Float) = (0, 0)
+                let summed = withUnsafeMutableBytes(of: &sums) { raw in
+                    cohort_bn_gradient_sums(x + ch * plane, gp + ch * plane, n, c * plane, plane, mu, scale, shift,
+                                            reluMask ? 1 : 0, raw.baseAddress!.assumingMemoryBound(to: Float.self))
+                }
+                if summed != 0 { (sumG, sumGX) = sums }
+                for i in 0..<(summed != 0 ? 0 : n) {
                     let off = (i * c + ch) * plane
                     var accG = Vector.Lanes(repeating: 0), accGX = Vector.Lanes(repeating: 0)
                     var accG2 = Vector.Lanes(repeating: 0), accGX2 = Vector.Lanes(repeating: 0)
@@ -151,6 +168,8 @@ struct BatchNormKernel {
                 // evaluation (fixed statistics): dx = w inv g.
                 let meanG = training ? sumG / Float(m) : 0
                 let c2 = training ? inv * inv * sumGX / Float(m) : 0
+                if cohort_bn_input_gradient(x + ch * plane, gp + ch * plane, dx + ch * plane, n, c * plane, plane, mu,
+                                            scale, shift, reluMask ? 1 : 0, k, meanG, c2) != 0 { continue }
                 let vk = Vector.Lanes(repeating: k), vmg = Vector.Lanes(repeating: meanG)
                 let vc2 = Vector.Lanes(repeating: c2)
                 for i in 0..<n {
@@ -172,6 +191,8 @@ struct BatchNormKernel {
     /// The batch mean and biased variance of one channel: per row, float sums of the values' deviations from
     /// the row's own mean and of their squares; across rows, in double. The order depends only on the shape.
     private func channelStatistics(_ x: UnsafePointer<Float>, channel ch: Int) -> (mean: Float, variance: Float) {
+        var mu: Float = 0, variance: Float = 0
+        if cohort_bn_statistics(x + ch * plane, n, c * plane, plane, &mu, &variance) != 0 { return (mu, variance) }
         // Row by row (one image's plane, in L1 after its first pass): the row's mean estimated by a first pass,
         // then the sums of the deviations from it and of their squares, so the squares never cancel against
         // a large mean or an outlier. Rows merge in double with Chan's update for equal-sized groups.
