@@ -438,18 +438,32 @@ int cohort_pack_weights(long m, long k, const float *a, float *packed) {
     return 1;
 }
 
-// C[0:MR, columns of mask] (+)= A panel x B, B row p = 32 floats at source + offsets[p] under masks[p].
-AVX512 static void shifted_kernel(long kc, const float *restrict a, const float *source, const long *offsets,
-                                  const uint32_t *masks, float *c, long ldc, uint32_t store_mask, int accumulate) {
+// C[0:MR, 32 lanes] (+)= A panel x B. B row p holds 32 output pixels' values of the implicit lowered row p:
+// lane q at first + offsets[p] + q, or, in a panel `crossing` from one image into the next, lane q >= w1
+// (the bits clear in `own`) at second + offsets[p] + q; zero outside masks[p]. Masked-off lanes are never
+// read. The results go to c_first + r ldc + q (the lanes of
+// `own`) and c_second + r ldc + q (the others), only the lanes of store_mask, added to what is there when
+// `accumulate` (acc + old: one rounding).
+AVX512 __attribute__((always_inline)) static inline void shifted_tile(const int crossing, long kc, const float *restrict a,
+        const float *first, const float *second, const long *offsets, const uint32_t *masks, uint32_t own, float *c_first, float *c_second, long ldc, uint32_t store_mask, int accumulate) {
     __m512 c0[MR], c1[MR];
 #pragma clang loop unroll(full)
     for (int r = 0; r < MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); }
+    const __mmask16 own0 = (__mmask16)own, own1 = (__mmask16)(own >> 16);
 #pragma clang loop unroll_count(2)
     for (long p = 0; p < kc; p++) {
-        const float *row = source + offsets[p];
-        uint32_t mask = masks[p];
-        __m512 b0 = _mm512_maskz_loadu_ps((__mmask16)mask, row);
-        __m512 b1 = _mm512_maskz_loadu_ps((__mmask16)(mask >> 16), row + 16);
+        const long offset = offsets[p];
+        const uint32_t mask = masks[p];
+        __m512 b0, b1;
+        if (crossing) {
+            b0 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps((__mmask16)mask & own0, first + offset),
+                                      (__mmask16)mask & ~own0, second + offset);
+            b1 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps((__mmask16)(mask >> 16) & own1, first + offset + 16),
+                                      (__mmask16)(mask >> 16) & ~own1, second + offset + 16);
+        } else {
+            b0 = _mm512_maskz_loadu_ps((__mmask16)mask, first + offset);
+            b1 = _mm512_maskz_loadu_ps((__mmask16)(mask >> 16), first + offset + 16);
+        }
 #pragma clang loop unroll(full)
         for (int r = 0; r < MR; r++) {
             __m512 x = _mm512_set1_ps(a[r]);
@@ -458,17 +472,39 @@ AVX512 static void shifted_kernel(long kc, const float *restrict a, const float 
         }
         a += MR;
     }
-    __mmask16 low = (__mmask16)store_mask, high = (__mmask16)(store_mask >> 16);
+    const __mmask16 low = (__mmask16)store_mask, high = (__mmask16)(store_mask >> 16);
 #pragma clang loop unroll(full)
     for (int r = 0; r < MR; r++) {
-        float *out = c + r * ldc;
-        if (accumulate) {
-            c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(low, out));
-            c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(high, out + 16));
+        float *out = c_first + r * ldc, *out_b = c_second + r * ldc;
+        if (crossing) {
+            if (accumulate) {
+                c0[r] = _mm512_add_ps(c0[r], _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(low & own0, out), low & ~own0, out_b));
+                c1[r] = _mm512_add_ps(c1[r], _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(high & own1, out + 16), high & ~own1, out_b + 16));
+            }
+            _mm512_mask_storeu_ps(out, low & own0, c0[r]);
+            _mm512_mask_storeu_ps(out + 16, high & own1, c1[r]);
+            _mm512_mask_storeu_ps(out_b, low & ~own0, c0[r]);
+            _mm512_mask_storeu_ps(out_b + 16, high & ~own1, c1[r]);
+        } else {
+            if (accumulate) {
+                c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(low, out));
+                c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(high, out + 16));
+            }
+            _mm512_mask_storeu_ps(out, low, c0[r]);
+            _mm512_mask_storeu_ps(out + 16, high, c1[r]);
         }
-        _mm512_mask_storeu_ps(out, low, c0[r]);
-        _mm512_mask_storeu_ps(out + 16, high, c1[r]);
     }
+}
+
+AVX512 static void shifted_tile_within(long kc, const float *a, const float *first, const long *offsets,
+                                       const uint32_t *masks, float *c, long ldc, uint32_t store_mask, int accumulate) {
+    shifted_tile(0, kc, a, first, first, offsets, masks, 0xFFFFFFFFu, c, c, ldc, store_mask, accumulate);
+}
+
+AVX512 static void shifted_tile_across(long kc, const float *a, const float *first, const float *second, const long *offsets,
+                                       const uint32_t *masks, uint32_t own, float *c_first, float *c_second, long ldc,
+                                       uint32_t store_mask, int accumulate) {
+    shifted_tile(1, kc, a, first, second, offsets, masks, own, c_first, c_second, ldc, store_mask, accumulate);
 }
 
 
@@ -639,58 +675,102 @@ AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float 
     return 1;
 }
 
-// AVX-512: 32-pixel column panels of each image's output, the kernel reading the shifted planes' rows
-// straight into its registers under per-row lane masks (masked-off lanes are never read). Each output value
-// is the same sum in the same order as on the AVX2 path, so the two paths give the same bits.
+// AVX-512: 32-pixel column panels of the output, the kernel reading the shifted planes' rows straight
+// into its registers under per-tap lane masks (masked-off lanes are never read). As on AVX2, the panels run
+// over the images' output pixels end to end: a panel crossing from one image into the next (a 7 x 7 plane
+// is 49 pixels) takes its lanes from both, so only the share's last panel is partial. Each output value is
+// the same sum in the same order as on the AVX2 path, wherever its panel starts, so the two paths give the
+// same bits.
 AVX512 static int shifted_forward_avx512(long m, const TapTable *table, const float *packed, const float *images,
                                          long image_stride, long count, float *out, long out_stride) {
     long taps = table->taps, k = table->channels * taps;
-    long end = table->oh * table->vw, panels = (end + NR - 1) / NR;
-    // Tables shared by every image: each row p's offset from the panel's first pixel, and for each panel
-    // and row the mask of the 32 output pixels whose tap falls inside the grid.
+    long end = table->oh * table->vw, words = (end + 63) / 64 + 1;
+    // Planes narrower than a panel keep one image per panel (a panel would span more than two images).
+    int across = end >= NR && count > 1;
+    long total = across ? count * end : end;
+    // A whole panel starting at pixel j0 of an image has the same masks wherever it falls: j0 is a
+    // multiple of g = gcd(end, NR) when panels run across images, so the masks of the end / g starts are
+    // computed once, per implicit row (the share's last panel, partial, has its own).
+    long g = NR;
+    for (long r = end % g; r; ) { long next = g % r; g = r; r = next; }
+    long starts = across ? end / g : (end + NR - 1) / NR, step = across ? g : NR;
     long *offsets = malloc(sizeof(long) * (size_t)k);
-    uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(k * panels));
-    if (!offsets || !masks) { free(offsets); free(masks); return 0; }
+    uint64_t *valid = calloc((size_t)(taps * words), sizeof(uint64_t));
+    uint32_t *start_masks = malloc(sizeof(uint32_t) * (size_t)((starts + 1) * k));
+    if (!offsets || !valid || !start_masks) { free(offsets); free(valid); free(start_masks); return 0; }
     for (long p = 0; p < k; p++) offsets[p] = tap_offset(table, p);
-    for (long panel = 0; panel < panels; panel++) {
-        long j0 = panel * NR;
-        for (long t = 0; t < taps; t++) {
-            uint32_t bits = 0;
-            for (long q = 0; q < NR && j0 + q < end; q++)
-                if (tap_valid(table, t, j0 + q)) bits |= 1u << q;
-            for (long c = 0; c < table->channels; c++) masks[panel * k + c * taps + t] = bits;
+    // Per tap, a bitmap of the output pixels whose tap falls inside the grid.
+    for (long t = 0; t < taps; t++)
+        for (long q = 0; q < end; q++)
+            if (tap_valid(table, t, q)) valid[t * words + (q >> 6)] |= 1ull << (q & 63);
+    // The masks of a panel of `width` lanes starting at pixel j0 of an image (lanes past the image's end
+    // from the next image's first pixels), per implicit row (row p's are its tap's).
+    #define PANEL_MASKS(masks, j0, width)                                                                      \
+        for (long t = 0, w1_ = min_long((width), end - (j0)); t < taps; t++) {                              \
+            uint32_t bits_ = bitmap_bits(valid + t * words, (j0), w1_);                                      \
+            if (w1_ < (width)) bits_ |= bitmap_bits(valid + t * words, 0, (width) - w1_) << w1_;            \
+            for (long c_ = 0; c_ < table->channels; c_++) (masks)[c_ * taps + t] = bits_;                   \
         }
+    for (long i = 0; i < starts; i++) {
+        long j0 = i * step;
+        PANEL_MASKS(start_masks + i * k, j0, across ? NR : min_long(NR, end - j0));
     }
-    for (long n = 0; n < count; n++) {
-        const float *image = images + n * image_stride;
-        float *output = out + n * out_stride;
-        for (long panel = 0; panel < panels; panel++) {
-            long j0 = panel * NR;
-            uint32_t store_mask = end - j0 >= NR ? 0xFFFFFFFFu : (1u << (end - j0)) - 1;
+    float edge[MR * NR] __attribute__((aligned(64)));
+    for (long sweep = 0; sweep < (across ? 1 : count); sweep++) {
+        for (long start = 0; start < total; start += NR) {
+            long width = min_long(NR, total - start);
+            long n0 = across ? start / end : sweep, j0 = across ? start % end : start;
+            // Lanes [0, w1) are pixels j0... of image n0; lanes [w1, width) pixels 0... of image n0 + 1.
+            long w1 = min_long(width, end - j0);
+            int crossing = w1 < width;
+            uint32_t *masks = start_masks + (j0 / step) * k;
+            if (width < NR) {
+                masks = start_masks + starts * k;
+                PANEL_MASKS(masks, j0, width);
+            }
+            uint32_t own = w1 >= 32 ? 0xFFFFFFFFu : (1u << w1) - 1;
+            uint32_t store_mask = width >= 32 ? 0xFFFFFFFFu : (1u << width) - 1;
+            const float *first = images + n0 * image_stride + j0;
+            const float *second = crossing ? images + (n0 + 1) * image_stride - w1 : first;
+            float *output = out + n0 * out_stride + j0;
+            float *output_b = crossing ? out + (n0 + 1) * out_stride - w1 : output;
             for (long pc = 0, kb = block_depth(k); pc < k; pc += kb) {
                 long kc = min_long(kb, k - pc);
                 const float *block = packed + packed_rows(m) * pc;
-                const uint32_t *panel_masks = masks + panel * k + pc;
                 for (long ir = 0; ir < m; ir += MR) {
-                    float *tile = output + ir * end + j0;
+                    const float *panel_a = block + ir * kc;
+                    float *tile = output + ir * end, *tile_b = output_b + ir * end;
                     if (m - ir >= MR) {
-                        shifted_kernel(kc, block + ir * kc, image + j0, offsets + pc, panel_masks, tile, end, store_mask, pc > 0);
+                        if (crossing)
+                            shifted_tile_across(kc, panel_a, first, second, offsets + pc, masks + pc, own, tile, tile_b, end,
+                                                store_mask, pc > 0);
+                        else
+                            shifted_tile_within(kc, panel_a, first, offsets + pc, masks + pc, tile, end, store_mask, pc > 0);
                         continue;
                     }
-                    float edge[MR * NR] __attribute__((aligned(64)));
+                    // The last rows (fewer than MR): through a scratch tile.
                     long mr = m - ir;
+                    for (long r = 0; r < MR; r++)
+                        for (long q = 0; q < NR; q++) {
+                            float *o = q < w1 ? tile + r * end + q : tile_b + r * end + q;
+                            edge[r * NR + q] = (r < mr && pc > 0 && (store_mask >> q & 1)) ? *o : 0;
+                        }
+                    if (crossing)
+                        shifted_tile_across(kc, panel_a, first, second, offsets + pc, masks + pc, own, edge, edge, NR,
+                                            store_mask, pc > 0);
+                    else
+                        shifted_tile_within(kc, panel_a, first, offsets + pc, masks + pc, edge, NR, store_mask, pc > 0);
                     for (long r = 0; r < mr; r++)
-                        for (long q = 0; q < NR; q++)
-                            edge[r * NR + q] = (pc > 0 && (store_mask >> q & 1)) ? tile[r * end + q] : 0;
-                    shifted_kernel(kc, block + ir * kc, image + j0, offsets + pc, panel_masks, edge, NR, store_mask, pc > 0);
-                    for (long r = 0; r < mr; r++)
-                        for (long q = 0; q < NR; q++)
-                            if (store_mask >> q & 1) tile[r * end + q] = edge[r * NR + q];
+                        for (long q = 0; q < width; q++) {
+                            float *o = q < w1 ? tile + r * end + q : tile_b + r * end + q;
+                            *o = edge[r * NR + q];
+                        }
                 }
             }
         }
     }
-    free(offsets); free(masks);
+    #undef PANEL_MASKS
+    free(offsets); free(valid); free(start_masks);
     return 1;
 }
 
