@@ -689,6 +689,19 @@ AVX2 static int shifted_forward_avx2(long m, const TapTable *table, const float 
     return 1;
 }
 
+// The masks of a panel of `width` lanes starting at output pixel j0 of an image (the lanes past the image's
+// end take the next image's first pixels), per implicit row c taps + t (row p's are its tap's), from each
+// tap's bitmap of valid pixels (`words` 64-bit words per tap).
+static void panel_masks(const uint64_t *valid, long words, long taps, long channels, long end, long j0, long width,
+                        uint32_t *masks) {
+    long w1 = min_long(width, end - j0);
+    for (long t = 0; t < taps; t++) {
+        uint32_t bits = bitmap_bits(valid + t * words, j0, w1);
+        if (w1 < width) bits |= bitmap_bits(valid + t * words, 0, width - w1) << w1;
+        for (long c = 0; c < channels; c++) masks[c * taps + t] = bits;
+    }
+}
+
 // AVX-512: 32-pixel column panels of the output, the kernel reading the shifted planes' rows straight
 // into its registers under per-tap lane masks (masked-off lanes are never read). As on AVX2, the panels run
 // over the images' output pixels end to end: a panel crossing from one image into the next (a 7 x 7 plane
@@ -717,17 +730,9 @@ AVX512 static int shifted_forward_avx512(long m, const TapTable *table, const fl
     for (long t = 0; t < taps; t++)
         for (long q = 0; q < end; q++)
             if (tap_valid(table, t, q)) valid[t * words + (q >> 6)] |= 1ull << (q & 63);
-    // The masks of a panel of `width` lanes starting at pixel j0 of an image (lanes past the image's end
-    // from the next image's first pixels), per implicit row (row p's are its tap's).
-    #define PANEL_MASKS(masks, j0, width)                                                                      \
-        for (long t = 0, w1_ = min_long((width), end - (j0)); t < taps; t++) {                              \
-            uint32_t bits_ = bitmap_bits(valid + t * words, (j0), w1_);                                      \
-            if (w1_ < (width)) bits_ |= bitmap_bits(valid + t * words, 0, (width) - w1_) << w1_;            \
-            for (long c_ = 0; c_ < table->channels; c_++) (masks)[c_ * taps + t] = bits_;                   \
-        }
     for (long i = 0; i < starts; i++) {
         long j0 = i * step;
-        PANEL_MASKS(start_masks + i * k, j0, across ? NR : min_long(NR, end - j0));
+        panel_masks(valid, words, taps, table->channels, end, j0, across ? NR : min_long(NR, end - j0), start_masks + i * k);
     }
     float edge[MR * NR] __attribute__((aligned(64)));
     for (long sweep = 0; sweep < (across ? 1 : count); sweep++) {
@@ -740,7 +745,7 @@ AVX512 static int shifted_forward_avx512(long m, const TapTable *table, const fl
             uint32_t *masks = start_masks + (j0 / step) * k;
             if (width < NR) {
                 masks = start_masks + starts * k;
-                PANEL_MASKS(masks, j0, width);
+                panel_masks(valid, words, taps, table->channels, end, j0, width, masks);
             }
             uint32_t own = w1 >= 32 ? 0xFFFFFFFFu : (1u << w1) - 1;
             uint32_t store_mask = width >= 32 ? 0xFFFFFFFFu : (1u << width) - 1;
@@ -786,7 +791,6 @@ AVX512 static int shifted_forward_avx512(long m, const TapTable *table, const fl
             }
         }
     }
-    #undef PANEL_MASKS
     free(offsets); free(valid); free(start_masks);
     return 1;
 }

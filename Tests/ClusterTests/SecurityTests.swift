@@ -92,7 +92,12 @@ import ZeroMQ
         #expect(log.contains("authentication failed: unknown key") && log.contains("\"address\":\"127.0.0.1\""), "denials are logged with the address")
         #expect(log.contains("authentication failed: not CURVE") || log.contains("authentication failed"))
         // Failures before ZAP is asked: a client without CURVE, one holding a wrong server key.
-        #expect(log.contains("CURVE handshake failed: the client does not speak CURVE"), "a NULL-mechanism client is logged")
+        // A client without CURVE reads the coordinator's greeting, sees CURVE and hangs up; whether the
+        // coordinator has read the client's mechanism by then (the mismatch reported) or meets the hang-up
+        // first (no detail) is a race inside libzmq's greeting exchange, lost under load (seen on a Zen 5
+        // with the whole suite running). Either way the attempt is logged as a failed handshake.
+        #expect(log.contains("CURVE handshake failed: the client does not speak CURVE")
+                || log.contains("CURVE handshake failed: no detail"), "a NULL-mechanism client is logged")
         #expect(log.contains("CURVE handshake failed: the handshake does not decrypt"), "a wrong server key is logged")
     }
 
