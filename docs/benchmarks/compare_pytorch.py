@@ -8,7 +8,7 @@
 Each configuration is one training step at batch 128 (forward, cross-entropy, backward, SGD with Nesterov
 momentum and weight decay) on random data; the defaults are the four of issue 8: resnet20 at 3x32x32 and
 1x28x28, resnet8x4 and resnet32x4 at 3x32x32, at 1 and 2 threads. The goals column checks ms/step at most
-0.8x PyTorch's and peak RSS at most half.
+0.7x PyTorch's (issue 19; issue 8 asked for 0.8x) and peak RSS at most half.
 
 Each configuration is measured `--rounds` times, alternating Cohort and PyTorch so that both see the same
 machine conditions; the table reports the medians and `cohort / pytorch` for ms_per_step and peak RSS.
@@ -60,8 +60,8 @@ for config in a.configs.split(","):
         rows.append((model, shape, threads, ms, tms, ms / tms, rss, trss, rss / trss))
 
 print(f"torch {theirs[0]['framework']}, batch {a.batch}, {a.steps} timed steps, median of {a.rounds} rounds")
-print("| model | input | threads | Cohort ms/step | PyTorch ms/step | ratio | Cohort peak RSS MB | PyTorch peak RSS MB | ratio | goals (<= 0.8, <= 0.5) |")
+print("| model | input | threads | Cohort ms/step | PyTorch ms/step | ratio | Cohort peak RSS MB | PyTorch peak RSS MB | ratio | goals (<= 0.7, <= 0.5) |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for m, s, t, ms, tms, r, rss, trss, rr in rows:
-    goals = ("time met" if r <= 0.8 else "time missed") + ", " + ("memory met" if rr <= 0.5 else "memory missed")
+    goals = ("time met" if r <= 0.7 else "time missed") + ", " + ("memory met" if rr <= 0.5 else "memory missed")
     print(f"| {m} | {s} | {t} | {ms:.1f} | {tms:.1f} | {r:.2f} | {rss:.0f} | {trss:.0f} | {rr:.2f} | {goals} |")
