@@ -18,8 +18,10 @@ import Runtime
             with: "timeout: 30, join_timeout: 60, heartbeat_interval: 0.5, heartbeat_timeout: 3, exchange: \(exchange)"), to: config)
         let run = directory + "/run"
         let launch = try CohortProcess(["launch", "--config", config, "--threads", "2", "--out", run])
-        // 30 steps an epoch, 90 in all: kill peer 1 after step 12, the coordinator after 40, peer 2 after 65.
-        for (after, victim) in [(12, ["peer", "--rank 1"]), (40, ["cohort coordinator"]), (65, ["peer", "--rank 2"])] {
+        // 30 steps an epoch, 90 in all: kill peer 1 after step 12, the coordinator after 40, peer 2 after 55 —
+        // early enough that it is back before the last step (a restart took 12 steps of a Zen 5's cohort;
+        // after 65 the run ended first).
+        for (after, victim) in [(12, ["peer", "--rank 1"]), (40, ["cohort coordinator"]), (55, ["peer", "--rank 2"])] {
             let deadline = Date() + 300
             while cohortSteps(run) < after && launch.process.isRunning && Date() < deadline { usleep(20_000) }
             let pids = processes(matching: victim + [config])
